@@ -1,0 +1,43 @@
+"""
+Small value types shared by every maildrop implementation.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_UID_OK = re.compile(rb"^[\x21-\x7e]{1,70}\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInfo:
+    """
+    One message of a maildrop snapshot.
+
+    @ivar uid: the UIDL value: 1-70 octets in 0x21-0x7E, stable across
+        sessions and never reused (RFC 1939).
+    @ivar size: octets as sent by RETR: CRLF line ends, before dot-stuffing.
+    """
+
+    uid: bytes
+    size: int
+
+    def __post_init__(self) -> None:
+        if not _UID_OK.match(self.uid):
+            raise ValueError(f"invalid POP3 unique id {self.uid!r}")
+        if self.size < 0:
+            raise ValueError("negative message size")
+
+
+def is_valid_uid(uid: bytes) -> bool:
+    """True when C{uid} may be sent as a UIDL value as is."""
+    return _UID_OK.match(uid) is not None
+
+
+def wire_size(data: bytes) -> int:
+    """
+    The octet count of C{data} once every bare LF is sent as CRLF (bare CR
+    is sent as is, the way Dovecot does).
+    """
+    return len(data) + data.count(b"\n") - data.count(b"\r\n")

@@ -1,0 +1,71 @@
+# The popgate dropin: kept tiny and lazy, since twistd imports it on every run.
+# Each object only names the module that does the work.
+
+from twisted.application.service import ServiceMaker
+from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
+
+from popgate.plugin_support import LazyCheckerFactory, LazyStoreFactory
+
+popgate = ServiceMaker(
+    "popgate",
+    "popgate.tap",
+    "A POP3 server and mail gateway (RFC 1939, STLS, SASL, LMTP delivery)",
+    "popgate",
+)
+
+htpasswd = LazyCheckerFactory(
+    "htpasswd",
+    "popgate.cred.htpasswd.make_checker",
+    "An Apache htpasswd file (bcrypt, SHA-512/SHA-256 crypt, APR1-MD5, {SHA}); "
+    "re-read when it changes.",
+    "htpasswd:/path/to/file",
+    [IUsernamePassword],
+)
+
+passwd_file = LazyCheckerFactory(
+    "passwd-file",
+    "popgate.cred.passwdfile.make_checker",
+    "A Dovecot passwd-file (user:{SCHEME}hash:...); re-read when it changes.",
+    "passwd-file:/path/to/file",
+    [IUsernamePassword, IUsernameHashedPassword],
+)
+
+ldap = LazyCheckerFactory(
+    "ldap",
+    "popgate.cred.ldap.make_checker",
+    "An LDAP directory: search for the user with a filter, then bind as the "
+    "entry found.",
+    "ldap:url=ldap://host/,base=dc=example,dc=org[,filter=...][,binddn=...,bindpw=...]",
+    [IUsernamePassword],
+)
+
+sql = LazyCheckerFactory(
+    "sql",
+    "popgate.cred.sql.make_checker",
+    "A SQL database (sqlite3, PostgreSQL, MySQL/MariaDB) queried for a "
+    "password hash.",
+    "sql:dsn=postgresql://host/db[,query=SELECT password FROM users WHERE userid = %(user)s]",
+    [IUsernamePassword, IUsernameHashedPassword],
+)
+
+maildir = LazyStoreFactory(
+    "maildir",
+    "popgate.stores.maildir.make_store",
+    "Maildirs as Postfix, Exim and Dovecot write them; %u full user name, "
+    "%n local part, %d domain.",
+    "maildir:/var/mail/%d/%n",
+)
+
+mbox = LazyStoreFactory(
+    "mbox",
+    "popgate.stores.mbox.make_store",
+    "mbox spools as Postfix local(8) and Exim write them (fcntl + dotlock).",
+    "mbox:/var/mail/%u",
+)
+
+memory = LazyStoreFactory(
+    "memory",
+    "popgate.stores.memory.make_store",
+    "In-memory mailboxes (demos and tests); lost on restart.",
+    "memory:",
+)

@@ -1,0 +1,1 @@
+"""The POP3 protocol: parsing, the session state machine, replies."""

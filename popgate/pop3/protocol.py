@@ -1,0 +1,538 @@
+"""
+The POP3 server protocol (RFC 1939, RFC 2449): one instance per connection.
+
+Commands are answered strictly in order.  A command whose answer takes
+time (a login, a RETR being streamed, QUIT waiting for deletions to be
+durable) pauses line processing and reading from the socket until it is
+done, so pipelined input waits in the kernel, not in our memory.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from twisted.cred import error as cred_error
+from twisted.cred.credentials import IUsernameHashedPassword, UsernamePassword
+from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from popgate import errors
+from popgate.interfaces import IMaildrop
+from popgate.pop3 import responses as r
+from popgate.pop3.apop import APOPCredentials
+from popgate.pop3.encoder import MessageEncoder
+
+_AUTHORIZATION = "AUTHORIZATION"
+_TRANSACTION = "TRANSACTION"
+_UPDATE = "UPDATE"
+
+# Longest message number we parse: more digits cannot name a message.
+_MAX_NUMBER_DIGITS = 10
+# Overlong lines tolerated before we decide the peer is not a POP3 client.
+_MAX_OVERLONG_LINES = 3
+_CHUNK_SIZE = 256 * 1024
+
+
+class _BadArgument(Exception):
+    """A command argument that gets C{-ERR}; the text is safe to send."""
+
+
+@implementer(IPushProducer)
+class _MessageSender:
+    """
+    Streams one message to the transport as a push producer: it reads and
+    encodes a chunk at a time and stops whenever the transport's buffer is
+    full, so a slow client never makes us hold a whole message.
+    """
+
+    def __init__(self, protocol: "POP3ServerProtocol", source: Any, encoder: MessageEncoder) -> None:
+        self._protocol = protocol
+        self._source = source
+        self._encoder = encoder
+        self._paused = False
+        self._finished = False
+        self.done: defer.Deferred[None] = defer.Deferred()
+
+    def start(self, first_line: bytes) -> defer.Deferred[None]:
+        transport = self._protocol.transport
+        transport.write(first_line)
+        transport.registerProducer(self, True)
+        self.resumeProducing()
+        return self.done
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        write = self._protocol.transport.write
+        read = self._source.read
+        encoder = self._encoder
+        try:
+            while not self._paused and not self._finished:
+                chunk = read(_CHUNK_SIZE)
+                if not chunk or encoder.done:
+                    self._finish(encoder.finish())
+                    return
+                out = encoder.encode(chunk)
+                if out:
+                    write(out)
+                self._protocol.resetTimeout()
+        except Exception:
+            self._fail(Failure())
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def stopProducing(self) -> None:
+        if not self._finished:
+            self._fail(Failure(errors.TemporaryFailure("connection lost while sending")))
+
+    def _finish(self, tail: bytes) -> None:
+        self._finished = True
+        transport = self._protocol.transport
+        transport.write(tail)
+        transport.unregisterProducer()
+        self._source.close()
+        self.done.callback(None)
+
+    def _fail(self, failure: Failure) -> None:
+        self._finished = True
+        try:
+            self._protocol.transport.unregisterProducer()
+        finally:
+            self._source.close()
+        self.done.errback(failure)
+
+
+class POP3ServerProtocol(LineReceiver, TimeoutMixin):
+    """
+    One POP3 session.  The factory gives it C{portal}, C{settings} and a
+    C{clock}; nothing here reaches for the global reactor.
+    """
+
+    delimiter = b"\r\n"
+    log = Logger()
+
+    def __init__(self, portal: Any, settings: Any, clock: Any) -> None:
+        self.portal = portal
+        self.settings = settings
+        self.clock = clock
+        self.state = _AUTHORIZATION
+        self.maildrop: Any = None
+        self._buffer = b""
+        self._discarding = False
+        self._busy_receiving = False
+        self._overlong_lines = 0
+        self._bad_commands = 0
+        self._auth_failures = 0
+        self._user: bytes | None = None
+        self._challenge = b""
+        self._disconnected = False
+        self._committed = False
+        self._logout: Callable[[], object] | None = None
+        self._messages: list[Any] = []
+        self._deleted: bytearray = bytearray()
+        self._live_count = 0
+        self._live_size = 0
+
+    # -- TimeoutMixin uses our injected clock, never the global reactor.
+    def callLater(self, period: float, func: Callable[[], object]) -> Any:  # type: ignore[override]
+        return self.clock.callLater(period, func)
+
+    # -- connection life cycle
+
+    def connectionMade(self) -> None:
+        set_nodelay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_nodelay is not None:
+            try:
+                set_nodelay(True)
+            except OSError:
+                pass
+        self.setTimeout(self.settings.idle_timeout)
+        greeting = self.settings.greeting.encode("utf-8", "replace")
+        if self._apop_available():
+            self._challenge = b"<%d.%d.%d@%s>" % (
+                os.getpid(), id(self) & 0xFFFFFF, int(self.clock.seconds() * 1000),
+                self.settings.hostname.encode("idna"),
+            )
+            greeting += b" " + self._challenge
+        self.transport.write(r.ok(greeting))
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        self._disconnected = True
+        self.setTimeout(None)
+        self._release()
+
+    def timeoutConnection(self) -> None:
+        self.log.info("closing idle session")
+        self.transport.write(r.err(b"Disconnected for inactivity."))
+        self.transport.loseConnection()
+
+    def _release(self) -> None:
+        """Give the maildrop back without UPDATE (RFC 1939 section 6)."""
+        if self.maildrop is not None and not self._committed:
+            self._committed = True
+            defer.maybeDeferred(self.maildrop.close).addErrback(
+                lambda f: self.log.failure("closing maildrop", f))
+        if self._logout is not None:
+            logout, self._logout = self._logout, None
+            logout()
+
+    # -- line framing
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Split input into lines (CRLF or bare LF), with a bounded buffer: a
+        line longer than the limit gets C{-ERR} and is skipped, the lines
+        after it are still served.
+        """
+        if data:
+            self._buffer += data
+        if self._busy_receiving:
+            return
+        self._busy_receiving = True
+        try:
+            while not self.paused and not self._disconnected and self._buffer:
+                if self.transport.disconnecting:
+                    self._buffer = b""
+                    return
+                buf = self._buffer
+                nl = buf.find(b"\n")
+                limit = self.line_limit()
+                if nl < 0:
+                    if len(buf) > limit:
+                        self._buffer = b""
+                        if not self._discarding:
+                            self._discarding = True
+                            self._line_too_long()
+                    return
+                self._buffer = buf[nl + 1:]
+                if self._discarding:
+                    self._discarding = False
+                    continue
+                if nl + 1 > limit:
+                    self._line_too_long()
+                    continue
+                line = buf[:nl - 1] if nl and buf[nl - 1] == 13 else buf[:nl]
+                self.lineReceived(line)
+        finally:
+            self._busy_receiving = False
+
+    def clearLineBuffer(self) -> bytes:
+        buf, self._buffer = self._buffer, b""
+        return buf
+
+    def line_limit(self) -> int:
+        """The longest line accepted now, CRLF included."""
+        return self.settings.max_line_length
+
+    def _line_too_long(self) -> None:
+        self._overlong_lines += 1
+        self.transport.write(r.err(b"Line too long."))
+        if self._overlong_lines >= _MAX_OVERLONG_LINES:
+            self.transport.write(r.err(b"Too many bad commands, closing."))
+            self.transport.loseConnection()
+
+    def lineReceived(self, line: bytes) -> None:
+        self.resetTimeout()
+        if self.state == _UPDATE:
+            return
+        keyword, _, argument = line.partition(b" ")
+        handler = self._handler(keyword.upper())
+        if handler is None:
+            self._bad_command(b"Unknown command.")
+            return
+        try:
+            result = handler(argument)
+        except _BadArgument as e:
+            self._bad_command(str(e).encode("ascii", "replace"))
+            return
+        if isinstance(result, defer.Deferred) and not result.called:
+            self._wait_for(result)
+
+    def _handler(self, keyword: bytes) -> Callable[[bytes], Any] | None:
+        if not keyword.isalpha() or len(keyword) > 8:
+            return None
+        name = "pop3_" + keyword.decode("ascii") if keyword.isascii() else ""
+        if self.state == _AUTHORIZATION:
+            allowed = self.authorization_commands()
+        else:
+            allowed = self.transaction_commands()
+        if keyword not in allowed:
+            return None
+        return getattr(self, name, None)
+
+    def authorization_commands(self) -> set[bytes]:
+        commands = {b"CAPA", b"USER", b"PASS", b"QUIT"}
+        if self._challenge:
+            commands.add(b"APOP")
+        return commands
+
+    def transaction_commands(self) -> set[bytes]:
+        return {b"CAPA", b"STAT", b"LIST", b"RETR", b"DELE", b"NOOP", b"RSET",
+                b"TOP", b"UIDL", b"QUIT"}
+
+    def _bad_command(self, text: bytes) -> None:
+        self._bad_commands += 1
+        self.transport.write(r.err(text))
+        if self._bad_commands >= self.settings.max_bad_commands:
+            self.transport.write(r.err(b"Too many bad commands, closing."))
+            self.transport.loseConnection()
+
+    def _wait_for(self, result: defer.Deferred[Any]) -> None:
+        """Stop reading commands until C{result} fires, then go on."""
+        self.paused = True
+        self.transport.pauseProducing()
+
+        def resume(passthrough: object) -> None:
+            if isinstance(passthrough, Failure):
+                self.log.failure("command failed", passthrough)
+                if not self._disconnected:
+                    self.transport.loseConnection()
+                return
+            if self._disconnected or self.state == _UPDATE:
+                return
+            self.paused = False
+            self.transport.resumeProducing()
+            self.dataReceived(b"")
+
+        result.addBoth(resume)
+
+    # -- capabilities
+
+    def capabilities(self) -> list[bytes]:
+        """The CAPA lines for the current state of this session."""
+        caps = [b"CAPA", b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
+        if self.state == _AUTHORIZATION:
+            caps.extend(self.authorization_capabilities())
+        if self.settings.implementation:
+            caps.append(b"IMPLEMENTATION " + self.settings.implementation.encode("ascii", "replace"))
+        return caps
+
+    def authorization_capabilities(self) -> list[bytes]:
+        return [b"USER"]
+
+    def pop3_CAPA(self, argument: bytes) -> None:
+        self.transport.write(r.multiline(b"Capability list follows", self.capabilities()))
+
+    # -- AUTHORIZATION
+
+    def pop3_USER(self, argument: bytes) -> None:
+        name = argument.strip()
+        if not name:
+            raise _BadArgument("No username given.")
+        self._user = name
+        self.transport.write(r.ok())
+
+    def pop3_PASS(self, argument: bytes) -> defer.Deferred[None] | None:
+        # RFC 1939: the password is the rest of the line, spaces included.
+        if self._user is None:
+            raise _BadArgument("No username given.")
+        user, self._user = self._user, None
+        return self.login(UsernamePassword(user, argument))
+
+    def pop3_APOP(self, argument: bytes) -> defer.Deferred[None] | None:
+        parts = argument.split()
+        if len(parts) != 2:
+            raise _BadArgument("Invalid parameters.")
+        user, digest = parts
+        return self.login(APOPCredentials(self._challenge, user, digest))
+
+    def login(self, credentials: Any) -> defer.Deferred[None]:
+        """Run C{credentials} through the portal and enter TRANSACTION."""
+        d = self.portal.login(credentials, None, IMaildrop)
+        d.addCallbacks(self._logged_in, self._login_failed)
+        return d
+
+    def _logged_in(self, result: tuple[Any, Any, Callable[[], object]]) -> None:
+        _, maildrop, logout = result
+        self.maildrop = maildrop
+        self._logout = logout
+        if self._disconnected:
+            self._release()
+            return
+        self._messages = list(maildrop.list_messages())
+        self._deleted = bytearray(len(self._messages))
+        self._live_count = len(self._messages)
+        self._live_size = sum(m.size for m in self._messages)
+        self.state = _TRANSACTION
+        self.transport.write(r.ok(b"Logged in."))
+
+    def _login_failed(self, failure: Failure) -> defer.Deferred[None] | None:
+        if self._disconnected:
+            return None
+        if failure.check(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials):
+            self._auth_failures += 1
+            last = self._auth_failures >= self.settings.max_auth_failures
+            return self._after_delay(self.settings.auth_failure_delay,
+                                     r.err(b"Authentication failed.", r.AUTH), close=last)
+        if failure.check(errors.MaildropInUse):
+            reply = r.err(b"Mailbox is locked by another POP3 session.", r.IN_USE)
+        elif failure.check(errors.PermanentFailure):
+            self.log.failure("login failed permanently", failure)
+            reply = r.err(b"Mailbox cannot be opened.", r.SYS_PERM)
+        else:
+            if not failure.check(errors.TemporaryFailure):
+                self.log.failure("login failed", failure)
+            else:
+                self.log.warn("temporary login failure: {why}", why=failure.getErrorMessage())
+            reply = r.err(b"Temporary server failure, try again later.", r.SYS_TEMP)
+        self.transport.write(reply)
+        return None
+
+    def _after_delay(self, delay: float, reply: bytes, close: bool) -> defer.Deferred[None]:
+        def send() -> None:
+            if self._disconnected:
+                return
+            self.transport.write(reply)
+            if close:
+                self.transport.loseConnection()
+
+        return deferLater(self.clock, delay, send)
+
+    def _apop_available(self) -> bool:
+        interfaces = getattr(self.portal, "listCredentialsInterfaces", lambda: [])()
+        return IUsernameHashedPassword in interfaces
+
+    # -- QUIT, in both states
+
+    def pop3_QUIT(self, argument: bytes) -> defer.Deferred[None] | None:
+        if self.state == _AUTHORIZATION:
+            self.transport.write(r.ok(b"Logging out."))
+            self.transport.loseConnection()
+            return None
+        self.state = _UPDATE
+        deleted = [i for i, flag in enumerate(self._deleted) if flag]
+        self._committed = True
+        d = defer.maybeDeferred(self.maildrop.commit, deleted)
+
+        def done(_: object) -> None:
+            text = b"Logging out, messages deleted." if deleted else b"Logging out."
+            self._send_and_close(r.ok(text))
+
+        def failed(failure: Failure) -> None:
+            self.log.failure("UPDATE failed", failure)
+            self._send_and_close(r.err(b"Some deleted messages were not removed.", r.SYS_TEMP))
+
+        d.addCallbacks(done, failed)
+        return d
+
+    def _send_and_close(self, reply: bytes) -> None:
+        if not self._disconnected:
+            self.transport.write(reply)
+            self.transport.loseConnection()
+
+    # -- TRANSACTION
+
+    def _message_number(self, argument: bytes) -> int:
+        """Parse a message number naming a live message; return its index."""
+        if not argument:
+            raise _BadArgument("Missing message number.")
+        if not argument.isdigit() or not argument.isascii() or len(argument) > _MAX_NUMBER_DIGITS:
+            raise _BadArgument("Invalid message number.")
+        number = int(argument)
+        if number < 1 or number > len(self._messages):
+            raise _BadArgument("There's no message %d." % number if number else "Invalid message number.")
+        index = number - 1
+        if self._deleted[index]:
+            raise _BadArgument("Message is deleted.")
+        return index
+
+    def _one_argument(self, argument: bytes) -> bytes:
+        words = argument.split()
+        if len(words) > 1:
+            raise _BadArgument("Noise after message number.")
+        return words[0] if words else b""
+
+    def pop3_STAT(self, argument: bytes) -> None:
+        self.transport.write(r.ok(b"%d %d" % (self._live_count, self._live_size)))
+
+    def pop3_NOOP(self, argument: bytes) -> None:
+        self.transport.write(r.ok())
+
+    def pop3_LIST(self, argument: bytes) -> None:
+        argument = self._one_argument(argument)
+        if argument:
+            index = self._message_number(argument)
+            self.transport.write(r.ok(b"%d %d" % (index + 1, self._messages[index].size)))
+            return
+        deleted = self._deleted
+        lines = [b"%d %d" % (i + 1, m.size) for i, m in enumerate(self._messages) if not deleted[i]]
+        self.transport.write(r.multiline(b"%d messages:" % self._live_count, lines))
+
+    def pop3_UIDL(self, argument: bytes) -> None:
+        argument = self._one_argument(argument)
+        if argument:
+            index = self._message_number(argument)
+            self.transport.write(r.ok(b"%d %s" % (index + 1, self._messages[index].uid)))
+            return
+        deleted = self._deleted
+        lines = [b"%d %s" % (i + 1, m.uid) for i, m in enumerate(self._messages) if not deleted[i]]
+        self.transport.write(r.multiline(b"", lines))
+
+    def pop3_DELE(self, argument: bytes) -> None:
+        index = self._message_number(self._one_argument(argument))
+        self._deleted[index] = 1
+        self._live_count -= 1
+        self._live_size -= self._messages[index].size
+        self.transport.write(r.ok(b"Marked to be deleted."))
+
+    def pop3_RSET(self, argument: bytes) -> None:
+        self._deleted = bytearray(len(self._messages))
+        self._live_count = len(self._messages)
+        self._live_size = sum(m.size for m in self._messages)
+        self.transport.write(r.ok())
+
+    def pop3_RETR(self, argument: bytes) -> defer.Deferred[None]:
+        index = self._message_number(self._one_argument(argument))
+        first = r.ok(b"%d octets" % self._messages[index].size)
+        return self._send_message(index, first, None)
+
+    def pop3_TOP(self, argument: bytes) -> defer.Deferred[None]:
+        words = argument.split()
+        if len(words) != 2:
+            raise _BadArgument("Invalid parameters: TOP msg lines.")
+        index = self._message_number(words[0])
+        lines = words[1]
+        if not lines.isdigit() or not lines.isascii():
+            raise _BadArgument("Invalid number of lines.")
+        count = int(lines) if len(lines) <= 18 else 10 ** 18
+        return self._send_message(index, r.ok(), count)
+
+    def _send_message(self, index: int, first: bytes, body_lines: int | None) -> defer.Deferred[None]:
+        d = defer.maybeDeferred(self.maildrop.open_message, index)
+
+        def opened(source: Any) -> defer.Deferred[None] | None:
+            if self._disconnected:
+                source.close()
+                return None
+            return _MessageSender(self, source, MessageEncoder(body_lines)).start(first)
+
+        def failed(failure: Failure) -> None:
+            if self._disconnected:
+                return
+            if failure.check(errors.PermanentFailure, FileNotFoundError):
+                self.log.warn("message {n} vanished: {why}", n=index + 1, why=failure.getErrorMessage())
+                self.transport.write(r.err(b"Message is no longer available.", r.SYS_PERM))
+            elif failure.check(errors.TemporaryFailure) and not failure.check(errors.PermanentFailure):
+                self.transport.write(r.err(b"Temporary failure reading the message.", r.SYS_TEMP))
+            else:
+                self.log.failure("reading message {n}", failure, n=index + 1)
+                self.transport.write(r.err(b"Temporary failure reading the message.", r.SYS_TEMP))
+
+        def sent_or_failed(result: object) -> None:
+            # A failure after the +OK line was sent cannot become an -ERR:
+            # the only honest thing left is to drop the connection.
+            if isinstance(result, Failure) and not self._disconnected:
+                self.log.failure("sending message {n}", result, n=index + 1)
+                self.transport.abortConnection()
+
+        d.addCallbacks(opened, failed)
+        d.addErrback(lambda f: sent_or_failed(f))
+        return d
+

@@ -1,0 +1,1 @@
+"""Mail stores: where users' mail lives (Maildir, mbox, SQL, memory, ...)."""

@@ -1,0 +1,28 @@
+"""
+Every adapter to L{IMaildrop}, registered in one place.
+
+L{register} is idempotent; the realm calls it, so any process that serves
+POP3 has the adapters whatever imported what first.
+"""
+
+from __future__ import annotations
+
+_registered = False
+
+
+def register() -> None:
+    """Register popgate's adapters with Twisted's global adapter registry."""
+    global _registered
+    if _registered:
+        return
+    _registered = True
+    from twisted.python.components import registerAdapter
+
+    try:
+        from twisted.mail.pop3 import IMailbox
+    except ImportError:  # pragma: no cover - twisted.mail is part of Twisted
+        return
+    from popgate.interfaces import IMaildrop
+    from popgate.stores.twistedmailbox import MailboxMaildrop
+
+    registerAdapter(MailboxMaildrop, IMailbox, IMaildrop)

@@ -1,0 +1,43 @@
+"""
+Finding mail store plugins (L{IMailStoreFactory}) the way
+L{twisted.cred.strcred} finds checker plugins: by the prefix of C{TYPE:ARGS}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.plugin import getPlugins
+
+from popgate.interfaces import IMailStoreFactory
+
+
+def store_factories() -> dict[str, Any]:
+    """Every installed store plugin, by type name."""
+    from twisted import plugins
+
+    return {f.storeType: f for f in getPlugins(IMailStoreFactory, plugins)}
+
+
+def make_store(description: str) -> Any:
+    """
+    Build the store that C{description} (C{maildir:/var/mail/%d/%n}) names.
+
+    @raise ValueError: with a one-line reason.
+    """
+    store_type, _, argstring = description.partition(":")
+    factories = store_factories()
+    factory = factories.get(store_type)
+    if factory is None:
+        known = ", ".join(sorted(factories)) or "none"
+        raise ValueError(f"unknown store type {store_type!r} (known: {known})")
+    return factory.makeStore(argstring)
+
+
+def describe_store_factories() -> str:
+    """The text of C{--help-stores}."""
+    lines = ["Mail store types (--store TYPE:ARGS):", ""]
+    for name, factory in sorted(store_factories().items()):
+        lines.append(f"  {name}: {factory.storeHelp}")
+        lines.append(f"      {factory.argStringFormat}")
+    return "\n".join(lines)

@@ -94,7 +94,7 @@ class IUserLookup(Interface):
 
     def lookup_user(name):  # type: ignore[misc]
         """
-        @return: a L{Deferred} firing with a L{popgate.errors.UserInfo} or
+        @return: a L{Deferred} firing with a L{popgate.cred.userinfo.UserInfo} or
             C{None} when there is no such user.
         """
 

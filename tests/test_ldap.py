@@ -1,0 +1,346 @@
+"""
+The LDAP checker: filter escaping and argument parsing in memory, then
+search-then-bind against a real slapd (see L{tests.ldap_server}) with the
+real reactor running in a thread (see L{tests.reactor_thread}).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any, Iterator
+
+import pytest
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from zope.interface.verify import verifyObject
+
+from popgate.cred.ldap import (
+    DEFAULT_FILTER,
+    LDAPChecker,
+    escape_filter_value,
+    expand_filter,
+    make_checker,
+    parse_args,
+)
+from popgate.cred.userinfo import UserInfo
+from popgate.errors import TemporaryFailure
+from popgate.interfaces import IUserLookup
+from tests.ldap_server import (  # noqa: F401  (fixtures)
+    ERIN_MAIL_LOCATION,
+    TWIN_PASSWORD,
+    USERS,
+    LDAPServer,
+    ldap_server,
+    local_slapd,
+    private_slapd,
+)
+from tests.reactor_thread import run
+
+integration = pytest.mark.integration
+
+
+# -- escaping and filters ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, escaped",
+    [
+        ("alice", "alice"),
+        ("a*", r"a\2a"),
+        ("*)(uid=*", r"\2a\29\28uid=\2a"),
+        ("back\\slash", r"back\5cslash"),
+        ("nul\0", r"nul\00"),
+        ("jos\u00e9", "jos\u00e9"),
+        ("\\2a", r"\5c2a"),
+    ],
+)
+def test_escape_filter_value(value: str, escaped: str) -> None:
+    assert escape_filter_value(value) == escaped
+
+
+def test_expand_filter_placeholders() -> None:
+    template = "(|(uid=%n)(mail=%u)(o=%d)(cn=100%%))"
+    assert expand_filter(template, "a*@b(c)") == r"(|(uid=a\2a)(mail=a\2a@b\28c\29)(o=b\28c\29)(cn=100%))"
+    assert expand_filter(DEFAULT_FILTER, "bob") == "(&(objectClass=inetOrgPerson)(uid=bob))"
+    # The domain is after the last @, the local part keeps the others.
+    assert expand_filter("%n|%d", "a@b@c") == "a@b|c"
+
+
+def test_expand_filter_unknown_placeholder() -> None:
+    with pytest.raises(ValueError, match="%x"):
+        expand_filter("(uid=%x)", "bob")
+
+
+# -- argument parsing ----------------------------------------------------------
+
+
+def test_parse_args_full() -> None:
+    settings = parse_args(
+        "url=ldap://ldap.example.org:3389/,base=ou=people,dc=example,dc=org,"
+        "filter=(&(objectClass=inetOrgPerson)(|(uid=%n)(mail=%u))),"
+        "binddn=cn=popgate,ou=services,dc=example,dc=org,bindpw=s3cret,"
+        "starttls=yes,timeout=2.5,connect_timeout=1,"
+        "mail_attribute=mailMessageStore,user_attribute=uid"
+    )
+    assert (settings.host, settings.port, settings.ldaps, settings.starttls) == ("ldap.example.org", 3389, False, True)
+    assert settings.base == "ou=people,dc=example,dc=org"
+    assert settings.filter == "(&(objectClass=inetOrgPerson)(|(uid=%n)(mail=%u)))"
+    assert settings.binddn == "cn=popgate,ou=services,dc=example,dc=org"
+    assert settings.bindpw == "s3cret"
+    assert (settings.timeout, settings.connect_timeout) == (2.5, 1.0)
+    assert (settings.mail_attribute, settings.user_attribute) == ("mailMessageStore", "uid")
+    assert "s3cret" not in repr(settings)
+
+
+def test_parse_args_defaults() -> None:
+    settings = parse_args("url=ldaps://ldap.example.org,base=dc=example,dc=org")
+    assert (settings.port, settings.ldaps, settings.starttls) == (636, True, False)
+    assert settings.filter == DEFAULT_FILTER
+    assert settings.binddn is None and settings.bindpw == ""
+    assert settings.timeout == settings.connect_timeout == 5.0
+    assert parse_args("url=ldap://[::1]/,base=dc=x").port == 389
+
+
+def test_parse_args_bindpw_file(tmp_path: Any) -> None:
+    secret = tmp_path / "bindpw"
+    secret.write_text("a,url=b\n")
+    settings = parse_args(f"url=ldap://h/,base=dc=x,binddn=cn=s,dc=x,bindpw_file={secret}")
+    assert settings.bindpw == "a,url=b"
+
+
+@pytest.mark.parametrize(
+    "argstring, message",
+    [
+        ("", "known key"),
+        ("base=dc=x", "url= is required"),
+        ("url=ldap://h/", "base= is required"),
+        ("host=h,url=ldap://h/,base=dc=x", "known key"),
+        ("url=ldap://h/,base=dc=x,base=dc=y", "twice"),
+        ("url=http://h/,base=dc=x", "ldap://"),
+        ("url=ldap:///,base=dc=x", "no host"),
+        ("url=ldap://h/dc=x,base=dc=x", "scheme://host"),
+        ("url=ldap://h:notaport/,base=dc=x", "bad url"),
+        ("url=ldaps://h/,base=dc=x,starttls=yes", "ldaps"),
+        ("url=ldap://h/,base=dc=x,starttls=maybe", "yes or no"),
+        ("url=ldap://h/,base=dc=x,binddn=cn=s,dc=x", "needs bindpw"),
+        ("url=ldap://h/,base=dc=x,bindpw=s", "without binddn"),
+        ("url=ldap://h/,base=dc=x,binddn=cn=s,bindpw=a,bindpw_file=/x", "not both"),
+        ("url=ldap://h/,base=dc=x,binddn=cn=s,bindpw_file=/nonexistent/pw", "cannot read"),
+        ("url=ldap://h/,base=dc=x,timeout=soon", "number of seconds"),
+        ("url=ldap://h/,base=dc=x,timeout=0", "between"),
+        ("url=ldap://h/,base=dc=x,filter=(uid=%n", "invalid LDAP filter"),
+        ("url=ldap://h/,base=dc=x,filter=(uid=%q)", "%q"),
+        ("url=ldap://h/,base=dc=x,cafile=/nonexistent/ca.pem", "cannot read"),
+    ],
+)
+def test_parse_args_errors(argstring: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as info:
+        make_checker(argstring)
+    assert "\n" not in str(info.value)
+
+
+def test_interfaces() -> None:
+    checker = make_checker("url=ldap://127.0.0.1/,base=dc=x")
+    assert isinstance(checker, LDAPChecker)
+    assert verifyObject(ICredentialsChecker, checker)
+    assert verifyObject(IUserLookup, checker)
+
+
+@pytest.mark.parametrize("password", [b"", ""])
+def test_empty_password_rejected_without_network(password: bytes | str) -> None:
+    """An empty password would make an unauthenticated bind: refused up front."""
+    checker = LDAPChecker(parse_args("url=ldap://127.0.0.1/,base=dc=x"), reactor=object())
+    failures: list[Any] = []
+    checker.requestAvatarId(UsernamePassword(b"alice", password)).addErrback(failures.append)
+    assert failures and failures[0].check(UnauthorizedLogin)
+
+
+# -- against real servers ----------------------------------------------------------
+
+
+@pytest.fixture
+def checkers() -> Iterator[Any]:
+    """Makes checkers and closes their connections afterwards."""
+    made: list[LDAPChecker] = []
+
+    def make(argstring: str) -> LDAPChecker:
+        checker = make_checker(argstring)
+        made.append(checker)
+        return checker
+
+    yield make
+    for checker in made:
+        run(checker.close)
+
+
+def login(checker: LDAPChecker, user: bytes | str, password: bytes | str) -> Any:
+    return run(checker.requestAvatarId, UsernamePassword(user, password))
+
+
+@integration
+def test_unreachable_is_temporary(checkers: Any) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    checker = checkers(f"url=ldap://127.0.0.1:{port}/,base=dc=x")
+    with pytest.raises(TemporaryFailure):
+        login(checker, "alice", "pw")
+    with pytest.raises(TemporaryFailure):
+        run(checker.lookup_user, "alice")
+
+
+@integration
+def test_silent_server_times_out(checkers: Any) -> None:
+    """A server that accepts but never answers: TemporaryFailure after timeout=."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(5)
+        port = s.getsockname()[1]
+        checker = checkers(f"url=ldap://127.0.0.1:{port}/,base=dc=x,timeout=0.3")
+        started = time.monotonic()
+        with pytest.raises(TemporaryFailure):
+            login(checker, "alice", "pw")
+        assert time.monotonic() - started < 5
+
+
+@integration
+@pytest.mark.parametrize("name", sorted(USERS))
+def test_good_login(ldap_server: LDAPServer, checkers: Any, name: str) -> None:
+    """{SSHA} (slappasswd), {CRYPT}$6$, cleartext, odd characters, UTF-8."""
+    checker = checkers(ldap_server.argstring())
+    password = USERS[name][0]
+    avatar_id = login(checker, name.encode("utf-8"), password.encode("utf-8"))
+    assert avatar_id == name and type(avatar_id) is str
+    with pytest.raises(UnauthorizedLogin):
+        login(checker, name, password + "x")
+
+
+@integration
+def test_unknown_ambiguous_and_passwordless(ldap_server: LDAPServer, checkers: Any) -> None:
+    checker = checkers(ldap_server.argstring())
+    for user, password in [("nobody", "pw"), ("twin", TWIN_PASSWORD), ("nopw", "pw"), ("alice", "")]:
+        with pytest.raises(UnauthorizedLogin):
+            login(checker, user, password)
+    with pytest.raises(UnauthorizedLogin):
+        login(checker, b"\xff\xfe", "pw")
+
+
+@integration
+@pytest.mark.parametrize(
+    "user",
+    ["*", "al*", "*ice", "alice)(uid=*", "*)(uid=*", "*)(|(uid=*", "alice)(|(objectClass=*", "alice\0", "alice\\2a"],
+)
+def test_injection_does_not_log_in(ldap_server: LDAPServer, checkers: Any, user: str) -> None:
+    """Unescaped, each of these would find alice and bind with her password."""
+    checker = checkers(ldap_server.argstring())
+    with pytest.raises(UnauthorizedLogin):
+        login(checker, user, USERS["alice"][0])
+    assert run(checker.lookup_user, user) is None
+
+
+@integration
+def test_filter_on_full_address(ldap_server: LDAPServer, checkers: Any) -> None:
+    checker = checkers(ldap_server.argstring(filter="(&(objectClass=inetOrgPerson)(mail=%n@%d))"))
+    assert login(checker, "alice@example.org", USERS["alice"][0]) == "alice@example.org"
+    with pytest.raises(UnauthorizedLogin):
+        login(checker, "*@example.org", USERS["alice"][0])
+
+
+@integration
+def test_user_attribute_canonicalises(ldap_server: LDAPServer, checkers: Any) -> None:
+    checker = checkers(ldap_server.argstring(user_attribute="uid"))
+    assert login(checker, "ALICE", USERS["alice"][0]) == "alice"
+    assert run(checker.lookup_user, "Alice") == UserInfo("alice", None)
+
+
+@integration
+def test_anonymous_search(local_slapd: LDAPServer, checkers: Any) -> None:
+    """Our slapd allows anonymous searches (an external one may not)."""
+    checker = checkers(local_slapd.argstring(binddn=None, bindpw=None))
+    assert login(checker, "carol", USERS["carol"][0]) == "carol"
+
+
+@integration
+def test_service_connection_is_reused(ldap_server: LDAPServer, checkers: Any) -> None:
+    checker = checkers(ldap_server.argstring())
+    login(checker, "alice", USERS["alice"][0])
+    first = checker._service
+    login(checker, "bob", USERS["bob"][0])
+    run(checker.lookup_user, "carol")
+    assert first is not None and checker._service is first
+
+
+@integration
+@pytest.mark.parametrize(
+    "options",
+    [{"bindpw": "wrong"}, {"binddn": "cn=nobody,dc=example,dc=org"}, {"base": "ou=missing,dc=example,dc=org"}],
+    ids=["bad-bindpw", "bad-binddn", "missing-base"],
+)
+def test_directory_trouble_is_temporary(ldap_server: LDAPServer, checkers: Any, options: dict[str, str]) -> None:
+    if "base" in options:
+        options = {"base": f"ou=missing,{ldap_server.base}"}
+    checker = checkers(ldap_server.argstring(**options))
+    with pytest.raises(TemporaryFailure):
+        login(checker, "alice", USERS["alice"][0])
+    with pytest.raises(TemporaryFailure):
+        run(checker.lookup_user, "alice")
+
+
+@integration
+def test_lookup_user(ldap_server: LDAPServer, checkers: Any) -> None:
+    checker = checkers(ldap_server.argstring(mail_attribute=ldap_server.mail_attribute))
+    assert run(checker.lookup_user, "erin") == UserInfo("erin", ERIN_MAIL_LOCATION)
+    assert run(checker.lookup_user, "alice") == UserInfo("alice", None)
+    assert run(checker.lookup_user, "nobody") is None
+    assert run(checker.lookup_user, "") is None
+    with pytest.raises(TemporaryFailure):
+        run(checker.lookup_user, "twin")
+    assert login(checker, "erin", USERS["erin"][0]) == "erin"
+
+
+@integration
+def test_slapd_stopped_then_restarted(private_slapd: LDAPServer, checkers: Any) -> None:
+    checker = checkers(private_slapd.argstring(timeout="2"))
+    password = USERS["alice"][0]
+    assert login(checker, "alice", password) == "alice"
+
+    # Restarted between two requests: the stale connection is replaced.
+    private_slapd.stop()
+    private_slapd.start()
+    assert login(checker, "alice", password) == "alice"
+
+    private_slapd.stop()
+    with pytest.raises(TemporaryFailure):
+        login(checker, "alice", password)
+    with pytest.raises(TemporaryFailure):
+        run(checker.lookup_user, "alice")
+
+    private_slapd.start()
+    assert login(checker, "alice", password) == "alice"
+    assert run(checker.lookup_user, "alice") == UserInfo("alice", None)
+
+
+@integration
+def test_starttls(local_slapd: LDAPServer, checkers: Any) -> None:
+    checker = checkers(local_slapd.argstring(starttls="yes", cafile=local_slapd.cafile))
+    assert login(checker, "alice", USERS["alice"][0]) == "alice"
+    with pytest.raises(UnauthorizedLogin):
+        login(checker, "alice", "wrong")
+
+
+@integration
+def test_ldaps(local_slapd: LDAPServer, checkers: Any) -> None:
+    checker = checkers(local_slapd.argstring(url=local_slapd.ldaps_url, cafile=local_slapd.cafile))
+    assert login(checker, "bob", USERS["bob"][0]) == "bob"
+
+
+@integration
+@pytest.mark.parametrize("tls", ["starttls", "ldaps"])
+def test_untrusted_certificate_is_temporary(local_slapd: LDAPServer, checkers: Any, tls: str) -> None:
+    """Without cafile= the test CA is not trusted: no password goes out."""
+    options = {"starttls": "yes"} if tls == "starttls" else {"url": local_slapd.ldaps_url}
+    checker = checkers(local_slapd.argstring(**options))
+    with pytest.raises(TemporaryFailure):
+        login(checker, "alice", USERS["alice"][0])

@@ -1,0 +1,144 @@
+"""
+An authentication cache in front of a slow checker (SQL, LDAP).
+
+POP3 clients poll every few minutes with the same password; without a cache
+each poll costs a database round trip and a deliberately slow hash.
+
+Entries are keyed by (credential interface, user name, HMAC-SHA256 of the
+password under a random per-checker salt), so the plaintext password is
+never kept, and a new password simply misses the cache: a password change
+takes effect at the latest when the old entry's TTL runs out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections import OrderedDict
+from typing import Any
+
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+from zope.interface import alsoProvides, implementer
+
+from popgate.interfaces import IUserLookup
+
+_Key = tuple[Any, Any, bytes]
+
+
+@implementer(ICredentialsChecker)
+class CachingChecker:
+    """
+    Cache C{wrapped}'s answers for L{IUsernamePassword} credentials.
+
+    Successes are remembered C{positive_ttl} seconds, L{UnauthorizedLogin}
+    C{negative_ttl} seconds; a TTL of 0 turns that half off.  Any other
+    failure (L{popgate.errors.TemporaryFailure}, a bug) is never cached, so
+    a database outage is not remembered after the database is back.
+    Credentials that carry no password (APOP's
+    L{twisted.cred.credentials.IUsernameHashedPassword}) go straight through.
+
+    At most C{max_entries} answers are kept; the least recently used goes
+    first.  If C{wrapped} provides L{IUserLookup}, so does the cache
+    (lookups are passed through uncached).
+
+    @param clock: an L{IReactorTime}; the global reactor when omitted.
+    """
+
+    def __init__(
+        self,
+        wrapped: ICredentialsChecker,
+        positive_ttl: float = 60.0,
+        negative_ttl: float = 10.0,
+        clock: IReactorTime | None = None,
+        max_entries: int = 10000,
+    ) -> None:
+        if positive_ttl < 0 or negative_ttl < 0:
+            raise ValueError("cache TTLs must not be negative")
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.wrapped = wrapped
+        self.credentialInterfaces = tuple(wrapped.credentialInterfaces)
+        self.positive_ttl = positive_ttl
+        self.negative_ttl = negative_ttl
+        self.max_entries = max_entries
+        self._clock = clock
+        self._salt = os.urandom(32)
+        # key -> (expires_at, avatar id or None for a cached refusal)
+        self._entries: OrderedDict[_Key, tuple[float, Any]] = OrderedDict()
+        if IUserLookup.providedBy(wrapped):
+            alsoProvides(self, IUserLookup)
+
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred[Any]:
+        key = self._key(credentials)
+        if key is None:
+            return defer.maybeDeferred(self.wrapped.requestAvatarId, credentials)
+        hit = self._get(key)
+        if hit is not None:
+            avatar_id = hit[1]
+            if avatar_id is None:
+                return defer.fail(UnauthorizedLogin())
+            return defer.succeed(avatar_id)
+        d = defer.maybeDeferred(self.wrapped.requestAvatarId, credentials)
+        d.addCallbacks(self._remember_success, self._remember_refusal, (key,), None, (key,))
+        return d
+
+    def lookup_user(self, name: str) -> Any:
+        """Pass through to the wrapped checker's L{IUserLookup}."""
+        return self.wrapped.lookup_user(name)  # type: ignore[attr-defined]
+
+    def clear(self) -> None:
+        """Forget everything (e.g. after the user store was edited)."""
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _remember_success(self, avatar_id: Any, key: _Key) -> Any:
+        if self.positive_ttl > 0:
+            self._put(key, self.positive_ttl, avatar_id)
+        return avatar_id
+
+    def _remember_refusal(self, failure: Failure, key: _Key) -> Failure:
+        if self.negative_ttl > 0 and failure.check(UnauthorizedLogin):
+            self._put(key, self.negative_ttl, None)
+        return failure
+
+    def _key(self, credentials: Any) -> _Key | None:
+        if not (self.positive_ttl or self.negative_ttl):
+            return None
+        if not IUsernamePassword.providedBy(credentials):
+            return None
+        password = credentials.password
+        if isinstance(password, str):
+            password = password.encode("utf-8")
+        digest = hmac.new(self._salt, password, hashlib.sha256).digest()
+        return (IUsernamePassword, credentials.username, digest)
+
+    def _get(self, key: _Key) -> tuple[float, Any] | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if self._now() >= entry[0]:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return entry
+
+    def _put(self, key: _Key, ttl: float, avatar_id: Any) -> None:
+        self._entries[key] = (self._now() + ttl, avatar_id)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def _now(self) -> float:
+        if self._clock is None:
+            from twisted.internet import reactor
+
+            self._clock = reactor  # type: ignore[assignment]
+        return self._clock.seconds()  # type: ignore[union-attr]

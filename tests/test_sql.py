@@ -1,0 +1,445 @@
+"""
+popgate.cred.sql against real databases: sqlite3 (a temp file), PostgreSQL
+(POPGATE_PG_DSN) and MariaDB/MySQL (POPGATE_MYSQL_DSN).  Each test makes its
+own uniquely named table and drops it afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+
+from popgate.cred import schemes
+from popgate.cred.sql import SQLChecker, _connect_args, _redact, compile_query, make_checker, parse_args
+from popgate.cred.userinfo import UserInfo
+from popgate.errors import TemporaryFailure
+from popgate.pop3.apop import APOPCredentials
+from tests.reactor_thread import run
+from tests.services import need
+
+PG_DSN = os.environ.get("POPGATE_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+MYSQL_DSN = os.environ.get("POPGATE_MYSQL_DSN", "mysql://root@127.0.0.1:3306/test")
+
+PASSWORDS = {
+    "alice": ("alice-pw", schemes.hash_password("alice-pw", "BLF-CRYPT", rounds=4)),
+    "bob": ("bob-pw", schemes.hash_password("bob-pw", "SHA512-CRYPT", rounds=1000)),
+    "carol": ("carol-pw", "{PLAIN}carol-pw"),
+    "dave": ("dave-pw", schemes.hash_password("dave-pw", "SSHA")),
+    "erin": ("erin-pw", "{NO-SUCH-SCHEME}erin-pw"),
+    "frank": ("frank-pw", None),
+    "bare": ("bare-pw", hashlib.sha256(b"bare-pw").hexdigest()),
+}
+MAILDIRS = {"alice": "/var/mail/alice", "carol": ""}
+
+
+@dataclass
+class Backend:
+    """One database with a fresh users table."""
+
+    kind: str
+    dsn: str
+    table: str
+    execute: Callable[[str], list[tuple[Any, ...]]]
+    checkers: list[SQLChecker] = field(default_factory=list)
+
+    def checker(self, query: str | None = None, **kw: Any) -> SQLChecker:
+        if query is None:
+            query = f"SELECT password, maildir FROM {self.table} WHERE userid = %(user)s"
+        checker = SQLChecker(self.dsn, query.replace("{table}", self.table), **kw)
+        self.checkers.append(checker)
+        return checker
+
+    def count(self) -> int:
+        return int(self.execute(f"SELECT COUNT(*) FROM {self.table}")[0][0])
+
+
+def _sqlite(tmp_path: Path) -> tuple[str, Callable[[str], list[tuple[Any, ...]]], Callable[[], None]]:
+    path = tmp_path / "users.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+
+    def execute(sql: str) -> list[tuple[Any, ...]]:
+        return conn.execute(sql).fetchall()
+
+    return f"sqlite://{path}", execute, conn.close
+
+
+def _postgresql(_: Path) -> tuple[str, Callable[[str], list[tuple[Any, ...]]], Callable[[], None]]:
+    import psycopg
+
+    try:
+        conn = psycopg.connect(PG_DSN, autocommit=True, connect_timeout=3)
+    except psycopg.Error as e:
+        need(False, f"PostgreSQL unreachable at {_redact(PG_DSN)} (set POPGATE_PG_DSN): {e}")
+        raise
+
+    def execute(sql: str) -> list[tuple[Any, ...]]:
+        cur = conn.execute(sql)
+        return cur.fetchall() if cur.description else []
+
+    return PG_DSN, execute, conn.close
+
+
+def _mysql(_: Path) -> tuple[str, Callable[[str], list[tuple[Any, ...]]], Callable[[], None]]:
+    import pymysql
+
+    args, kwargs = _connect_args("mysql", MYSQL_DSN, 3)
+    try:
+        conn = pymysql.connect(*args, **kwargs)
+    except pymysql.Error as e:
+        need(False, f"MySQL/MariaDB unreachable at {_redact(MYSQL_DSN)} (set POPGATE_MYSQL_DSN): {e}")
+        raise
+
+    def execute(sql: str) -> list[tuple[Any, ...]]:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            return list(cur.fetchall())
+
+    return MYSQL_DSN, execute, conn.close
+
+
+_OPENERS = {"sqlite": _sqlite, "postgresql": _postgresql, "mysql": _mysql}
+
+
+def _quote(value: str | None) -> str:
+    return "NULL" if value is None else "'" + value.replace("'", "''") + "'"
+
+
+def _make_backend(kind: str, tmp_path: Path) -> Iterator[Backend]:
+    dsn, execute, close = _OPENERS[kind](tmp_path)
+    table = f"popgate_users_{secrets.token_hex(6)}"
+    execute(f"CREATE TABLE {table} (userid VARCHAR(255) PRIMARY KEY, password VARCHAR(255), maildir VARCHAR(255))")
+    for user, (_, stored) in PASSWORDS.items():
+        execute(f"INSERT INTO {table} VALUES ({_quote(user)}, {_quote(stored)}, {_quote(MAILDIRS.get(user))})")
+    backend = Backend(kind, dsn, table, execute)
+    try:
+        yield backend
+    finally:
+        for checker in backend.checkers:
+            run(checker.close)
+        execute(f"DROP TABLE IF EXISTS {table}")
+        close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    yield from _make_backend(request.param, tmp_path)
+
+
+@pytest.fixture
+def sqlite_backend(tmp_path: Path) -> Iterator[Backend]:
+    yield from _make_backend("sqlite", tmp_path)
+
+
+@pytest.fixture(params=["postgresql", "mysql"])
+def server_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    yield from _make_backend(request.param, tmp_path)
+
+
+def login(checker: SQLChecker, user: str | bytes, password: str | bytes) -> Any:
+    if isinstance(user, str):
+        user = user.encode("utf-8")
+    if isinstance(password, str):
+        password = password.encode("utf-8")
+    return run(checker.requestAvatarId, UsernamePassword(user, password))
+
+
+def refused(checker: SQLChecker, user: str | bytes, password: str | bytes) -> bool:
+    with pytest.raises(UnauthorizedLogin):
+        login(checker, user, password)
+    return True
+
+
+# -- real databases ------------------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("user", ["alice", "bob", "carol", "dave"])
+def test_good_login(backend: Backend, user: str) -> None:
+    checker = backend.checker()
+    assert login(checker, user, PASSWORDS[user][0]) == user
+
+
+@pytest.mark.integration
+def test_wrong_password_unknown_user_and_unusable_rows(backend: Backend) -> None:
+    checker = backend.checker()
+    for user in ("alice", "bob", "carol", "dave"):
+        assert refused(checker, user, "wrong")
+    assert refused(checker, "nobody", "alice-pw")
+    assert refused(checker, "erin", "erin-pw")  # unknown scheme: a logged config error
+    assert refused(checker, "frank", "frank-pw")  # NULL password
+    assert refused(checker, "bare", "bare-pw")  # no scheme and no scheme= option
+
+
+@pytest.mark.integration
+def test_default_scheme(backend: Backend) -> None:
+    checker = backend.checker(default_scheme="SHA256.HEX")
+    assert login(checker, "bare", "bare-pw") == "bare"
+    assert login(checker, "alice", "alice-pw") == "alice"  # prefixed/crypt values still work
+
+
+@pytest.mark.integration
+def test_sql_injection_never_logs_in(backend: Backend) -> None:
+    checker = backend.checker()
+    before = backend.count()
+    attempts = [
+        "' OR '1'='1",
+        "' OR userid='alice",
+        "alice' -- ",
+        "alice'#",
+        "\\' OR 1=1 -- ",
+        f"x'; DROP TABLE {backend.table}; --",
+        "x'; DROP TABLE users; --",
+        "alice\\",
+    ]
+    for name in attempts:
+        for password in ("alice-pw", "' OR '1'='1"):
+            assert refused(checker, name, password)
+    assert backend.count() == before
+    assert login(checker, "alice", "alice-pw") == "alice"
+
+
+@pytest.mark.integration
+def test_malformed_user_names_are_refused_without_a_query(backend: Backend) -> None:
+    checker = backend.checker()
+    for name in [b"alice\x00", b"\xff\xfe", b"alice ", b" alice", b"al\nice", b"", b"a" * 400]:
+        assert refused(checker, name, "alice-pw")
+
+
+@pytest.mark.integration
+def test_lookup_user_with_mail_column(backend: Backend) -> None:
+    checker = backend.checker()
+    assert run(checker.lookup_user, "alice") == UserInfo("alice", "/var/mail/alice")
+    assert run(checker.lookup_user, "bob") == UserInfo("bob", None)
+    assert run(checker.lookup_user, "carol") == UserInfo("carol", None)  # empty string
+    assert run(checker.lookup_user, "nobody") is None
+    assert run(checker.lookup_user, "' OR '1'='1") is None
+    assert run(checker.lookup_user, "bad\x00name") is None
+
+
+@pytest.mark.integration
+def test_separate_user_query(backend: Backend) -> None:
+    checker = backend.checker(
+        f"SELECT password FROM {backend.table} WHERE userid = %(user)s",
+        user_query=f"SELECT userid, maildir FROM {backend.table} WHERE userid = %(user)s AND password IS NULL",
+    )
+    assert run(checker.lookup_user, "frank") == UserInfo("frank", None)
+    assert run(checker.lookup_user, "alice") is None
+    assert login(checker, "alice", "alice-pw") == "alice"
+
+
+@pytest.mark.integration
+def test_localpart_domain_and_literal_percent(backend: Backend) -> None:
+    checker = backend.checker(
+        "SELECT password FROM {table} WHERE userid = %(localpart)s "
+        "AND %(domain)s = 'example.org' AND (maildir IS NULL OR maildir NOT LIKE '%%nomatch%%')"
+    )
+    assert login(checker, "alice@example.org", "alice-pw") == "alice@example.org"
+    assert refused(checker, "alice@example.net", "alice-pw")
+    assert refused(checker, "alice", "alice-pw")
+
+
+@pytest.mark.integration
+def test_apop_needs_plain(backend: Backend) -> None:
+    checker = backend.checker()
+    challenge = b"<1896.697170952@example.org>"
+
+    def apop(user: bytes, secret: bytes) -> Any:
+        digest = hashlib.md5(challenge + secret).hexdigest().encode()
+        return run(checker.requestAvatarId, APOPCredentials(challenge, user, digest))
+
+    assert apop(b"carol", b"carol-pw") == "carol"
+    with pytest.raises(UnauthorizedLogin):
+        apop(b"carol", b"wrong")
+    with pytest.raises(UnauthorizedLogin):
+        apop(b"alice", b"alice-pw")  # bcrypt: APOP impossible
+    with pytest.raises(UnauthorizedLogin):
+        apop(b"nobody", b"x")
+
+
+@pytest.mark.integration
+def test_query_error_is_temporary(backend: Backend) -> None:
+    checker = backend.checker("SELECT password FROM no_such_table_xyz WHERE userid = %(user)s")
+    with pytest.raises(TemporaryFailure):
+        login(checker, "alice", "alice-pw")
+    with pytest.raises(TemporaryFailure):
+        run(checker.lookup_user, "alice")
+
+
+@pytest.mark.integration
+def test_server_down_is_temporary(server_backend: Backend) -> None:
+    dead = "postgresql://postgres@127.0.0.1:1/test" if server_backend.kind == "postgresql" else "mysql://root@127.0.0.1:1/test"
+    checker = SQLChecker(dead, timeout=2)
+    server_backend.checkers.append(checker)
+    for _ in range(2):
+        with pytest.raises(TemporaryFailure):
+            login(checker, "alice", "alice-pw")
+    with pytest.raises(TemporaryFailure):
+        run(checker.lookup_user, "alice")
+
+
+@pytest.mark.integration
+def test_killed_connection_is_replaced(server_backend: Backend) -> None:
+    """A restarted server (here: our backend killed) costs no failed login."""
+    if server_backend.kind == "postgresql":
+        whoami, kill = "pg_backend_pid()::text", "SELECT pg_terminate_backend({})"
+    else:
+        whoami, kill = "CAST(CONNECTION_ID() AS CHAR)", "KILL {}"
+    checker = server_backend.checker(
+        user_query=f"SELECT userid, {whoami} FROM {server_backend.table} WHERE userid = %(user)s",
+        pool_min=1,
+        pool_max=1,
+    )
+    for _ in range(2):
+        assert login(checker, "alice", "alice-pw") == "alice"
+        info = run(checker.lookup_user, "alice")
+        server_backend.execute(kill.format(int(info.mail_location)))
+        time.sleep(0.2)
+        assert login(checker, "alice", "alice-pw") == "alice"
+        assert run(checker.lookup_user, "alice").mail_location != info.mail_location
+
+
+@pytest.mark.integration
+def test_slow_query_times_out(server_backend: Backend) -> None:
+    sleep = "pg_sleep(3) IS NOT NULL" if server_backend.kind == "postgresql" else "SLEEP(3) = 0"
+    checker = server_backend.checker(
+        f"SELECT password FROM {server_backend.table} WHERE userid = %(user)s AND {sleep}", timeout=1
+    )
+    started = time.monotonic()
+    with pytest.raises(TemporaryFailure):
+        login(checker, "alice", "alice-pw")
+    assert time.monotonic() - started < 2.5
+
+
+# -- sqlite specifics ----------------------------------------------------------
+
+
+def test_sqlite_missing_file_then_created(tmp_path: Path) -> None:
+    path = tmp_path / "later.db"
+    checker = SQLChecker(f"sqlite://{path}")
+    try:
+        with pytest.raises(TemporaryFailure):
+            login(checker, "alice", "alice-pw")
+        assert not path.exists()  # opened read-only: no empty database created
+        conn = sqlite3.connect(path)
+        conn.execute("CREATE TABLE users (userid TEXT, password TEXT)")
+        conn.execute("INSERT INTO users VALUES ('alice', '{PLAIN}alice-pw')")
+        conn.commit()
+        conn.close()
+        assert login(checker, "alice", "alice-pw") == "alice"
+    finally:
+        run(checker.close)
+
+
+def test_several_rows_are_refused(sqlite_backend: Backend) -> None:
+    checker = sqlite_backend.checker(f"SELECT password, maildir FROM {sqlite_backend.table} WHERE userid <> %(user)s")
+    assert refused(checker, "alice", "bob-pw")
+    with pytest.raises(TemporaryFailure):
+        run(checker.lookup_user, "alice")
+
+
+def test_unknown_user_costs_a_check_against_a_real_hash(
+    sqlite_backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked: list[str] = []
+    real = schemes.verify_in_thread
+
+    def spy(reactor: Any, password: bytes, stored: str, **kw: Any) -> Any:
+        checked.append(stored)
+        return real(reactor, password, stored, **kw)
+
+    monkeypatch.setattr(schemes, "verify_in_thread", spy)
+    checker = sqlite_backend.checker()
+    assert refused(checker, "nobody", "x")
+    assert checked == [schemes.DUMMY_HASH]
+    login(checker, "bob", "bob-pw")
+    assert refused(checker, "nobody", "x")
+    assert checked[-1] == PASSWORDS["bob"][1]
+    login(checker, "carol", "carol-pw")
+    assert refused(checker, "nobody", "x")
+    assert checked[-1].startswith("{PLAIN}") and "carol-pw" not in checked[-1]
+
+
+def test_make_checker_from_argstring(sqlite_backend: Backend) -> None:
+    checker = make_checker(
+        f"dsn={sqlite_backend.dsn},query=SELECT password, maildir FROM {sqlite_backend.table} "
+        "WHERE userid = %(user)s,pool_max=2,timeout=3"
+    )
+    sqlite_backend.checkers.append(checker)
+    assert login(checker, "dave", "dave-pw") == "dave"
+    assert run(checker.lookup_user, "alice") == UserInfo("alice", "/var/mail/alice")
+
+
+# -- argument parsing (no database) --------------------------------------------
+
+
+def test_parse_args_keeps_commas_in_queries() -> None:
+    kwargs = parse_args(
+        "dsn=postgresql://u@h:5432/db, query=SELECT password, maildir FROM users WHERE userid = %(user)s,"
+        "user_query=SELECT 1, home FROM users WHERE userid = %(user)s,scheme=SHA512-CRYPT,pool_min=2,pool_max=3,timeout=1.5"
+    )
+    assert kwargs == {
+        "dsn": "postgresql://u@h:5432/db",
+        "query": "SELECT password, maildir FROM users WHERE userid = %(user)s",
+        "user_query": "SELECT 1, home FROM users WHERE userid = %(user)s",
+        "default_scheme": "SHA512-CRYPT",
+        "pool_min": 2,
+        "pool_max": 3,
+        "timeout": 1.5,
+    }
+    assert parse_args("dsn=sqlite:///x.db") == {"dsn": "sqlite:///x.db"}
+
+
+@pytest.mark.parametrize(
+    "argstring, message",
+    [
+        ("", "dsn= is required"),
+        ("query=SELECT password FROM u WHERE userid = %(user)s", "dsn= is required"),
+        ("dsn=sqlite:///x.db,bogus=1", "unknown key bogus="),
+        ("bogus=1", "expected one of"),
+        ("dsn=sqlite:///x.db,dsn=sqlite:///y.db", "given twice"),
+        ("dsn=sqlite:///x.db,pool_max=many", "pool_max= must be a number"),
+        ("dsn=sqlite:///x.db,timeout=0", "timeout= must be positive"),
+        ("dsn=sqlite:///x.db,pool_min=3,pool_max=2", "pool_min <= pool_max"),
+        ("dsn=oracle://x/y", "must start with"),
+        ("dsn=sqlite://", "sqlite:///path"),
+        ("dsn=sqlite:///:memory:", "sqlite:///path"),
+        ("dsn=postgresql://host", "needs a database"),
+        ("dsn=mysql://root@host", "needs a database"),
+        ("dsn=mysql://root@host/db?ssl=1", "unknown MySQL DSN option"),
+        ("dsn=sqlite:///x.db,scheme=NOPE", "unknown scheme="),
+        ("dsn=sqlite:///x.db,query=SELECT password FROM users", "must use %(user)s"),
+        ("dsn=sqlite:///x.db,query=SELECT password FROM users WHERE userid = %(name)s", "unknown placeholder"),
+        ("dsn=sqlite:///x.db,query=SELECT password FROM users WHERE userid = %(user)s AND x LIKE 'a%'", "lone %"),
+        ("dsn=sqlite:///x.db,user_query=SELECT 1 FROM users", "must use %(user)s"),
+    ],
+)
+def test_bad_arguments(argstring: str, message: str) -> None:
+    with pytest.raises(ValueError, match="^sql: .*" + re.escape(message)) as info:
+        make_checker(argstring)
+    assert "\n" not in str(info.value)
+
+
+def test_compile_query() -> None:
+    named = compile_query("SELECT a FROM t WHERE u = %(user)s OR (l = %(localpart)s AND d = %(domain)s) OR u = %(user)s AND x LIKE '%%y'", "named")
+    assert named.text == "SELECT a FROM t WHERE u = :user OR (l = :localpart AND d = :domain) OR u = :user AND x LIKE '%y'"
+    assert named.params("a.b@c@example.org") == {"user": "a.b@c@example.org", "localpart": "a.b@c", "domain": "example.org"}
+    pyformat = compile_query("SELECT a FROM t WHERE l = %(localpart)s AND x LIKE '%%y'", "pyformat")
+    assert pyformat.text == "SELECT a FROM t WHERE l = %(localpart)s AND x LIKE '%%y'"
+    assert pyformat.params("alice") == {"localpart": "alice"}
+    assert compile_query("SELECT 1 WHERE d = %(domain)s", "named").params("alice") == {"domain": ""}
+
+
+def test_redact() -> None:
+    assert _redact("mysql://root:s3cret@db:3306/mail") == "mysql://root:***@db:3306/mail"
+    assert _redact("postgresql://postgres@db/test") == "postgresql://postgres@db/test"

@@ -11,16 +11,24 @@ from typing import Any
 from twisted.application import service, strports
 from twisted.cred.portal import Portal
 
+from popgate.cred.cache import CachingChecker
 from popgate.cred.chain import ChainedChecker
 from popgate.pop3.factory import POP3ServerFactory
 from popgate.pop3.settings import SessionSettings
 from popgate.realm import MaildropRealm
 
 
-def build_portal(store: Any, checkers: list[Any]) -> Portal:
-    """A portal with one checker per credentials interface (a chain when
-    several user stores handle the same kind of credentials)."""
+def build_portal(store: Any, checkers: list[Any], cache: tuple[float, float] = (0, 0),
+                 clock: Any = None) -> Portal:
+    """
+    A portal with one checker per credentials interface (a chain when
+    several user stores handle the same kind of credentials), each behind
+    an auth cache when C{cache} (positive and negative TTLs) is not off.
+    """
     portal = Portal(MaildropRealm(store))
+    if any(cache):
+        checkers = [CachingChecker(c, positive_ttl=cache[0], negative_ttl=cache[1], clock=clock)
+                    for c in checkers]
     by_interface: dict[Any, list[Any]] = {}
     for checker in checkers:
         for interface in checker.credentialInterfaces:
@@ -48,13 +56,19 @@ def session_settings(options: Any) -> SessionSettings:
     return SessionSettings(**values)
 
 
+def _option(options: Any, name: str, default: Any) -> Any:
+    value = options.get(name)
+    return default if value is None else value
+
+
 def build_service(options: Any, reactor: Any = None) -> service.MultiService:
     """The L{MultiService} of every listener; a port that cannot be bound
     stops start-up instead of leaving a server with no listener."""
     if reactor is None:
         from twisted.internet import reactor
     top = service.MultiService()
-    portal = build_portal(options["store_object"], options["credCheckers"])
+    cache = (_option(options, "auth-cache-ttl", 60.0), _option(options, "auth-cache-negative-ttl", 10.0))
+    portal = build_portal(options["store_object"], options["credCheckers"], cache, reactor)
     factory = POP3ServerFactory(portal, session_settings(options), reactor)
     for endpoint in options["pop3"]:
         listener = strports.service(endpoint, factory, reactor=reactor)

@@ -57,6 +57,11 @@ class Options(usage.Options, strcred.AuthOptionMixin):
          _number(int, "max-auth-failures", 1)],
         ["max-bad-commands", None, None, "Bad commands before disconnecting (default 20).",
          _number(int, "max-bad-commands", 1)],
+        ["auth-cache-ttl", None, None, "Seconds a successful login is cached (default 60; 0 "
+                                       "turns the cache off).", _number(float, "auth-cache-ttl")],
+        ["auth-cache-negative-ttl", None, None, "Seconds a failed login is cached (default 10; "
+                                                "0 turns it off).",
+         _number(float, "auth-cache-negative-ttl")],
     ]
 
     def __init__(self) -> None:

@@ -9,8 +9,9 @@ the rest (reloading, threads, timing, errors) lives here once.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ICredentials, IUsernamePassword
@@ -172,7 +173,8 @@ class UserFileChecker:
 
     # ICredentialsChecker
 
-    def requestAvatarId(self, credentials: ICredentials) -> Deferred[str]:
+    # popgate's avatar ids are str (the user name), not Twisted's bytes.
+    def requestAvatarId(self, credentials: ICredentials) -> Deferred[str]:  # type: ignore[override]
         return Deferred.fromCoroutine(self._authenticate(credentials))
 
     async def _authenticate(self, credentials: Any) -> str:

@@ -19,11 +19,11 @@ import base64
 import hashlib
 import hmac
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import bcrypt
-from argon2 import PasswordHasher, Type
+from argon2 import DEFAULT_TIME_COST, PasswordHasher, Type
 from argon2.exceptions import VerificationError
 from passlib import hash as passlib_hash
 from twisted.internet.defer import Deferred
@@ -304,18 +304,18 @@ def hash_password(
         hashed = handler.using(rounds=rounds or 5000).hash(secret)
     elif name in ("ARGON2ID", "ARGON2I"):
         kind = Type.ID if name == "ARGON2ID" else Type.I
-        costs = {} if rounds is None else {"time_cost": rounds}
-        hashed = PasswordHasher(type=kind, **costs).hash(secret)
+        hasher = PasswordHasher(time_cost=rounds or DEFAULT_TIME_COST, type=kind)
+        hashed = hasher.hash(secret)
     elif name in ("SSHA", "SSHA256", "SSHA512"):
         algorithm = {"SSHA": "sha1", "SSHA256": "sha256", "SSHA512": "sha512"}[name]
         salt = os.urandom(8)
         digest = hashlib.new(algorithm, secret + salt).digest()
-        return "{%s}%s" % (name, base64.b64encode(digest + salt).decode("ascii"))
+        return f"{{{name}}}" + base64.b64encode(digest + salt).decode("ascii")
     elif name in _PLAIN_NAMES:
-        return "{%s}%s" % (name, secret.decode("utf-8"))
+        return f"{{{name}}}" + secret.decode("utf-8")
     else:
         raise UnknownScheme(f"cannot hash with scheme {scheme[:40]!r}")
-    return "{%s}%s" % (name, hashed) if prefix else hashed
+    return f"{{{name}}}{hashed}" if prefix else hashed
 
 
 def verify_in_thread(

@@ -1,0 +1,227 @@
+"""
+Tests for L{popgate.cred.htpasswd}: files written by Apache's own
+C{htpasswd}, checked synchronously through an inline thread pool.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from passlib import hash as passlib_hash
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.logger import capturedLogs, formatEvent
+from zope.interface.verify import verifyObject
+
+from popgate.cred.htpasswd import HtpasswdChecker, make_checker
+from popgate.cred.userinfo import UserInfo
+from popgate.errors import PermanentFailure, TemporaryFailure
+from popgate.interfaces import IUserLookup
+from tests.services import need_program
+from tests.test_schemes import InlineReactor, result_of
+
+# htpasswd flag -> (user, password); DES crypt only looks at 8 characters.
+USERS = {
+    "-B": ("bcrypt", "bcrypt pässword"),
+    "-2": ("sha256", "sha256 password"),
+    "-5": ("sha512", "sha512 password"),
+    "-m": ("apr1", "apr1 password"),
+    "-s": ("sha1", "sha1 password"),
+    "-d": ("des", "desword"),
+}
+
+
+def htpasswd(*args: str) -> None:
+    subprocess.run(["htpasswd", *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def users_file(tmp_path: Path) -> Path:
+    """A file with one user per htpasswd format, made by htpasswd itself."""
+    need_program("htpasswd", "apache2-utils")
+    path = tmp_path / "users"
+    for number, (flag, (user, password)) in enumerate(USERS.items()):
+        create = "c" if number == 0 else ""
+        htpasswd(f"-b{create}{flag[1:]}", str(path), user, password)
+    return path
+
+
+@pytest.fixture
+def reactor() -> InlineReactor:
+    return InlineReactor()
+
+
+def login(checker: HtpasswdChecker, user: bytes | str, password: bytes | str) -> str:
+    user_b = user.encode() if isinstance(user, str) else user
+    password_b = password.encode() if isinstance(password, str) else password
+    avatar_id: str = result_of(checker.requestAvatarId(UsernamePassword(user_b, password_b)))
+    return avatar_id
+
+
+def test_interfaces(users_file: Path, reactor: InlineReactor) -> None:
+    checker = HtpasswdChecker(str(users_file), reactor)
+    assert verifyObject(ICredentialsChecker, checker)
+    assert verifyObject(IUserLookup, checker)
+
+
+@pytest.mark.parametrize("flag", list(USERS))
+def test_every_format_logs_in(users_file: Path, reactor: InlineReactor, flag: str) -> None:
+    checker = HtpasswdChecker(str(users_file), reactor)
+    user, password = USERS[flag]
+    assert login(checker, user, password) == user
+    with pytest.raises(UnauthorizedLogin):
+        login(checker, user, "x" + password)
+
+
+def test_hashing_runs_in_the_thread_pool(users_file: Path, reactor: InlineReactor) -> None:
+    checker = HtpasswdChecker(str(users_file), reactor)
+    login(checker, "bcrypt", "bcrypt pässword")
+    assert reactor.pool.calls == ["verify_password"]
+
+
+def test_unknown_user_and_wrong_password_look_alike(
+    users_file: Path, reactor: InlineReactor
+) -> None:
+    checker = HtpasswdChecker(str(users_file), reactor)
+    with pytest.raises(UnauthorizedLogin):
+        login(checker, "nobody", "bcrypt pässword")
+    with pytest.raises(UnauthorizedLogin):
+        login(checker, "bcrypt", "wrong")
+    # The unknown user still cost a hash check, in the thread pool.
+    assert reactor.pool.calls == ["dummy_verify", "verify_password"]
+
+
+def test_undecodable_user_name(users_file: Path, reactor: InlineReactor) -> None:
+    checker = HtpasswdChecker(str(users_file), reactor)
+    with pytest.raises(UnauthorizedLogin):
+        login(checker, b"\xff\xfe", "bcrypt pässword")
+
+
+def test_reload_on_change(users_file: Path, reactor: InlineReactor) -> None:
+    checker = HtpasswdChecker(str(users_file), reactor)
+    with pytest.raises(UnauthorizedLogin):
+        login(checker, "newcomer", "new password")
+    htpasswd("-bB", str(users_file), "newcomer", "new password")
+    assert login(checker, "newcomer", "new password") == "newcomer"
+    htpasswd("-D", str(users_file), "newcomer")
+    with pytest.raises(UnauthorizedLogin):
+        login(checker, "newcomer", "new password")
+
+
+def test_reload_on_same_size_change(tmp_path: Path, reactor: InlineReactor) -> None:
+    path = tmp_path / "users"
+    path.write_text("alice:{SHA}" + passlib_hash.ldap_sha1.hash("password1")[5:] + "\n")
+    checker = HtpasswdChecker(str(path), reactor)
+    assert login(checker, "alice", "password1") == "alice"
+    before = path.stat()
+    path.write_text("alice:{SHA}" + passlib_hash.ldap_sha1.hash("password2")[5:] + "\n")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))
+    assert path.stat().st_size == before.st_size
+    assert login(checker, "alice", "password2") == "alice"
+
+
+def test_reload_by_atomic_rename(tmp_path: Path, reactor: InlineReactor) -> None:
+    path = tmp_path / "users"
+    path.write_text("alice:" + passlib_hash.apr_md5_crypt.hash("one") + "\n")
+    checker = HtpasswdChecker(str(path), reactor)
+    assert login(checker, "alice", "one") == "alice"
+    new = tmp_path / "users.new"
+    new.write_text("alice:" + passlib_hash.apr_md5_crypt.hash("two") + "\n")
+    os.replace(new, path)
+    assert login(checker, "alice", "two") == "alice"
+
+
+def test_parse_only_on_change(users_file: Path, reactor: InlineReactor) -> None:
+    checker = HtpasswdChecker(str(users_file), reactor)
+    first = checker._file.users()
+    assert checker._file.users() is first
+
+
+def test_comments_blank_lines_crlf_and_extra_fields(
+    tmp_path: Path, reactor: InlineReactor
+) -> None:
+    path = tmp_path / "users"
+    password = "Sw0rdfish!"
+    hashed = passlib_hash.apr_md5_crypt.hash(password)
+    path.write_bytes(
+        b"# a comment\r\n\r\n   \n"
+        + f"alice:{hashed}\r\n".encode()
+        + f"bob:{hashed}:a comment field\n".encode()
+        + f"malformed line {password}\n".encode()
+        + f"alice:{passlib_hash.apr_md5_crypt.hash('second')}\n".encode()
+    )
+    checker = HtpasswdChecker(str(path), reactor)
+    with capturedLogs() as events:
+        assert login(checker, "alice", password) == "alice"  # the first entry wins
+        with pytest.raises(UnauthorizedLogin):
+            login(checker, "alice", "second")
+    assert login(checker, "bob", password) == "bob"
+    text = "\n".join(formatEvent(e) for e in events)
+    assert ":6: malformed line ignored" in text
+    assert "user alice listed again" in text
+    assert hashed not in text and password not in text
+
+
+def test_missing_file_is_a_temporary_failure(users_file: Path, reactor: InlineReactor) -> None:
+    checker = HtpasswdChecker(str(users_file), reactor)
+    assert login(checker, "bcrypt", "bcrypt pässword") == "bcrypt"
+    users_file.unlink()
+    with capturedLogs() as events:
+        with pytest.raises(TemporaryFailure):
+            login(checker, "bcrypt", "bcrypt pässword")
+        with pytest.raises(TemporaryFailure):
+            result_of(checker.lookup_user("bcrypt"))
+    errors = [e for e in events if e["log_level"].name == "error"]
+    assert len(errors) == 1  # logged once per outage
+    assert "cannot read user file" in formatEvent(errors[0])
+
+
+def test_unreadable_file_is_a_temporary_failure(tmp_path: Path, reactor: InlineReactor) -> None:
+    # A directory where the file should be: unreadable even for root.
+    checker = HtpasswdChecker(str(tmp_path), reactor)
+    with pytest.raises(TemporaryFailure):
+        login(checker, "alice", "pw")
+
+
+def test_unknown_scheme_is_a_permanent_failure_for_that_user(
+    tmp_path: Path, reactor: InlineReactor
+) -> None:
+    path = tmp_path / "users"
+    path.write_text(
+        "alice:$y$j9T$F5Jx5fExrKuPp53xLKQ..1$X3DX6M94c7o.9agCG9G317fhZg9SqC.5i5rd.RhAtQ7\n"
+        "bob:" + passlib_hash.apr_md5_crypt.hash("pw") + "\n"
+    )
+    checker = HtpasswdChecker(str(path), reactor)
+    with capturedLogs() as events:
+        with pytest.raises(PermanentFailure):
+            login(checker, "alice", "pw")
+    assert any("for user alice: unsupported crypt format $y$" in formatEvent(e) for e in events)
+    assert login(checker, "bob", "pw") == "bob"
+
+
+def test_lookup_user(users_file: Path, reactor: InlineReactor) -> None:
+    checker = HtpasswdChecker(str(users_file), reactor)
+    assert result_of(checker.lookup_user("apr1")) == UserInfo("apr1")
+    assert result_of(checker.lookup_user(b"apr1")) == UserInfo("apr1")
+    assert result_of(checker.lookup_user("nobody")) is None
+    assert result_of(checker.lookup_user(b"\xff")) is None
+
+
+def test_make_checker(users_file: Path) -> None:
+    checker = make_checker(str(users_file))
+    assert isinstance(checker, HtpasswdChecker)
+    assert checker.path == str(users_file)
+    with pytest.raises(ValueError, match="path"):
+        make_checker("")
+    with pytest.raises(ValueError, match="no such file"):
+        make_checker(str(users_file) + ".missing")
+
+
+def test_dropin_makes_this_checker(users_file: Path) -> None:
+    from twisted.plugins.popgate_plugin import htpasswd as factory
+
+    assert isinstance(factory.generateChecker(str(users_file)), HtpasswdChecker)

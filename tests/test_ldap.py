@@ -212,7 +212,7 @@ def test_good_login(ldap_server: LDAPServer, checkers: Any, name: str) -> None:
     checker = checkers(ldap_server.argstring())
     password = USERS[name][0]
     avatar_id = login(checker, name.encode("utf-8"), password.encode("utf-8"))
-    assert avatar_id == name and type(avatar_id) is str
+    assert avatar_id == name and isinstance(avatar_id, str)
     with pytest.raises(UnauthorizedLogin):
         login(checker, name, password + "x")
 
@@ -298,6 +298,9 @@ def test_lookup_user(ldap_server: LDAPServer, checkers: Any) -> None:
     with pytest.raises(TemporaryFailure):
         run(checker.lookup_user, "twin")
     assert login(checker, "erin", USERS["erin"][0]) == "erin"
+    # The login's avatar id carries the mail location too, for the store.
+    assert login(checker, "erin", USERS["erin"][0]).mail_location == ERIN_MAIL_LOCATION
+    assert login(checker, "alice", USERS["alice"][0]).mail_location is None
 
 
 @integration
@@ -344,3 +347,4 @@ def test_untrusted_certificate_is_temporary(local_slapd: LDAPServer, checkers: A
     checker = checkers(local_slapd.argstring(**options))
     with pytest.raises(TemporaryFailure):
         login(checker, "alice", USERS["alice"][0])
+

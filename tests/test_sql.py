@@ -225,6 +225,8 @@ def test_lookup_user_with_mail_column(backend: Backend) -> None:
     assert run(checker.lookup_user, "nobody") is None
     assert run(checker.lookup_user, "' OR '1'='1") is None
     assert run(checker.lookup_user, "bad\x00name") is None
+    # The login's avatar id carries the same mail location, for the store.
+    assert login(checker, "alice", "alice-pw").mail_location == "/var/mail/alice"
 
 
 @pytest.mark.integration

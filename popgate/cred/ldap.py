@@ -38,7 +38,7 @@ from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapCl
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from popgate.cred.userinfo import UserInfo
+from popgate.cred.userinfo import AvatarId, UserInfo
 from popgate.errors import TemporaryFailure
 from popgate.interfaces import IUserLookup
 
@@ -385,7 +385,8 @@ class LDAPChecker:
             self.log.info("LDAP login refused for {user!r}: no single entry", user=user)
             raise UnauthorizedLogin("no such user")
         await self._bind_as_user(user, entry.dn, secret)
-        return entry.first(self.settings.user_attribute) or user
+        return AvatarId(entry.first(self.settings.user_attribute) or user,
+                        entry.first(self.settings.mail_attribute))
 
     async def _lookup(self, name: str | bytes) -> UserInfo | None:
         if isinstance(name, bytes):

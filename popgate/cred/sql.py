@@ -42,7 +42,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from popgate.cred import schemes
-from popgate.cred.userinfo import UserInfo
+from popgate.cred.userinfo import AvatarId, UserInfo
 from popgate.errors import TemporaryFailure
 from popgate.interfaces import IUserLookup
 
@@ -369,6 +369,7 @@ class SQLChecker:
         if not stored:
             self.log.info("sql: user {user!r} has no password", user=name)
             return self._refuse(credentials)
+        name = AvatarId(name, self._mail_location(rows[0], name))
         if IUsernamePassword.providedBy(credentials):
             return self._verify(credentials, stored, name)
         if IUsernameHashedPassword.providedBy(credentials):

@@ -22,3 +22,18 @@ class UserInfo:
 
     name: str
     mail_location: str | None = None
+
+
+class AvatarId(str):
+    """
+    The avatar id a checker returns (the user name), carrying the user's
+    mail location when the user store holds one, so the store can honour
+    it without a second directory round trip.
+    """
+
+    mail_location: str | None
+
+    def __new__(cls, name: str, mail_location: str | None = None) -> "AvatarId":
+        self = super().__new__(cls, name)
+        self.mail_location = mail_location or None
+        return self

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from twisted.cred import error as cred_error
 from twisted.cred.credentials import IUsernameHashedPassword, UsernamePassword
 from twisted.internet import defer
+from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -90,7 +91,7 @@ class _MessageSender:
 
     def stopProducing(self) -> None:
         if not self._finished:
-            self._fail(Failure(errors.TemporaryFailure("connection lost while sending")))
+            self._fail(Failure(ConnectionLost("connection lost while sending")))
 
     def _finish(self, tail: bytes) -> None:
         self._finished = True
@@ -134,6 +135,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         self._challenge = b""
         self._disconnected = False
         self._committed = False
+        self._updating = False
         self._logout: Callable[[], object] | None = None
         self._messages: list[Any] = []
         self._deleted: bytearray = bytearray()
@@ -169,6 +171,15 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         self._release()
 
     def timeoutConnection(self) -> None:
+        if self.paused:
+            # A command is still running, most likely a RETR the client
+            # stopped reading: an -ERR would land inside the message, and
+            # loseConnection would wait for the paused sender forever,
+            # keeping the maildrop locked.  Drop the connection, as
+            # Dovecot does.
+            self.log.info("closing session stuck in a command")
+            self.transport.abortConnection()
+            return
         self.log.info("closing idle session")
         self.transport.write(r.err(b"Disconnected for inactivity."))
         self.transport.loseConnection()
@@ -179,7 +190,8 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             self._committed = True
             defer.maybeDeferred(self.maildrop.close).addErrback(
                 lambda f: self.log.failure("closing maildrop", f))
-        if self._logout is not None:
+        # While UPDATE runs the maildrop stays locked: the commit releases it.
+        if self._logout is not None and not self._updating:
             logout, self._logout = self._logout, None
             logout()
 
@@ -252,7 +264,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         except _BadArgument as e:
             self._bad_command(str(e).encode("ascii", "replace"))
             return
-        if isinstance(result, defer.Deferred) and not result.called:
+        if isinstance(result, defer.Deferred):
             self._wait_for(result)
 
     def _handler(self, keyword: bytes) -> Callable[[bytes], Any] | None:
@@ -286,22 +298,32 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
 
     def _wait_for(self, result: defer.Deferred[Any]) -> None:
         """Stop reading commands until C{result} fires, then go on."""
-        self.paused = True
-        self.transport.pauseProducing()
+        # C{result.called} is no test: a Deferred that was called but waits
+        # on a Deferred returned by a callback (a RETR being streamed, the
+        # delay after a failed login) has no result yet.
+        fired = waiting = False
 
         def resume(passthrough: object) -> None:
+            nonlocal fired
+            fired = True
             if isinstance(passthrough, Failure):
                 self.log.failure("command failed", passthrough)
                 if not self._disconnected:
                     self.transport.loseConnection()
                 return
-            if self._disconnected or self.state == _UPDATE:
+            if not waiting:
+                return
+            if self._disconnected or self.state == _UPDATE or self.transport.disconnecting:
                 return
             self.paused = False
             self.transport.resumeProducing()
             self.dataReceived(b"")
 
         result.addBoth(resume)
+        if not fired:
+            waiting = True
+            self.paused = True
+            self.transport.pauseProducing()
 
     # -- capabilities
 
@@ -409,7 +431,14 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         self.state = _UPDATE
         deleted = [i for i, flag in enumerate(self._deleted) if flag]
         self._committed = True
+        self._updating = True
         d = defer.maybeDeferred(self.maildrop.commit, deleted)
+
+        def updated(result: object) -> object:
+            self._updating = False
+            if self._disconnected:
+                self._release()
+            return result
 
         def done(_: object) -> None:
             text = b"Logging out, messages deleted." if deleted else b"Logging out."
@@ -419,6 +448,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             self.log.failure("UPDATE failed", failure)
             self._send_and_close(r.err(b"Some deleted messages were not removed.", r.SYS_TEMP))
 
+        d.addBoth(updated)
         d.addCallbacks(done, failed)
         return d
 
@@ -527,9 +557,16 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
 
         def sent_or_failed(result: object) -> None:
             # A failure after the +OK line was sent cannot become an -ERR:
-            # the only honest thing left is to drop the connection.
+            # the only honest thing left is to drop the connection, and to
+            # run none of the commands pipelined after this one (a TCP
+            # transport stops its producer before connectionLost, so
+            # "RETR 1, DELE 1, QUIT" must not go on to delete).
             if isinstance(result, Failure) and not self._disconnected:
-                self.log.failure("sending message {n}", result, n=index + 1)
+                self._disconnected = True
+                if result.check(ConnectionLost):
+                    self.log.info("connection lost while sending message {n}", n=index + 1)
+                else:
+                    self.log.failure("sending message {n}", result, n=index + 1)
                 self.transport.abortConnection()
 
         d.addCallbacks(opened, failed)

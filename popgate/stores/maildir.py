@@ -112,8 +112,9 @@ class _SizeCache:
         if not self.dirty and stale * 4 <= len(self.sizes):
             return
         tmp = f"{self.path}.{os.getpid()}.tmp"
+        # A name with a newline would read back as another message's line.
         lines = [f"{b} {s}\n".encode("utf-8", "surrogateescape")
-                 for b, s in self.sizes.items() if b in live_set]
+                 for b, s in self.sizes.items() if b in live_set and "\n" not in b]
         try:
             with open(tmp, "wb") as f:
                 f.writelines(lines)

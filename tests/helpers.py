@@ -1,0 +1,126 @@
+"""
+In-memory test plumbing for the POP3 protocol and the stores: a reactor
+whose thread pool runs work inline, a transport that applies back-pressure,
+and a one-call builder for a connected server protocol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.portal import Portal
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from popgate.pop3.factory import POP3ServerFactory
+from popgate.pop3.protocol import POP3ServerProtocol
+from popgate.pop3.settings import SessionSettings
+from popgate.realm import MaildropRealm
+from popgate.stores.memory import MemoryStore
+
+
+class InlineThreadPool:
+    """Runs the work at once, in the calling thread."""
+
+    def callInThreadWithCallback(self, onResult: Callable[[bool, Any], None],
+                                 f: Callable[..., Any], *a: Any, **kw: Any) -> None:
+        try:
+            result = f(*a, **kw)
+        except BaseException:
+            onResult(False, Failure())
+        else:
+            onResult(True, result)
+
+
+class InlineReactor:
+    """Just enough reactor for C{deferToThreadPool}: everything is synchronous."""
+
+    def __init__(self) -> None:
+        self.pool = InlineThreadPool()
+
+    def getThreadPool(self) -> InlineThreadPool:
+        return self.pool
+
+    def callFromThread(self, f: Callable[..., Any], *a: Any, **kw: Any) -> None:
+        f(*a, **kw)
+
+
+class PausingTransport(StringTransport):
+    """
+    A transport with a small write buffer: once more than C{high} bytes were
+    written since the last L{drain}, the registered streaming producer is
+    paused, as a TCP transport does when the socket buffer fills up.
+    """
+
+    def __init__(self, high: int = 1000) -> None:
+        super().__init__()
+        self.high = high
+        self.pending = 0
+        self.pauses = 0
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.pending += len(data)
+        if self.producer is not None and self.streaming and self.pending > self.high:
+            self.pauses += 1
+            self.producer.pauseProducing()
+
+    def drain(self) -> bool:
+        """The peer read everything: resume the producer.  False if none."""
+        self.pending = 0
+        if self.producer is None:
+            return False
+        self.producer.resumeProducing()
+        return True
+
+
+@dataclass
+class Session:
+    """One server protocol on a L{StringTransport}, with its clock."""
+
+    protocol: POP3ServerProtocol
+    transport: StringTransport
+    clock: Clock
+
+    def send(self, data: bytes) -> bytes:
+        """Feed C{data}, return (and clear) everything written in reply."""
+        self.transport.clear()
+        self.protocol.dataReceived(data)
+        return self.take()
+
+    def take(self) -> bytes:
+        out = self.transport.value()
+        self.transport.clear()
+        return out
+
+    def lose(self) -> None:
+        self.protocol.connectionLost(Failure(ConnectionError("test")))
+
+    def login(self, user: bytes = b"alice", password: bytes = b"secret") -> bytes:
+        reply = self.send(b"USER " + user + b"\r\nPASS " + password + b"\r\n")
+        assert reply.endswith(b"+OK Logged in.\r\n"), reply
+        return reply
+
+
+def make_portal(store: Any = None, checker: Any = None,
+                users: dict[bytes, bytes] | None = None) -> tuple[Portal, Any]:
+    store = MemoryStore() if store is None else store
+    if checker is None:
+        checker = InMemoryUsernamePasswordDatabaseDontUse()
+        for name, password in (users or {b"alice": b"secret", b"bob": b"hunter2"}).items():
+            checker.addUser(name, password)
+    return Portal(MaildropRealm(store), [checker]), store
+
+
+def connect(portal: Portal, clock: Clock | None = None,
+            settings: SessionSettings | None = None,
+            transport: StringTransport | None = None) -> Session:
+    clock = Clock() if clock is None else clock
+    factory = POP3ServerFactory(portal, settings, clock=clock)
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport() if transport is None else transport
+    protocol.makeConnection(transport)
+    return Session(protocol, transport, clock)

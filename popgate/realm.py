@@ -4,6 +4,8 @@ The realm: turns an authenticated user name into an opened maildrop.
 Stores may return any object; the realm adapts it to L{IMaildrop} through
 the adapters registered in L{popgate.stores.adapters}, so a store written
 for another interface (a Twisted C{IMailbox}, say) plugs in unchanged.
+Adapters are synchronous, so an adapter that must do I/O before it can list
+messages provides L{ILoadingMaildrop}, and the realm waits for its C{load}.
 """
 
 from __future__ import annotations
@@ -12,10 +14,29 @@ from typing import Any
 
 from twisted.cred.portal import IRealm
 from twisted.internet import defer
+from twisted.logger import Logger
 from zope.interface import implementer
 
+from popgate import errors
 from popgate.interfaces import IMaildrop, IMailStore
 from popgate.stores import adapters
+
+log = Logger()
+
+
+class ILoadingMaildrop(IMaildrop):
+    """
+    A maildrop that takes its snapshot after it was created: an adapter
+    cannot return a L{defer.Deferred}, so it does the reading here.
+    """
+
+    def load():  # type: ignore[misc]
+        """
+        Take the snapshot.  Called once, before any other method.
+
+        @return: a L{defer.Deferred} that fires once C{list_messages} can
+            answer; on failure the realm closes the maildrop.
+        """
 
 
 def avatar_name(avatar_id: bytes | str) -> str:
@@ -23,6 +44,30 @@ def avatar_name(avatar_id: bytes | str) -> str:
     if isinstance(avatar_id, bytes):
         return avatar_id.decode("utf-8")
     return avatar_id
+
+
+async def ready_maildrop(opened: object) -> Any:
+    """
+    Adapt what a store returned to L{IMaildrop} and, if it needs it, wait
+    for it to load.
+
+    @raise errors.PermanentFailure: if no adapter fits (a broken store).
+    """
+    maildrop = IMaildrop(opened, None)
+    if maildrop is None:
+        raise errors.PermanentFailure(
+            f"the mail store returned a {type(opened).__name__}, which is no IMaildrop "
+            "and has no adapter to one")
+    if ILoadingMaildrop.providedBy(maildrop):
+        try:
+            await defer.maybeDeferred(maildrop.load)
+        except BaseException:
+            try:
+                await defer.maybeDeferred(maildrop.close)
+            except Exception:
+                log.failure("closing a maildrop that failed to load")
+            raise
+    return maildrop
 
 
 @implementer(IRealm)
@@ -37,9 +82,9 @@ class MaildropRealm:
         if IMaildrop not in interfaces:
             raise NotImplementedError("popgate only serves IMaildrop avatars")
         d = defer.maybeDeferred(self.store.open_maildrop, avatar_name(avatarId))
+        d.addCallback(lambda opened: defer.Deferred.fromCoroutine(ready_maildrop(opened)))
 
-        def adapt(opened: object) -> tuple[Any, Any, Any]:
-            maildrop = IMaildrop(opened)
+        def avatar(maildrop: Any) -> tuple[Any, Any, Any]:
             return IMaildrop, maildrop, maildrop.close
 
-        return d.addCallback(adapt)
+        return d.addCallback(avatar)

@@ -2,7 +2,9 @@
 Every adapter to L{IMaildrop}, registered in one place.
 
 L{register} is idempotent; the realm calls it, so any process that serves
-POP3 has the adapters whatever imported what first.
+POP3 has the adapters whatever imported what first.  An adapter that must
+do I/O before it can list messages provides
+L{popgate.realm.ILoadingMaildrop}; the realm waits for its C{load}.
 """
 
 from __future__ import annotations
@@ -25,4 +27,6 @@ def register() -> None:
     from popgate.interfaces import IMaildrop
     from popgate.stores.twistedmailbox import MailboxMaildrop
 
+    # Twisted's POP3 mailboxes (twisted.mail.maildir.MaildirMailbox,
+    # StringListMailbox, or a third party's): see popgate.stores.twistedmailbox.
     registerAdapter(MailboxMaildrop, IMailbox, IMaildrop)

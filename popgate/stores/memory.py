@@ -37,6 +37,9 @@ class MemoryStore:
 
     def add_message(self, user: str, data: bytes) -> bytes:
         """Append C{data} to C{user}'s mailbox; return its unique id."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"a message is bytes, not {type(data).__name__}")
+        data = bytes(data)
         self._serial += 1
         digest = hashlib.sha1(data).hexdigest()[:16]
         uid = b"%d.%s" % (self._serial, digest.encode("ascii"))

@@ -13,6 +13,7 @@ from twisted.cred.portal import Portal
 
 from popgate.cred.cache import CachingChecker
 from popgate.cred.chain import ChainedChecker
+from popgate.cred.throttle import LoginThrottle
 from popgate.pop3.factory import POP3ServerFactory
 from popgate.pop3.settings import SessionSettings
 from popgate.realm import MaildropRealm
@@ -69,7 +70,12 @@ def build_service(options: Any, reactor: Any = None) -> service.MultiService:
     top = service.MultiService()
     cache = (_option(options, "auth-cache-ttl", 60.0), _option(options, "auth-cache-negative-ttl", 10.0))
     portal = build_portal(options["store_object"], options["credCheckers"], cache, reactor)
-    factory = POP3ServerFactory(portal, session_settings(options), reactor)
+    settings = session_settings(options)
+    # Failed logins from one address wait longer each time (doubling from
+    # the failure delay, capped), across connections: Dovecot's auth penalty.
+    throttle = LoginThrottle(reactor, base_delay=settings.auth_failure_delay,
+                             max_delay=max(15.0, settings.auth_failure_delay))
+    factory = POP3ServerFactory(portal, settings, reactor, throttle=throttle)
     for endpoint in options["pop3"]:
         listener = strports.service(endpoint, factory, reactor=reactor)
         listener.setName(f"pop3 {endpoint}")

@@ -399,3 +399,18 @@ def test_pop3_session_over_a_maildir(store: MaildirStore, root: Path) -> None:
     session.lose()
     assert os.listdir(root / "alice" / "new") == ["2.M1P1.h,S=99,W=16"]
     second.login()
+
+
+def test_mail_location_from_user_store_overrides_template(tmp_path):
+    """An avatar id carrying a mail location (LDAP/SQL) opens that Maildir."""
+    from popgate.cred.userinfo import AvatarId
+    from popgate.errors import PermanentFailure
+    from popgate.stores.maildir import MaildirStore
+
+    store = MaildirStore(str(tmp_path / "template" / "%n"))
+    elsewhere = tmp_path / "elsewhere"
+    assert store.maildir_for(AvatarId("alice", f"maildir:{elsewhere}")) == str(elsewhere)
+    assert store.maildir_for(AvatarId("alice", str(elsewhere))) == str(elsewhere)
+    assert store.maildir_for(AvatarId("alice")) == str(tmp_path / "template" / "alice")
+    with pytest.raises(PermanentFailure):
+        store.maildir_for(AvatarId("alice", "relative/path"))

@@ -951,3 +951,44 @@ def test_clear_line_buffer(logged_in: Session) -> None:
     logged_in.send(b"STA")
     assert logged_in.protocol.clearLineBuffer() == b"STA"
     assert logged_in.send(b"NOOP\r\n") == b"+OK\r\n"
+
+
+def test_failed_logins_from_one_address_wait_longer_each_time():
+    """The per-IP penalty doubles the failure delay across connections and a
+    success resets it (Dovecot's auth penalty)."""
+    from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+    from twisted.cred.portal import Portal
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from popgate.cred.throttle import LoginThrottle
+    from popgate.pop3.factory import POP3ServerFactory
+    from popgate.pop3.settings import SessionSettings
+    from popgate.realm import MaildropRealm
+    from popgate.stores.memory import MemoryStore
+
+    clock = Clock()
+    checker = InMemoryUsernamePasswordDatabaseDontUse()
+    checker.addUser(b"alice", b"secret")
+    portal = Portal(MaildropRealm(MemoryStore()), [checker])
+    factory = POP3ServerFactory(portal, SessionSettings(auth_failure_delay=1.0), clock,
+                                throttle=LoginThrottle(clock, base_delay=1.0, max_delay=8.0))
+
+    def attempt(password: bytes) -> float:
+        proto = factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        proto.dataReceived(b"USER alice\r\nPASS " + password + b"\r\n")
+        waited = 0.0
+        while not transport.value().endswith((b"failed.\r\n", b"Logged in.\r\n")):
+            clock.advance(0.5)
+            waited += 0.5
+            assert waited < 60
+        proto.connectionLost()
+        return waited
+
+    assert attempt(b"wrong") == 1.0
+    assert attempt(b"wrong") == 2.0
+    assert attempt(b"wrong") == 4.0
+    assert attempt(b"secret") == 0.0
+    assert attempt(b"wrong") == 1.0

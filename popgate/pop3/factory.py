@@ -18,14 +18,17 @@ class POP3ServerFactory(ServerFactory):
 
     protocol = POP3ServerProtocol
 
-    def __init__(self, portal: Any, settings: SessionSettings | None = None, clock: Any = None) -> None:
+    def __init__(self, portal: Any, settings: SessionSettings | None = None, clock: Any = None,
+                 throttle: Any = None) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
         self.portal = portal
         self.settings = settings or SessionSettings()
         self.clock = clock
+        self.throttle = throttle
 
     def buildProtocol(self, addr: Any) -> POP3ServerProtocol:
         proto = self.protocol(self.portal, self.settings, self.clock)
         proto.factory = self
+        proto.throttle = self.throttle
         return proto

@@ -118,6 +118,8 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
 
     delimiter = b"\r\n"
     log = Logger()
+    # A shared popgate.cred.throttle.LoginThrottle, set by the factory.
+    throttle: Any = None
 
     def __init__(self, portal: Any, settings: Any, clock: Any) -> None:
         self.portal = portal
@@ -365,6 +367,11 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         user, digest = parts
         return self.login(APOPCredentials(self._challenge, user, digest))
 
+    def peer_ip(self) -> str:
+        """The client's address, for the per-IP login penalty."""
+        peer = self.transport.getPeer()
+        return str(getattr(peer, "host", peer))
+
     def login(self, credentials: Any) -> defer.Deferred[None]:
         """Run C{credentials} through the portal and enter TRANSACTION."""
         d = self.portal.login(credentials, None, IMaildrop)
@@ -378,6 +385,8 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         if self._disconnected:
             self._release()
             return
+        if self.throttle is not None:
+            self.throttle.record_success(self.peer_ip())
         self._messages = list(maildrop.list_messages())
         self._deleted = bytearray(len(self._messages))
         self._live_count = len(self._messages)
@@ -388,11 +397,16 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
     def _login_failed(self, failure: Failure) -> defer.Deferred[None] | None:
         if self._disconnected:
             return None
-        if failure.check(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials):
+        if failure.check(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials,
+                         cred_error.LoginDenied):
             self._auth_failures += 1
             last = self._auth_failures >= self.settings.max_auth_failures
-            return self._after_delay(self.settings.auth_failure_delay,
-                                     r.err(b"Authentication failed.", r.AUTH), close=last)
+            delay = self.settings.auth_failure_delay
+            if self.throttle is not None:
+                ip = self.peer_ip()
+                self.throttle.record_failure(ip)
+                delay = max(delay, self.throttle.delay_for(ip))
+            return self._after_delay(delay, r.err(b"Authentication failed.", r.AUTH), close=last)
         if failure.check(errors.MaildropInUse):
             reply = r.err(b"Mailbox is locked by another POP3 session.", r.IN_USE)
         elif failure.check(errors.PermanentFailure):

@@ -280,6 +280,18 @@ class MaildirStore:
         return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
 
     def maildir_for(self, user: str) -> str:
+        """
+        The user's Maildir: the location the user store gave at login (an
+        LDAP attribute, a SQL column; C{maildir:} prefix allowed), else the
+        template expanded for C{user}.
+        """
+        location = getattr(user, "mail_location", None)
+        if location:
+            if location.startswith("maildir:"):
+                location = location[len("maildir:"):]
+            if not os.path.isabs(location):
+                raise errors.PermanentFailure(f"mail location {location!r} is not an absolute path")
+            return location
         return mailpath.expand(self.template, user)
 
     def open_maildrop(self, avatar_id: str) -> defer.Deferred[MaildirMaildrop]:

@@ -1,0 +1,824 @@
+#!/usr/bin/env python3
+"""popgate vs Dovecot 2.3 ("tuned"), same data, same run.
+
+    sudo .venv/bin/python bench/run.py            # full run, ~10 minutes on 2 cores
+    sudo .venv/bin/python bench/run.py --quick    # smoke run, ~2 minutes
+
+Generates the mail (cached between runs), installs Debian's dovecot-pop3d
+if missing, starts popgate (twistd) and a throwaway Dovecot on loopback
+ports, runs every scenario with the servers alternating (A B A B ...),
+prints a table of medians with the ratio popgate/Dovecot against the
+targets, writes it as JSON and markdown under bench/results/, profiles
+popgate with py-spy, and stops everything it started, also on Ctrl-C.
+See docs/benchmarks.md.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+import hotspots  # noqa: E402
+from servers import (MAIL_GID, MAIL_UID, Dovecot, Popgate, ensure_dovecot,  # noqa: E402
+                     tree_cpu)
+
+SHARED = Path(os.environ.get("POPGATE_SHARED_BENCH") or (REPO.parent / "shared" / "bench")).resolve()
+POPBENCH = SHARED / "popbench.py"
+MKMAIL = SHARED / "mkmail.py"
+NOOPLAT = BENCH / "nooplat.py"
+PY = sys.executable
+PASSWORD = "benchpw"
+DOMAIN = "bench.test"
+
+DATASETS = {  # mkmail.py arguments, as in shared/bench/README.md
+    "login": ["--users", "500", "--messages", "10", "--seed", "1"],
+    "r100k": ["--users", "4", "--messages", "200", "--size", "fixed:102400", "--seed", "2",
+              "--user-fmt", "r{:04d}"],
+    "r10m": ["--users", "4", "--messages", "10", "--size", "fixed:10485760", "--seed", "3",
+             "--user-fmt", "v{:04d}"],
+    "big": ["--big", "--seed", "4"],
+}
+N_BCRYPT = 50      # bcrypt (cost 12) users: b0001..b0050
+N_FRESH = 60       # user names for fresh copies of the big Maildir: f001..f060
+BCRYPT_COST = 12
+
+PROFILES = {
+    #            reps  login  retr  r10m  big_n  idle_k  hold  noop  poll  warm
+    "full": dict(reps=3, login=5.0, retr=5.0, r10m=6.0, big_n=3, idle_k=500, hold=3.0,
+                 noop=6.0, poll=8.0, warm=2.0),
+    "quick": dict(reps=1, login=2.0, retr=2.0, r10m=3.0, big_n=1, idle_k=500, hold=1.5,
+                  noop=3.0, poll=2.0, warm=1.0),
+}
+
+# id, metric, title, better, target kind, target value
+ROWS = [
+    ("login10", "sessions_per_s", "logins/s, 10 clients (popgate 1 worker)", "higher", "ratio>=", 3.0),
+    ("login50", "sessions_per_s", "logins/s, 50 clients (popgate 1 worker)", "higher", "ratio>=", 3.0),
+    ("login50w2", "sessions_per_s", "logins/s, 50 clients (popgate --workers 2)", "higher", "ratio>=", 3.0),
+    ("retr100k", "MB_per_s", "RETR 200 x 100 KB, MB/s (every byte verified)", "higher", "ratio>=", 1.0),
+    ("retr100k", "server_cpu_ms_per_MB", "RETR 200 x 100 KB, server CPU ms/MB", "lower", "ratio<=", 1.0),
+    ("retr10m", "MB_per_s", "RETR 10 x 10 MiB, MB/s (every byte verified)", "higher", "ratio>=", 1.0),
+    ("retr10m", "server_cpu_ms_per_MB", "RETR 10 x 10 MiB, server CPU ms/MB", "lower", "ratio<=", 1.0),
+    ("big_warm", "session_ms", "100k-msg Maildir, STAT+UIDL+LIST session, warm, ms", "lower", "ratio<=", 1.0),
+    ("big_fresh", "session_ms", "100k-msg Maildir, same, first session on fresh copy, ms", "lower", "ratio<=", 1.0),
+    ("idle", "pss_KiB_per_session", "memory per idle authenticated session (500 open), PSS KiB", "lower", "ratio<=", 0.05),
+    ("nooplat", "noop_p99_ms", "p99 NOOP latency during 50 bcrypt-12 logins, ms", "lower", "abs<=", 20.0),
+    ("authcache", "sessions_per_s", "polling logins/s, bcrypt-12, auth cache on (2 clients, 10 users)", "higher", "ratio>=", 3.0),
+]
+SCENARIOS = list(dict.fromkeys(r[0] for r in ROWS))
+_LOGIN_DETAILS = [("server_cpu_ms_per_session", "server CPU ms per login"),
+                  ("lat_ms_p99", "session latency p99, ms"), ("client_cpu_pct", "load generator CPU %")]
+_BIG_DETAILS = [("user_pass_ms", "USER+PASS (login, Maildir scan), ms"), ("stat_ms", "STAT, ms"),
+                ("uidl_ms", "UIDL, ms"), ("list_ms", "LIST, ms")]
+DETAILS = {  # supporting figures: scenario -> [(record key, label)]
+    "login10": _LOGIN_DETAILS, "login50": _LOGIN_DETAILS, "login50w2": _LOGIN_DETAILS,
+    "retr100k": [("server_cpu_pct", "server CPU %"), ("client_cpu_pct", "load generator CPU %")],
+    "retr10m": [("server_cpu_pct", "server CPU %"), ("client_cpu_pct", "load generator CPU %")],
+    "big_warm": _BIG_DETAILS, "big_fresh": _BIG_DETAILS,
+    "idle": [("pss_MiB_before", "server PSS before, MiB"), ("pss_MiB_at_K", "server PSS with 500 open, MiB"),
+             ("server_procs_at_K", "server processes with 500 open")],
+    "nooplat": [("noop_baseline_ms.p99", "NOOP p99 without load, ms"), ("noop_ms.p50", "NOOP p50 under load, ms"),
+                ("noop_ms.max", "NOOP max under load, ms"), ("logins_in_window", "bcrypt logins completed in window"),
+                ("server_cpu_pct", "server CPU % during window")],
+    "authcache": [("lat_ms_p99", "session latency p99, ms"), ("server_cpu_ms_per_session", "server CPU ms per login")],
+}
+
+
+class Skip(Exception):
+    """A scenario that cannot run here; the text goes into the table."""
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S ") + msg, flush=True)
+
+
+def run_bounded(cmd: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
+    """Run a command in its own process group; kill the whole group on a
+    timeout, an exception or Ctrl-C."""
+    p = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, **kw)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except BaseException:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
+def sys_busy() -> float:
+    """Busy CPU seconds of the whole machine (/proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def median(values):
+    values = [v for v in values if isinstance(v, (int, float))]
+    return statistics.median(values) if values else None
+
+
+# ------------------------------------------------------------------ data
+def ensure_data(workdir: Path) -> dict[str, Path]:
+    """Generate each data set once (deterministic; reused while mkmail.py and
+    its arguments are unchanged), owned by nobody:nogroup for Dovecot."""
+    mk_sha = hashlib.sha256(MKMAIL.read_bytes()).hexdigest()
+    out = {}
+    for name, args in DATASETS.items():
+        d = workdir / "src" / name
+        stamp = d / ".popgate-bench-stamp"
+        want = json.dumps({"args": args, "mkmail": mk_sha, "owner": MAIL_UID})
+        if not (stamp.exists() and stamp.read_text() == want):
+            log(f"generating data set {name} ({' '.join(args)})")
+            shutil.rmtree(d, ignore_errors=True)
+            r = run_bounded([PY, str(MKMAIL), "--out", str(d), "--domain", DOMAIN,
+                             "--password", PASSWORD, *args], 900)
+            if r.returncode != 0:
+                raise SystemExit(f"mkmail.py failed: {r.stderr[-2000:]}")
+            subprocess.run(["chown", "-R", f"{MAIL_UID}:{MAIL_GID}", str(d)], check=True)
+            stamp.write_text(want)
+        out[name] = d
+    return out
+
+
+def maildirs(d: Path) -> list[Path]:
+    return sorted(p for p in d.iterdir() if (p / "cur").is_dir())
+
+
+def bcrypt_hash() -> str:
+    r = subprocess.run(["doveadm", "pw", "-s", "BLF-CRYPT", "-r", str(BCRYPT_COST), "-p", PASSWORD],
+                       capture_output=True, text=True, timeout=60)
+    h = r.stdout.strip()
+    if r.returncode == 0 and h.startswith("{BLF-CRYPT}$2"):
+        return h
+    import bcrypt  # the venv has it (popgate depends on it)
+    return "{BLF-CRYPT}" + bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(BCRYPT_COST)).decode()
+
+
+def build_run(rundir: Path, data: dict[str, Path]) -> dict:
+    """One passwd-file for both servers, one mail root per server (hard-link
+    copies of the sources: each server writes its own index/size caches)."""
+    files = {}
+    lines = []
+    for name in DATASETS:
+        lines += [ln for ln in (data[name] / "passwd.dovecot").read_text().splitlines() if ln]
+    lines += [f"f{i:03d}@{DOMAIN}:{{PLAIN}}{PASSWORD}::::::" for i in range(1, N_FRESH + 1)]
+    h = bcrypt_hash()
+    bnames = [f"b{i:04d}" for i in range(1, N_BCRYPT + 1)]
+    lines += [f"{b}@{DOMAIN}:{h}::::::" for b in bnames]
+    files["passwd"] = rundir / "passwd"
+    files["passwd"].write_text("\n".join(lines) + "\n")
+    os.chmod(files["passwd"], 0o644)
+    for name in ("login", "r100k", "r10m"):
+        files[f"users-{name}"] = rundir / f"users-{name}.txt"
+        shutil.copy(data[name] / "users.txt", files[f"users-{name}"])
+    files["users-bcrypt"] = rundir / "users-bcrypt.txt"
+    files["users-bcrypt"].write_text("".join(f"{b}@{DOMAIN} {PASSWORD}\n" for b in bnames))
+    sources = [str(p) for name in DATASETS for p in maildirs(data[name])]
+    for server in ("popgate", "dovecot"):
+        root = rundir / f"mail-{server}"
+        root.mkdir()
+        subprocess.run(["cp", "-al", *sources, str(root)], check=True)
+        for b in bnames:
+            for sub in ("cur", "new", "tmp"):
+                (root / b / sub).mkdir(parents=True)
+        os.chown(root, MAIL_UID, MAIL_GID)  # cp -a kept the sources' owner below it
+        subprocess.run(["chown", "-R", f"{MAIL_UID}:{MAIL_GID}"] + [str(root / b) for b in bnames],
+                       check=True)
+        files[f"root-{server}"] = root
+    return files
+
+
+# ------------------------------------------------------------------ the bench
+class Bench:
+    def __init__(self, a: argparse.Namespace) -> None:
+        self.a = a
+        self.p = dict(PROFILES["quick" if a.quick else "full"])
+        if a.reps:
+            self.p["reps"] = a.reps
+        self.servers: list = []
+        self.counter = 0
+        self.fresh = 0
+        self.results: dict = {"scenarios": {}, "profiles": {}}
+
+    # -- helpers
+    def start(self, server) -> None:
+        log(f"starting {server.name}")
+        self.servers.append(server)
+        server.start()
+        log(f"{server.name}: pid {server.pid}, port {server.port}")
+
+    def stop(self, server) -> None:
+        if server in self.servers:
+            self.servers.remove(server)
+        server.stop()
+
+    def stop_all(self) -> None:
+        for s in list(self.servers):
+            try:
+                self.stop(s)
+            except Exception as e:  # noqa: BLE001 - keep stopping the rest
+                print(f"stopping {s.name}: {e}", file=sys.stderr)
+
+    def settle(self, max_s: float = 30.0) -> None:
+        """Wait until no server burns CPU (a backlog of bcrypt checks, a pop3
+        process finishing) so one run does not load the next."""
+        time.sleep(0.3)
+        deadline = time.monotonic() + max_s
+        while time.monotonic() < deadline:
+            live = [s for s in self.servers if s.running]
+            c0 = sum(tree_cpu(s.pid) for s in live)
+            time.sleep(0.25)
+            if (sum(tree_cpu(s.pid) for s in live) - c0) / 0.25 < 0.05:
+                return
+
+    def check_alive(self, *servers) -> None:
+        for s in servers:
+            if not s.running:
+                raise RuntimeError(f"{s.name} died; see {s.log}")
+
+    def metered(self, cmd: list[str], timeout: float, out: Path, what: str) -> dict:
+        """Run a load generator; add `_other_cpu_pct`: machine CPU used by
+        anything but the servers and the load generator during the run (other
+        people's jobs on a shared machine show up here)."""
+        live = [s for s in self.servers if s.running]
+        t0, b0 = time.monotonic(), sys_busy()
+        s0 = sum(tree_cpu(s.pid) for s in live)
+        ru0 = os.times()
+        r = run_bounded(cmd, timeout)
+        ru1 = os.times()
+        wall = max(time.monotonic() - t0, 1e-9)
+        other = (sys_busy() - b0) - (sum(tree_cpu(s.pid) for s in live) - s0) - \
+            ((ru1.children_user + ru1.children_system) - (ru0.children_user + ru0.children_system))
+        if r.returncode != 0 or not out.exists():
+            return {"error": f"{what} rc={r.returncode}: {r.stderr.strip()[-500:]}"}
+        rec = json.loads(out.read_text().splitlines()[-1])
+        rec["_other_cpu_pct"] = round(100 * other / wall, 1)
+        return rec
+
+    def popbench(self, scenario: str, server, args: list[str], timeout: float) -> dict:
+        self.counter += 1
+        out = self.rawdir / f"{self.counter:03d}-{scenario}-{server.name}.json"
+        cmd = [PY, str(POPBENCH), scenario, "--port", str(server.port), "--json", str(out),
+               "--quiet", "--label", server.name, *args]
+        return self.metered(cmd, timeout, out, "popbench")
+
+    def nooplat(self, server, duration: float) -> dict:
+        self.counter += 1
+        out = self.rawdir / f"{self.counter:03d}-nooplat-{server.name}.json"
+        cmd = [PY, str(NOOPLAT), "--port", str(server.port), "--probe-user", f"u0500@{DOMAIN}",
+               "--probe-password", PASSWORD, "--users-file", str(self.files["users-bcrypt"]),
+               "-c", "50", "-d", str(duration), "--baseline", "1", "--grace", "15", "--json", str(out),
+               "--server-pid", str(server.pid)]
+        return self.metered(cmd, duration + 90, out, "nooplat")
+
+    def ab(self, sid: str, pair, measure, warm=None) -> None:
+        """Run `measure` for each server of the pair, alternating, reps times."""
+        runs: dict[str, list] = {pair[0].kind: [], pair[1].kind: []}
+        names = {pair[0].kind: pair[0].name, pair[1].kind: pair[1].name}
+        if warm:
+            for s in pair:
+                warm(s)
+                self.settle()
+        for rep in range(self.p["reps"]):
+            for s in pair:
+                self.check_alive(s)
+                rec = measure(s, rep)
+                rec["_server"] = s.name
+                runs[s.kind].append(rec)
+                log(f"  {sid} {s.name} #{rep + 1}: {brief(sid, rec)}")
+                self.settle()
+        self.results["scenarios"][sid] = {"runs": runs, "servers": names}
+
+    # -- scenarios
+    def login_args(self, clients: int, duration: float, server) -> list[str]:
+        return ["--users-file", str(self.files["users-login"]), "-c", str(clients),
+                "-d", str(duration), "--server-pid", str(server.pid),
+                "--grace", "10", "--session-timeout", "30"]
+
+    def sc_login(self, sid: str, clients: int, pop) -> None:
+        d, w = self.p["login"], self.p["warm"]
+        self.ab(sid, (pop, self.dovecot),
+                lambda s, rep: self.popbench("login", s, self.login_args(clients, d, s), d + 60),
+                warm=lambda s: self.popbench("login", s, self.login_args(clients, w, s), w + 60))
+
+    def sc_retr(self, sid: str, users: str, duration: float) -> None:
+        def args(s, dur):
+            return ["--users-file", str(self.files[users]), "-c", "4", "-d", str(dur),
+                    "--verify", "hash", "--verify-every", "1", "--server-pid", str(s.pid),
+                    "--grace", "20", "--session-timeout", "60"]
+        w = self.p["warm"]
+        self.ab(sid, (self.popgate, self.dovecot),
+                lambda s, rep: self.popbench("retr", s, args(s, duration), duration + 90),
+                warm=lambda s: self.popbench("retr", s, args(s, w), w + 90))
+
+    def biglist(self, s, user: str, n: int) -> dict:
+        rec = self.popbench("biglist", s, ["--users", "1", "--user-fmt", user, "--password", PASSWORD,
+                                           "-n", str(n), "-d", "120", "--grace", "30"], 120 * n + 60)
+        if "runs" in rec:
+            rec["session_ms"] = median([r["total_ms"] for r in rec["runs"]])
+            for k in ("connect_greeting_ms", "user_pass_ms", "stat_ms", "uidl_ms", "list_ms", "quit_ms"):
+                rec[k] = median([r[k] for r in rec["runs"]])
+            rec["stat"] = rec["runs"][0].get("stat")
+        return rec
+
+    def sc_big_warm(self) -> None:
+        user = f"big@{DOMAIN}"
+        self.ab("big_warm", (self.popgate, self.dovecot),
+                lambda s, rep: self.biglist(s, user, self.p["big_n"]),
+                warm=lambda s: self.biglist(s, user, 1))
+
+    def fresh_copy(self, s) -> str:
+        self.fresh += 1
+        if self.fresh > N_FRESH:
+            raise Skip("out of fresh user names")
+        name = f"f{self.fresh:03d}"
+        subprocess.run(["cp", "-al", str(self.data["big"] / "big"), str(self.files[f"root-{s.kind}"] / name)],
+                       check=True)
+        return name
+
+    def sc_big_fresh(self) -> None:
+        def measure(s, rep):
+            name = self.fresh_copy(s)
+            self.settle()
+            try:
+                rec = self.biglist(s, f"{name}@{DOMAIN}", 1)
+            finally:
+                shutil.rmtree(self.files[f"root-{s.kind}"] / name, ignore_errors=True)
+            rec["maildir"] = name
+            return rec
+        self.ab("big_fresh", (self.popgate, self.dovecot), measure)
+
+    def sc_idle(self) -> None:
+        k, hold = self.p["idle_k"], self.p["hold"]
+
+        def measure(s, rep):
+            # A freshly started server, so memory freed by earlier scenarios
+            # cannot be reused for these sessions and hide their cost; then a
+            # few logins at the same concurrency, so lazy imports and the
+            # thread pool are not counted as per-session memory.
+            self.stop(s)
+            self.start(s)
+            self.popbench("login", s, self.login_args(25, 5.0, s) + ["-n", "25"], 60)
+            self.settle()
+            return self.popbench("idle", s, [
+                "--users-file", str(self.files["users-login"]), "-n", str(k), "-c", "25",
+                "--hold", str(hold), "--server-pid", str(s.pid), "-d", "30", "--grace", "10",
+                "--session-timeout", "30"], 120)
+        self.ab("idle", (self.popgate, self.dovecot), measure)
+
+    def sc_nooplat(self) -> None:
+        d = self.p["noop"]
+        self.ab("nooplat", (self.popgate, self.dovecot), lambda s, rep: self.nooplat(s, d))
+
+    def sc_authcache(self) -> None:
+        d = self.p["poll"]
+
+        def args(s, dur, n=1000000, clients=2):
+            return ["--users-file", str(self.files["users-bcrypt"]), "--users", "10", "-c", str(clients),
+                    "-d", str(dur), "-n", str(n), "--server-pid", str(s.pid),
+                    "--grace", "20", "--session-timeout", "60"]
+        dc = Dovecot("dovecot-cache", self.rundir, self.files["passwd"], self.files["root-dovecot"],
+                     extra="auth_cache_size = 10M\nauth_cache_ttl = 1 hour\n"
+                           "auth_cache_negative_ttl = 1 hour\n"
+                           "auth_cache_verify_password_with_worker = yes\n")
+        pc = None
+        if self.caps["auth_cache"]:
+            pc = Popgate("popgate-cache", self.twistd, self.rundir, self.files["passwd"],
+                         self.files["root-popgate"], extra=["--auth-cache-ttl", "3600"])
+        try:
+            self.start(dc)
+            if pc is not None:
+                self.start(pc)
+            pair = (pc, dc) if pc is not None else (None, dc)
+            runs: dict[str, list] = {"popgate": [], "dovecot": []}
+            for s in pair:  # prime the caches: each of the 10 users logs in once
+                if s is not None:
+                    self.popbench("login", s, args(s, 30, 10, 10), 120)
+            self.settle()
+            for rep in range(self.p["reps"]):
+                for s in pair:
+                    if s is None:
+                        continue
+                    self.check_alive(s)
+                    rec = self.popbench("login", s, args(s, d), d + 90)
+                    rec["_server"] = s.name
+                    runs[s.kind].append(rec)
+                    log(f"  authcache {s.name} #{rep + 1}: {brief('authcache', rec)}")
+                    self.settle()
+            self.results["scenarios"]["authcache"] = {
+                "runs": runs, "servers": {"popgate": pc.name if pc else None, "dovecot": dc.name}}
+            if pc is None:
+                self.results["scenarios"]["authcache"]["na"] = "n/a (not wired: no --auth-cache-ttl)"
+        finally:
+            for s in (pc, dc):
+                if s is not None:
+                    self.stop(s)
+
+    def sc_login50w2(self) -> None:
+        if not self.caps["workers"]:
+            raise Skip("n/a (no --workers in twistd popgate --help)")
+        pw = Popgate("popgate-w2", self.twistd, self.rundir, self.files["passwd"],
+                     self.files["root-popgate"], extra=["--workers", "2", *self.nocache])
+        try:
+            self.start(pw)
+            self.sc_login("login50w2", 50, pw)
+        finally:
+            self.stop(pw)
+
+    # -- profiling (separate from the measured runs: py-spy slows the target)
+    def profile(self) -> None:
+        spy = shutil.which("py-spy", path=str(Path(self.twistd).parent)) or shutil.which("py-spy")
+        if not spy:
+            r = subprocess.run([PY, "-m", "pip", "install", "-q", "py-spy"], capture_output=True, text=True)
+            spy = shutil.which("py-spy", path=str(Path(PY).parent)) or shutil.which("py-spy")
+            if not spy:
+                self.results["profiles"]["error"] = f"py-spy not available: {r.stderr[-300:]}"
+                return
+        pdir = self.outdir / "profiles"
+        pdir.mkdir(parents=True, exist_ok=True)
+        rate = 250
+        s = self.popgate
+        jobs = [
+            ("login50", lambda: self.popbench("login", s, self.login_args(50, 8, s), 70)),
+            ("retr100k", lambda: self.popbench("retr", s, [
+                "--users-file", str(self.files["users-r100k"]), "-c", "4", "-d", "8", "--verify", "hash",
+                "--server-pid", str(s.pid), "--grace", "20"], 100)),
+            ("big_warm", lambda: self.biglist(s, f"big@{DOMAIN}", 5)),
+        ]
+        fresh_name = None
+        if self.fresh < N_FRESH:
+            fresh_name = self.fresh_copy(s)
+            jobs.append(("big_fresh", lambda: self.biglist(s, f"{fresh_name}@{DOMAIN}", 1)))
+        for name, job in jobs:
+            raw = pdir / f"popgate-{name}.txt"
+            log(f"profiling popgate during {name} (py-spy, {rate} Hz)")
+            spy_p = subprocess.Popen([spy, "record", "--pid", str(s.pid), "-F", "-t", "-r", str(rate),
+                                      "-f", "raw", "-o", str(raw), "--nonblocking"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     start_new_session=True)
+            try:
+                time.sleep(1.0)
+                t0 = time.monotonic()
+                rec = job()
+                secs = time.monotonic() - t0
+            finally:
+                spy_p.send_signal(signal.SIGINT)
+                try:
+                    _, err = spy_p.communicate(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(spy_p.pid, signal.SIGKILL)
+                    err = b"py-spy did not stop"
+            if not raw.exists():
+                self.results["profiles"][name] = {"error": err.decode(errors="replace")[-300:]}
+                continue
+            summ = hotspots.summarize(str(raw), 12, rate, secs + 1.0)
+            summ["workload"] = brief(name, rec)
+            self.results["profiles"][name] = summ
+            self.settle()
+        if fresh_name:
+            shutil.rmtree(self.files["root-popgate"] / fresh_name, ignore_errors=True)
+
+    # -- main
+    def run(self) -> int:
+        a = self.a
+        if os.geteuid() != 0:
+            raise SystemExit("run as root: Dovecot's throwaway instance needs it")
+        for f in (POPBENCH, MKMAIL):
+            if not f.exists():
+                raise SystemExit(f"{f} not found: set POPGATE_SHARED_BENCH to the shared bench kit")
+        self.twistd = a.twistd or str(REPO / ".venv" / "bin" / "twistd")
+        if not Path(self.twistd).exists():
+            self.twistd = shutil.which("twistd") or self.twistd
+        help_text = subprocess.run([self.twistd, "popgate", "--help"], capture_output=True,
+                                   text=True, timeout=60).stdout
+        self.caps = {"workers": "--workers" in help_text, "auth_cache": "--auth-cache-ttl" in help_text,
+                     "auth_cache_negative": "--auth-cache-negative-ttl" in help_text}
+        t_start = time.monotonic()
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.outdir = Path(a.out or (BENCH / "results")) / stamp
+        self.outdir.mkdir(parents=True, exist_ok=True)
+        self.rawdir = self.outdir / "raw"
+        self.rawdir.mkdir()
+        workdir = Path(a.workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        os.chmod(workdir, 0o755)
+        selected = [s for s in SCENARIOS if not a.only or s in a.only.split(",")]
+        log(f"popgate vs Dovecot: {'quick' if a.quick else 'full'} run, {self.p['reps']} reps, "
+            f"scenarios {','.join(selected)}; capabilities {self.caps}")
+        dovecot_version = ensure_dovecot()
+        self.data = ensure_data(workdir)
+        self.rundir = workdir / f"run-{stamp}-{os.getpid()}"
+        self.rundir.mkdir()
+        os.chmod(self.rundir, 0o755)
+        self.results["meta"] = machine_info(self.twistd, dovecot_version, self.p, self.caps,
+                                            " ".join(sys.argv))
+        try:
+            log("building mail roots (hard-link copies)")
+            self.files = build_run(self.rundir, self.data)
+            # popgate's auth cache (on by default once wired) stays off here: Dovecot
+            # "tuned" has none; the authcache scenario runs its own instances.
+            self.nocache = nocache = (["--auth-cache-ttl", "0"] if self.caps["auth_cache"] else []) + \
+                (["--auth-cache-negative-ttl", "0"] if self.caps["auth_cache_negative"] else [])
+            self.popgate = Popgate("popgate", self.twistd, self.rundir, self.files["passwd"],
+                                   self.files["root-popgate"], extra=nocache)
+            self.dovecot = Dovecot("dovecot", self.rundir, self.files["passwd"], self.files["root-dovecot"])
+            self.start(self.popgate)
+            self.start(self.dovecot)
+            self.results["meta"]["popgate_cmd"] = " ".join(self.popgate.cmd)
+            self.results["meta"]["dovecot_conf"] = self.dovecot.conf.read_text()
+            plan = {
+                "login10": lambda: self.sc_login("login10", 10, self.popgate),
+                "login50": lambda: self.sc_login("login50", 50, self.popgate),
+                "login50w2": self.sc_login50w2,
+                "retr100k": lambda: self.sc_retr("retr100k", "users-r100k", self.p["retr"]),
+                "retr10m": lambda: self.sc_retr("retr10m", "users-r10m", self.p["r10m"]),
+                "big_warm": self.sc_big_warm,
+                "big_fresh": self.sc_big_fresh,
+                "idle": self.sc_idle,
+                "nooplat": self.sc_nooplat,
+                "authcache": self.sc_authcache,
+            }
+            for sid in selected:
+                log(f"scenario {sid}")
+                try:
+                    plan[sid]()
+                except Skip as e:
+                    self.results["scenarios"][sid] = {"na": str(e), "runs": {}}
+                    log(f"  {sid}: {e}")
+                except (RuntimeError, subprocess.SubprocessError, OSError, ValueError) as e:
+                    self.results["scenarios"][sid] = {"na": f"error: {e}", "runs": {}}
+                    log(f"  {sid}: ERROR {e}")
+                    for s in (self.popgate, self.dovecot):  # a crashed server: restart for the rest
+                        if not s.running:
+                            self.stop(s)
+                            self.start(s)
+            if a.profile if a.profile is not None else not a.quick:
+                self.profile()
+            problems = self.dovecot.log_problems()
+            if problems:
+                self.results["meta"]["dovecot_log_problems"] = problems
+        finally:
+            self.stop_all()
+            if not a.keep:
+                shutil.rmtree(self.rundir, ignore_errors=True)
+        self.results["meta"]["wall_s"] = round(time.monotonic() - t_start, 1)
+        table = summarize(self.results)
+        self.results["table"] = table
+        md = render_markdown(self.results)
+        (self.outdir / "results.json").write_text(json.dumps(self.results, indent=1, default=str))
+        (self.outdir / "results.md").write_text(md)
+        for ext, text in (("json", json.dumps(self.results, indent=1, default=str)), ("md", md)):
+            (self.outdir.parent / f"latest.{ext}").write_text(text)
+        print()
+        print(md)
+        log(f"results: {self.outdir}/results.md (and .json); latest: {self.outdir.parent}/latest.md")
+        if a.update_docs:
+            update_docs(render_markdown(self.results, top=6))
+        return 0
+
+
+# ------------------------------------------------------------------ reporting
+def brief(sid: str, rec: dict) -> str:
+    if "error" in rec:
+        return "ERROR " + rec["error"][:200]
+    if sid.startswith("login") or sid == "authcache":
+        return (f"{rec.get('sessions_per_s')} logins/s, p99 {rec.get('lat_ms_p99')} ms, "
+                f"errors {rec.get('errors')}, server CPU {rec.get('server_cpu_pct')}%")
+    if sid.startswith("retr"):
+        return (f"{rec.get('MB_per_s')} MB/s, {rec.get('server_cpu_ms_per_MB')} ms CPU/MB, "
+                f"hash ok {rec.get('hash_ok')} bad {rec.get('hash_bad')} missing {rec.get('hash_missing')}, "
+                f"size bad {rec.get('size_bad')}, errors {rec.get('errors')}")
+    if sid.startswith("big"):
+        return f"{rec.get('session_ms')} ms ({rec.get('stat')})"
+    if sid == "idle":
+        return (f"{rec.get('pss_KiB_per_session')} KiB PSS/session, opened {rec.get('opened')}/"
+                f"{rec.get('requested')}, procs {rec.get('server_procs_at_K')}")
+    if sid == "nooplat":
+        return (f"NOOP p99 {rec.get('noop_p99_ms')} ms (baseline p99 "
+                f"{(rec.get('noop_baseline_ms') or {}).get('p99')} ms), {rec.get('logins_in_window')} "
+                f"bcrypt logins, server CPU {rec.get('server_cpu_pct')}%, errors {rec.get('loader_errors')}")
+    return json.dumps(rec)[:200]
+
+
+def invalid(sid: str, rec: dict) -> str | None:
+    """Why a run does not count, or None."""
+    if "error" in rec:
+        return rec["error"][:120]
+    if sid.startswith("retr"):
+        bad = (rec.get("hash_bad") or 0) + (rec.get("size_bad") or 0) + (rec.get("hash_missing") or 0)
+        if bad:
+            return f"verification failed ({bad} messages)"
+    if sid == "idle" and rec.get("opened") != rec.get("requested"):
+        return f"only {rec.get('opened')}/{rec.get('requested')} sessions opened"
+    if sid == "nooplat" and rec.get("probe_error"):
+        return "probe: " + rec["probe_error"]
+    return None
+
+
+def summarize(results: dict) -> list[dict]:
+    table = []
+    for sid, metric, title, better, tkind, tval in ROWS:
+        sc = results["scenarios"].get(sid)
+        row = {"id": sid, "metric": metric, "title": title, "better": better,
+               "target": f"{tkind.replace('abs', 'popgate ').replace('ratio', 'ratio ')} {tval:g}",
+               "popgate": None, "dovecot": None, "ratio": None, "verdict": "not run", "notes": []}
+        table.append(row)
+        if sc is None:
+            continue
+        runs = sc.get("runs", {})
+        notes = row["notes"]
+        vals = {}
+        for kind in ("popgate", "dovecot"):
+            recs = runs.get(kind, [])
+            bad = [invalid(sid, r) for r in recs]
+            for why in bad:
+                if why and why not in notes:
+                    notes.append(f"{kind}: {why}")
+            errs = sum((r.get("errors") or r.get("loader_errors") or 0) for r in recs)
+            if errs and metric in ("sessions_per_s", "MB_per_s", "noop_p99_ms"):
+                notes.append(f"{kind}: {errs} session errors")
+            vals[kind] = median([r.get(metric) for r, why in zip(recs, bad) if not why])
+            row[kind] = vals[kind]
+            row[f"{kind}_runs"] = [r.get(metric) for r in recs]
+        row["other_cpu_pct"] = median([r.get("_other_cpu_pct") for k in runs for r in runs[k]])
+        if sc.get("na") and vals.get("popgate") is None:
+            row["verdict"] = sc["na"]
+            continue
+        p, d = vals.get("popgate"), vals.get("dovecot")
+        if p is not None and d:
+            row["ratio"] = round(p / d, 3)
+        if any("verification failed" in n or "sessions opened" in n for n in notes if n.startswith("popgate")):
+            row["verdict"] = "FAIL (invalid run)"
+        elif tkind == "abs<=":
+            row["verdict"] = "n/a" if p is None else ("pass" if p <= tval else "FAIL")
+        elif row["ratio"] is None:
+            row["verdict"] = "n/a"
+        elif tkind == "ratio>=":
+            row["verdict"] = "pass" if row["ratio"] >= tval else "FAIL"
+        else:
+            row["verdict"] = "pass" if row["ratio"] <= tval else "FAIL"
+    return table
+
+
+def fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}" if abs(v) < 10 else f"{v:.1f}"
+    return str(v)
+
+
+def render_markdown(results: dict, top: int = 0) -> str:
+    """The report; `top` > 0 shortens each profile table to that many rows."""
+    m = results["meta"]
+    out = [f"## Results {m['date']}", "",
+           f"Machine: {m['cpu']}, {m['cores']} cores, {m['mem']}; {m['os']}, kernel {m['kernel']}.  ",
+           f"popgate {m['popgate_rev']} on Python {m['python']}, Twisted {m['twisted']}; "
+           f"Dovecot {m['dovecot']} (tuned).  ",
+           f"Medians of {m['profile']['reps']} alternating runs per server; run took {m.get('wall_s')} s "
+           f"(`{m['command']}`).", "",
+           "| scenario | popgate | Dovecot | popgate/Dovecot | target | verdict | other load |",
+           "|---|---:|---:|---:|---|---|---:|"]
+    for r in results["table"]:
+        verdict = r["verdict"] + ("; " + "; ".join(r["notes"]) if r["notes"] else "")
+        other = r.get("other_cpu_pct")
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.3g}"
+        out.append(f"| {r['title']} | {fmt(r['popgate'])} | {fmt(r['dovecot'])} | "
+                   f"{ratio} | {r['target']} | {verdict} | "
+                   f"{'-' if other is None else f'{max(other, 0):.0f}%'} |")
+    out += ["", "\"other load\": median CPU (% of one core) used during the runs by processes other "
+            "than the servers and the load generator; high values mean the figures are noisy.", ""]
+    out += ["Supporting figures (medians):", "",
+            "| scenario | figure | popgate | Dovecot |", "|---|---|---:|---:|"]
+    for sid, items in DETAILS.items():
+        sc = results["scenarios"].get(sid) or {}
+        runs = sc.get("runs") or {}
+        if not any(runs.values()):
+            continue
+        for key, label in items:
+            vals = [median([dig(r, key) for r in runs.get(k, []) if "error" not in r])
+                    for k in ("popgate", "dovecot")]
+            out.append(f"| {sid} | {label} | {fmt(vals[0])} | {fmt(vals[1])} |")
+    out.append("")
+    if m.get("dovecot_log_problems"):
+        out += ["Dovecot log problems:", "", *[f"    {ln}" for ln in m["dovecot_log_problems"]], ""]
+    profs = results.get("profiles") or {}
+    if profs:
+        out += ["### popgate profiles (py-spy, separate runs after the measurements)", "",
+                "The workload figures in the headings are lower than in the table: py-spy "
+                "competes for the same two cores.", ""]
+        for name, s in profs.items():
+            if not isinstance(s, dict) or "self" not in s:
+                out += [f"{name}: {s}", ""]
+                continue
+            out.append(hotspots.to_text(s, f"{name}: {s.get('workload', '')}", top).replace("### ", "#### "))
+    return "\n".join(out) + "\n"
+
+
+def dig(rec: dict, key: str):
+    for part in key.split("."):
+        rec = rec.get(part) if isinstance(rec, dict) else None
+    return rec
+
+
+def machine_info(twistd: str, dovecot: str, prof: dict, caps: dict, command: str) -> dict:
+    cpu = "?"
+    try:
+        for ln in open("/proc/cpuinfo"):
+            if ln.startswith("model name"):
+                cpu = ln.split(":", 1)[1].strip()
+                break
+        mem = next(ln.split()[1] for ln in open("/proc/meminfo") if ln.startswith("MemTotal"))
+        mem = f"{int(mem) / 1048576:.0f} GiB RAM"
+    except OSError:
+        mem = "?"
+    osname = "?"
+    try:
+        osname = re.search(r'PRETTY_NAME="([^"]+)"', Path("/etc/os-release").read_text()).group(1)
+    except (OSError, AttributeError):
+        pass
+    rev = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+                         capture_output=True, text=True).stdout.strip() or "?"
+    tw = subprocess.run([twistd, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    return {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "cpu": cpu, "cores": os.cpu_count(), "mem": mem,
+            "os": osname, "kernel": platform.release(), "python": platform.python_version(),
+            "twisted": tw.split()[-1] if tw else "?", "dovecot": dovecot, "popgate_rev": rev,
+            "profile": prof, "capabilities": caps, "command": command}
+
+
+def update_docs(md: str) -> None:
+    doc = REPO / "docs" / "benchmarks.md"
+    begin, end = "<!-- results:begin -->", "<!-- results:end -->"
+    text = doc.read_text() if doc.exists() else f"# Benchmarks\n\n{begin}\n{end}\n"
+    if begin not in text:
+        text += f"\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1] if end in rest else ""
+    doc.write_text(f"{head}{begin}\n{md}{end}{tail}")
+    log(f"updated {doc}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smoke run: 1 repetition, short windows, no profiling")
+    ap.add_argument("--reps", type=int, default=0, help="repetitions per server (default 3; quick 1)")
+    ap.add_argument("--only", help="comma-separated scenarios: " + ",".join(SCENARIOS))
+    prof = ap.add_mutually_exclusive_group()
+    prof.add_argument("--profile", dest="profile", action="store_true", default=None,
+                      help="profile popgate with py-spy (default in the full run)")
+    prof.add_argument("--no-profile", dest="profile", action="store_false")
+    ap.add_argument("--workdir", default=os.environ.get("POPGATE_BENCH_DIR", "/tmp/popgate-bench"),
+                    help="generated data (kept) and per-run mail roots (removed) (default %(default)s)")
+    ap.add_argument("--out", help="results directory (default bench/results)")
+    ap.add_argument("--twistd", help="twistd to run popgate with (default .venv/bin/twistd)")
+    ap.add_argument("--keep", action="store_true", help="keep the run directory (mail roots, logs)")
+    ap.add_argument("--update-docs", action="store_true",
+                    help="replace the results section of docs/benchmarks.md with this run's")
+    ap.add_argument("--render", metavar="RESULTS_JSON",
+                    help="only print the report of an earlier run (with --update-docs: put it in the docs)")
+    a = ap.parse_args(argv)
+    if a.render:
+        results = json.loads(Path(a.render).read_text())
+        print(render_markdown(results))
+        if a.update_docs:
+            update_docs(render_markdown(results, top=6))
+        return 0
+    if a.only:
+        unknown = set(a.only.split(",")) - set(SCENARIOS)
+        if unknown:
+            ap.error(f"unknown scenarios {sorted(unknown)}; known: {','.join(SCENARIOS)}")
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, on_term)
+    bench = Bench(a)
+    try:
+        return bench.run()
+    except KeyboardInterrupt:
+        print("\ninterrupted: servers stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,6 +23,17 @@ class MessageInfo:
     uid: bytes
     size: int
 
+    @classmethod
+    def unchecked(cls, uid: bytes, size: int) -> "MessageInfo":
+        """
+        Build one without validation, for stores that build their unique
+        ids and sizes themselves (a big Maildir makes 100,000 of these).
+        """
+        info = object.__new__(cls)
+        object.__setattr__(info, "uid", uid)
+        object.__setattr__(info, "size", size)
+        return info
+
     def __post_init__(self) -> None:
         if not _UID_OK.match(self.uid):
             raise ValueError(f"invalid POP3 unique id {self.uid!r}")

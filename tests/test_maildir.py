@@ -414,3 +414,50 @@ def test_mail_location_from_user_store_overrides_template(tmp_path):
     assert store.maildir_for(AvatarId("alice")) == str(tmp_path / "template" / "alice")
     with pytest.raises(PermanentFailure):
         store.maildir_for(AvatarId("alice", "relative/path"))
+
+
+def test_snapshot_reused_while_maildir_unchanged(tmp_path, monkeypatch):
+    """A second login to an unchanged Maildir reuses the snapshot (two
+    stat() calls, no scan); a delivery, or a directory changed too recently
+    to trust its time stamp, forces a new scan."""
+    from popgate.stores import maildir
+
+    root = tmp_path / "box"
+    for sub in ("cur", "new", "tmp"):
+        (root / sub).mkdir(parents=True)
+    (root / "new" / "1700000000.M1P1.host").write_bytes(b"Subject: a\n\nx\n")
+    cache = maildir.SnapshotCache()
+
+    # Just delivered: the time stamps are too fresh to trust, no reuse.
+    first = cache.get(str(root))
+    assert len(first) == 1
+    assert cache.get(str(root)) is not first
+
+    old = 1_600_000_000
+    for sub in ("cur", "new"):
+        os.utime(root / sub, (old, old))
+    kept = cache.get(str(root))
+    real_scan = maildir.scan
+    monkeypatch.setattr(maildir, "scan", lambda d: pytest.fail("rescanned an unchanged Maildir"))
+    assert cache.get(str(root)) is kept
+
+    monkeypatch.setattr(maildir, "scan", real_scan)
+    (root / "new" / "1700000001.M1P1.host").write_bytes(b"Subject: b\n\ny\n")
+    assert [e.base for e in cache.get(str(root))] == ["1700000000.M1P1.host", "1700000001.M1P1.host"]
+
+
+def test_snapshot_cache_is_bounded(tmp_path):
+    from popgate.stores import maildir
+
+    cache = maildir.SnapshotCache(budget=3)
+    old = 1_600_000_000
+    for n in range(3):
+        root = tmp_path / f"box{n}"
+        for sub in ("cur", "new", "tmp"):
+            (root / sub).mkdir(parents=True)
+        for i in range(2):
+            (root / "new" / f"17000000{i:02d}.M1P1.host").write_bytes(b"x\n")
+        for sub in ("cur", "new"):
+            os.utime(root / sub, (old, old))
+        cache.get(str(root))
+    assert cache._held <= 3

@@ -119,6 +119,8 @@ class MessageEncoder:
 
 def _normalize(data: bytes) -> bytes:
     """Every LF not after a CR becomes CRLF; bare CRs stay as they are."""
+    if b"\r" not in data:
+        return data.replace(b"\n", b"\r\n")  # LF-only storage: one pass
     if b"\n" not in data:
         return data
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")

@@ -21,6 +21,9 @@ import fcntl
 import hashlib
 import os
 import re
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterable
 
@@ -40,6 +43,12 @@ SIZE_CACHE = "popgate-sizes"
 _W_SIZE = re.compile(r",W=(\d+)")
 _TIME_PREFIX = re.compile(r"^(\d+)(?:\.M(\d+))?")
 _READ_CHUNK = 1 << 16
+# A snapshot is reused only if the directories have not changed since, and
+# had not changed for this long before it was taken (file system time stamps
+# are coarse: a delivery in the same tick must not go unseen).
+_SNAPSHOT_SETTLE_NS = 2_000_000_000
+# Snapshots kept per process, counted in messages.
+_SNAPSHOT_BUDGET = 1_000_000
 
 log = Logger()
 
@@ -62,6 +71,8 @@ def unique_id(base: str) -> bytes:
     The UIDL of a message: its base file name when that is a valid POP3
     unique id (1-70 printable octets), else a digest of it.
     """
+    if len(base) <= 70 and base.isascii() and base.isprintable() and " " not in base:
+        return base.encode("ascii")
     raw = base.encode("utf-8", "surrogateescape")
     if is_valid_uid(raw):
         return raw
@@ -72,11 +83,14 @@ def file_wire_size(path: str) -> int:
     """Octets of the file once every bare LF is sent as CRLF."""
     size = 0
     previous_cr = False
-    with open(path, "rb") as f:
-        while chunk := f.read(_READ_CHUNK):
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        while chunk := os.read(fd, _READ_CHUNK):
             crlf = chunk.count(b"\r\n") + (1 if previous_cr and chunk[:1] == b"\n" else 0)
             size += len(chunk) + chunk.count(b"\n") - crlf
             previous_cr = chunk[-1:] == b"\r"
+    finally:
+        os.close(fd)
     return size
 
 
@@ -126,38 +140,110 @@ class _SizeCache:
 def scan(directory: str) -> list[_Entry]:
     """List C{new/} and C{cur/} into snapshot entries, oldest first."""
     cache = _SizeCache(os.path.join(directory, SIZE_CACHE))
-    entries: list[_Entry] = []
+    sizes = cache.sizes
+    found: list[tuple[str, str, str, int]] = []
+    unknown: list[tuple[str, str, str]] = []
     seen: set[str] = set()
     for subdir in ("cur", "new"):
-        path = os.path.join(directory, subdir)
         try:
-            names = os.listdir(path)
+            names = os.listdir(os.path.join(directory, subdir))
         except FileNotFoundError:
             continue
         for name in names:
-            if name.startswith("."):
+            if name[:1] == ".":
                 continue
-            base = base_name(name)
+            base = name.partition(":")[0]
             if base in seen:
                 continue  # the same message seen in new/ and cur/ mid-rename
-            match = _W_SIZE.search(base)
-            if match is not None:
-                size = int(match.group(1))
-            else:
-                cached = cache.sizes.get(base)
-                if cached is None:
-                    try:
-                        cached = file_wire_size(os.path.join(path, name))
-                    except FileNotFoundError:
-                        continue  # moved or expunged while we scanned
-                    cache.sizes[base] = cached
-                    cache.dirty = True
-                size = cached
             seen.add(base)
-            entries.append(_Entry(subdir, name, base, MessageInfo(unique_id(base), size)))
+            size = None
+            if ",W=" in base:
+                match = _W_SIZE.search(base)
+                if match is not None:
+                    size = int(match.group(1))
+            if size is None:
+                size = sizes.get(base)
+            if size is None:
+                unknown.append((subdir, name, base))
+            else:
+                found.append((subdir, name, base, size))
+    if unknown:
+        # A first scan of a big Maildir is mostly these open/read/close
+        # calls.  (Threads do not help: the GIL hand-offs cost more than the
+        # overlap gains, measured on 40,000 files.)
+        for subdir, name, base in unknown:
+            try:
+                size = file_wire_size(os.path.join(directory, subdir, name))
+            except FileNotFoundError:
+                seen.discard(base)  # moved or expunged while we scanned
+                continue
+            sizes[base] = size
+            found.append((subdir, name, base, size))
+        cache.dirty = True
     cache.save(seen)
-    entries.sort(key=lambda e: _order_key(e.base))
-    return entries
+    found.sort(key=lambda f: _order_key(f[2]))
+    unchecked = MessageInfo.unchecked
+    return [_Entry(subdir, name, base, unchecked(unique_id(base), size))
+            for subdir, name, base, size in found]
+
+
+def _stamp(directory: str) -> tuple[int, int] | None:
+    """The change times of C{cur/} and C{new/}, or C{None} if one is missing."""
+    try:
+        return (os.stat(os.path.join(directory, "cur")).st_mtime_ns,
+                os.stat(os.path.join(directory, "new")).st_mtime_ns)
+    except FileNotFoundError:
+        return None
+
+
+class SnapshotCache:
+    """
+    The last snapshot of each Maildir, reused while C{cur/} and C{new/} are
+    unchanged: a client polling a 100,000-message Maildir costs two stat()
+    calls instead of a directory scan.  Bounded by a total message count.
+    """
+
+    def __init__(self, budget: int = _SNAPSHOT_BUDGET) -> None:
+        self._budget = budget
+        self._held = 0
+        self._snapshots: OrderedDict[str, tuple[tuple[int, int], list[_Entry]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, directory: str) -> list[_Entry]:
+        """A snapshot of C{directory}: the kept one if still valid, else a new scan."""
+        stamp = _stamp(directory)
+        with self._lock:
+            kept = self._snapshots.get(directory)
+            if kept is not None and stamp is not None and kept[0] == stamp:
+                self._snapshots.move_to_end(directory)
+                return kept[1]
+        started = time.time_ns()
+        entries = scan(directory)
+        if stamp is not None and _stamp(directory) == stamp \
+                and started - max(stamp) > _SNAPSHOT_SETTLE_NS:
+            self._keep(directory, stamp, entries)
+        else:
+            self.forget(directory)
+        return entries
+
+    def _keep(self, directory: str, stamp: tuple[int, int], entries: list[_Entry]) -> None:
+        with self._lock:
+            old = self._snapshots.pop(directory, None)
+            if old is not None:
+                self._held -= len(old[1])
+            if len(entries) > self._budget:
+                return
+            self._snapshots[directory] = (stamp, entries)
+            self._held += len(entries)
+            while self._held > self._budget:
+                _, (_, dropped) = self._snapshots.popitem(last=False)
+                self._held -= len(dropped)
+
+    def forget(self, directory: str) -> None:
+        with self._lock:
+            old = self._snapshots.pop(directory, None)
+            if old is not None:
+                self._held -= len(old[1])
 
 
 def ensure_maildir(directory: str) -> None:
@@ -214,6 +300,10 @@ class MaildirMaildrop:
 
     def commit(self, deleted: Iterable[int]) -> defer.Deferred[None]:
         gone = [self._entries[i] for i in deleted]
+        if not gone:
+            self.close()
+            return defer.succeed(None)
+        self._store._snapshots.forget(self.directory)
         d = self._store._in_thread(self._remove, gone)
         d.addBoth(self._release_passthrough)
         return d
@@ -272,6 +362,7 @@ class MaildirStore:
         self.create = create
         self._reactor = reactor
         self._locks = SessionLocks()
+        self._snapshots = SnapshotCache()
 
     def _in_thread(self, f: Any, *args: Any) -> defer.Deferred[Any]:
         reactor = self._reactor
@@ -311,10 +402,16 @@ class MaildirStore:
 
     def _open(self, directory: str) -> tuple[int, list[_Entry]]:
         """Lock and scan; runs in a thread."""
+        lock_path = os.path.join(directory, LOCK_FILE)
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
         try:
-            if self.create:
+            try:
+                fd = os.open(lock_path, flags, 0o600)
+            except FileNotFoundError:
+                if not self.create:
+                    raise
                 ensure_maildir(directory)
-            fd = os.open(os.path.join(directory, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                fd = os.open(lock_path, flags, 0o600)
         except PermissionError as e:
             raise errors.PermanentFailure(f"cannot open {directory}: {e}") from e
         except FileNotFoundError as e:
@@ -329,7 +426,7 @@ class MaildirStore:
                 raise errors.MaildropInUse(directory) from e
             raise errors.TemporaryFailure(f"cannot lock {directory}: {e}") from e
         try:
-            return fd, scan(directory)
+            return fd, self._snapshots.get(directory)
         except BaseException as e:
             os.close(fd)
             if isinstance(e, OSError):

@@ -434,3 +434,20 @@ def test_dummy_verify_always_says_no() -> None:
     reactor = InlineReactor()
     assert result_of(dummy_verify_in_thread(reactor, b"pw", "{PLAIN}pw")) is False
     assert reactor.pool.calls == ["dummy_verify"]
+
+
+def test_cheap_schemes_skip_the_thread_pool_and_kdfs_do_not():
+    """Clear text and plain digests are checked inline (the thread hop costs
+    more); bcrypt and friends always go to the pool."""
+    from popgate.cred import schemes
+
+    class NoThreads:
+        def getThreadPool(self):
+            raise AssertionError("a cheap scheme went to the thread pool")
+
+    d = schemes.verify_in_thread(NoThreads(), b"pw", "{PLAIN}pw")
+    assert d.result is True
+    d = schemes.verify_in_thread(NoThreads(), b"nope", schemes.hash_password("pw", "SSHA"))
+    assert d.result is False
+    assert not schemes.is_cheap(schemes.DUMMY_HASH)
+    assert not schemes.is_cheap("{ARGON2ID}$argon2id$x")

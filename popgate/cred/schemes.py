@@ -26,7 +26,7 @@ import bcrypt
 from argon2 import DEFAULT_TIME_COST, PasswordHasher, Type
 from argon2.exceptions import VerificationError
 from passlib import hash as passlib_hash
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 
@@ -318,6 +318,18 @@ def hash_password(
     return f"{{{name}}}{hashed}" if prefix else hashed
 
 
+_CHEAP = frozenset({"SHA", "SHA1", "SHA256", "SHA512", "SSHA", "SSHA256", "SSHA512", "SMD5",
+                    "PLAIN-MD5", "LDAP-MD5", *_PLAIN_NAMES})
+
+
+def is_cheap(stored: str, *, default_scheme: str | None = None) -> bool:
+    """True for schemes that cost microseconds to check (no KDF)."""
+    try:
+        return _parse(stored, default_scheme)[1] in _CHEAP
+    except UnknownScheme:
+        return False
+
+
 def verify_in_thread(
     reactor: IReactorThreads,
     password: bytes,
@@ -325,7 +337,13 @@ def verify_in_thread(
     *,
     default_scheme: str | None = None,
 ) -> Deferred[bool]:
-    """L{verify_password} in the reactor's thread pool: KDFs never block the reactor."""
+    """
+    L{verify_password} in the reactor's thread pool: KDFs never block the
+    reactor.  Plain digests and clear text take microseconds, less than the
+    hop to a thread and back, so they are checked inline.
+    """
+    if is_cheap(stored, default_scheme=default_scheme):
+        return maybeDeferred(verify_password, password, stored, default_scheme=default_scheme)
     return deferToThreadPool(
         reactor,
         reactor.getThreadPool(),

@@ -1,0 +1,225 @@
+"""
+C{popgate deliver -u USER [-f SENDER]}: a local delivery agent.  Reads one
+message on standard input and delivers it the way LMTP does, for Postfix
+(C{pipe} transport, C{mailbox_command}) and Exim (C{pipe} transport).
+
+The exit code is a sysexits(3) code, which the MTAs act on:
+
+- 0: delivered (durably);
+- 67 (EX_NOUSER): no such user: the MTA bounces the message;
+- 75 (EX_TEMPFAIL): a temporary failure (disk full, a lock held too long,
+  a user store that is down) and also any configuration error: the MTA
+  keeps the message queued and retries, so an admin's typo never bounces
+  mail (Dovecot's LDA does the same);
+- 64 (EX_USAGE): a malformed command line (no C{-u}, an unknown option).
+
+Users are checked with the user stores given with C{--auth} (or in the
+C{--config} file) that can look users up (htpasswd, passwd-file, LDAP,
+SQL); if none can, every user is accepted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable, Coroutine
+
+from twisted.cred import strcred
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+EX_OK = 0
+EX_USAGE = 64
+EX_NOUSER = 67
+EX_CANTCREAT = 73
+EX_TEMPFAIL = 75
+
+DEFAULT_TIMEOUT = 600.0
+
+
+class ConfigError(Exception):
+    """A configuration that cannot work: exit with EX_TEMPFAIL."""
+
+
+class _DeliverArgumentParser(argparse.ArgumentParser):
+    """Usage errors exit with EX_USAGE (64), not argparse's 2."""
+
+    def error(self, message: str) -> Any:
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(EX_USAGE)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error("unrecognized arguments: " + " ".join(extras))
+        return namespace, []
+
+
+def add_subcommand(subparsers: Any) -> None:
+    """Register C{deliver} with the C{popgate} command."""
+    p = subparsers.add_parser(
+        "deliver", help="deliver a message from standard input (for Postfix and Exim)",
+        description="Deliver one message from standard input into the user's mailbox. "
+                    "Exit codes: 0 delivered, 67 unknown user, 75 temporary failure "
+                    "(retry), 64 bad command line.")
+    p.__class__ = _DeliverArgumentParser
+    p.add_argument("-u", "--user", required=True, help="the recipient (user name or address)")
+    p.add_argument("-f", "--from", dest="sender",
+                   help="the envelope sender (default: from a From_ line on the message)")
+    p.add_argument("-c", "--config", help="popgate's TOML configuration file (store and auth)")
+    p.add_argument("--store", help="the mail store, TYPE:ARGS, as for twistd popgate")
+    p.add_argument("--auth", action="append", default=[],
+                   help="a user store, TYPE:ARGS (repeatable), as for twistd popgate")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                   help=f"give up (exit 75) after this many seconds (default {DEFAULT_TIMEOUT:g})")
+    p.set_defaults(func=run)
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"popgate deliver: {message}\n")
+
+
+def build(args: argparse.Namespace) -> tuple[Any, list[Any]]:
+    """
+    The mail store and the checkers the options and config file name.
+
+    @raise ConfigError: with a one-line reason.
+    """
+    from twisted.python import usage
+
+    from popgate import config
+    from popgate.stores.registry import make_store
+
+    values: dict[str, Any] = {}
+    if args.config:
+        try:
+            values = config.load(args.config)
+        except usage.UsageError as e:
+            raise ConfigError(str(e)) from None
+    store_description = args.store or values.get("store")
+    auth = args.auth or values.get("auth") or []
+    if not store_description:
+        raise ConfigError("no mail store: give --store TYPE:ARGS or --config FILE")
+    try:
+        store = make_store(store_description)
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"--store: {e}") from None
+    checkers = []
+    for description in auth:
+        try:
+            checkers.append(strcred.makeChecker(description))
+        except strcred.InvalidAuthType as e:
+            raise ConfigError(f"--auth: unknown user store type {e.args[0]!r}") from None
+        except (ValueError, OSError, strcred.StrcredException) as e:
+            raise ConfigError(f"--auth {description.split(':', 1)[0]}: {e}") from None
+    return store, checkers
+
+
+async def deliver_message(reactor: Any, store: Any, checkers: list[Any], user: str,
+                          sender: str | None, raw: bytes) -> int:
+    """
+    Deliver C{raw} for C{user}; the sysexits code to exit with.
+    """
+    from popgate import errors
+    from popgate.delivery.message import add_trace_headers, split_from_line
+    from popgate.delivery.target import delivery_target
+    from popgate.delivery.users import UserResolver
+
+    try:
+        target = delivery_target(store, reactor)
+    except ValueError as e:
+        _fail(str(e))
+        return EX_TEMPFAIL
+    envelope_sender, message = split_from_line(raw)
+    if sender is None:
+        sender = envelope_sender
+    elif sender.upper() == "MAILER-DAEMON":
+        sender = ""  # how Postfix's pipe spells the null sender unless null_sender= is set
+    try:
+        name = await UserResolver.from_checkers(checkers).resolve(user)
+    except errors.TemporaryFailure as e:
+        _fail(f"cannot look up {user}: {e}")
+        return EX_TEMPFAIL
+    if name is None:
+        _fail(f"no such user: {user}")
+        return EX_NOUSER
+    message = add_trace_headers(message, sender, user, only_missing=True)
+    try:
+        await defer.maybeDeferred(target.deliver, name, message, sender)
+    except errors.InvalidUserName as e:
+        _fail(str(e))
+        return EX_NOUSER
+    except errors.TemporaryFailure as e:
+        _fail(f"temporary failure: {e}")
+        return EX_TEMPFAIL
+    except errors.PermanentFailure as e:
+        _fail(f"cannot deliver: {e}")
+        return EX_CANTCREAT
+    return EX_OK
+
+
+def run_in_reactor(work: Callable[[Any], Coroutine[Any, Any, int]], timeout: float) -> int:
+    """Run C{work(reactor)} on the global reactor; its result, or
+    EX_TEMPFAIL for an error or a timeout."""
+    from twisted.internet import reactor
+
+    outcome: list[Any] = []
+
+    def start() -> None:
+        d = defer.Deferred.fromCoroutine(work(reactor))
+        d.addTimeout(timeout, reactor)
+        d.addBoth(outcome.append)
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(start)
+    reactor.run(installSignalHandlers=False)
+    result = outcome[0] if outcome else None
+    if isinstance(result, Failure):
+        if result.check(defer.TimeoutError, defer.CancelledError):
+            _fail(f"timed out after {timeout:g} seconds")
+        else:
+            _fail(f"internal error: {result.getErrorMessage()}")
+            result.printTraceback(file=sys.stderr)
+        return EX_TEMPFAIL
+    return int(result) if result is not None else EX_TEMPFAIL
+
+
+def _log_warnings_to_stderr() -> None:
+    """Warnings and errors go to stderr, which the MTA puts in its log."""
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
+    globalLogBeginner.beginLoggingTo(
+        [FilteringLogObserver(textFileLogObserver(sys.stderr), [predicate])],
+        redirectStandardIO=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The C{popgate deliver} command."""
+    _log_warnings_to_stderr()
+    try:
+        store, checkers = build(args)
+    except ConfigError as e:
+        _fail(f"configuration error: {e}")
+        return EX_TEMPFAIL
+    try:
+        raw = sys.stdin.buffer.read()
+    except OSError as e:
+        _fail(f"cannot read the message: {e}")
+        return EX_TEMPFAIL
+    return run_in_reactor(
+        lambda reactor: deliver_message(reactor, store, checkers, args.user, args.sender, raw),
+        args.timeout)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from popgate.cli import main
+
+    sys.exit(main(["deliver", *sys.argv[1:]]))

@@ -10,13 +10,17 @@ from typing import Any
 
 from twisted.application import service, strports
 from twisted.cred.portal import Portal
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from popgate.cred.cache import CachingChecker
 from popgate.cred.chain import ChainedChecker
+from popgate.delivery.service import lmtp_factory
+from popgate.workers import ReusePortListener, WorkerPool
 from popgate.cred.throttle import LoginThrottle
 from popgate.pop3.factory import POP3ServerFactory
 from popgate.pop3.settings import SessionSettings
 from popgate.realm import MaildropRealm
+from popgate.tls import ReloadOnHangup
 
 
 def build_portal(store: Any, checkers: list[Any], cache: tuple[float, float] = (0, 0),
@@ -54,6 +58,7 @@ def session_settings(options: Any) -> SessionSettings:
     }
     values = {attr: options[opt] for opt, attr in names.items() if options.get(opt) is not None}
     values.setdefault("hostname", socket.getfqdn())
+    values["allow_plaintext_auth"] = bool(options.get("allow-plaintext-auth"))
     return SessionSettings(**values)
 
 
@@ -75,9 +80,31 @@ def build_service(options: Any, reactor: Any = None) -> service.MultiService:
     # the failure delay, capped), across connections: Dovecot's auth penalty.
     throttle = LoginThrottle(reactor, base_delay=settings.auth_failure_delay,
                              max_delay=max(15.0, settings.auth_failure_delay))
-    factory = POP3ServerFactory(portal, settings, reactor, throttle=throttle)
-    for endpoint in options["pop3"]:
-        listener = strports.service(endpoint, factory, reactor=reactor)
-        listener.setName(f"pop3 {endpoint}")
+    tls = options.get("tls_object")
+    factory = POP3ServerFactory(portal, settings, reactor, throttle=throttle, tls=tls)
+    shared = (options.get("workers") or 1) > 1 or bool(options.get("worker"))
+
+    def listen(kind: str, endpoint: str, listening_factory: Any) -> None:
+        if shared:
+            listener: Any = ReusePortListener(reactor, endpoint, listening_factory)
+        else:
+            listener = strports.service(endpoint, listening_factory, reactor=reactor)
+        listener.setName(f"{kind} {endpoint}")
         listener.setServiceParent(top)
+
+    for endpoint in options["pop3"]:
+        listen("pop3", endpoint, factory)
+    for endpoint in options.get("pop3s") or []:
+        # The same protocol behind a TLS layer: it sees an ISSLTransport,
+        # so it knows the session is secure and offers no STLS.
+        listen("pop3s", endpoint, TLSMemoryBIOFactory(tls, False, factory, clock=reactor))
+    if options.get("lmtp"):
+        delivery = lmtp_factory(options, options["store_object"], options["credCheckers"], reactor)
+        for endpoint in options["lmtp"]:
+            listen("lmtp", endpoint, delivery)
+    if shared and not options.get("worker"):
+        # Before ReloadOnHangup, whose SIGHUP handler then chains to ours.
+        WorkerPool(reactor, options["workers"], options.raw_args).setServiceParent(top)
+    if tls is not None:
+        ReloadOnHangup(tls, reactor).setServiceParent(top)
     return top

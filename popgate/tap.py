@@ -47,7 +47,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
                               "--help-stores lists the types."],
         ["implementation", None, None, "CAPA IMPLEMENTATION text (empty to hide)."],
         ["greeting", None, None, "Text of the greeting line."],
-        ["hostname", None, None, "Host name used in the APOP timestamp."],
+        ["hostname", None, None, "Host name used in the APOP and CRAM-MD5 challenges."],
+        ["tls-cert", None, None, "PEM certificate, followed by its chain (certbot's "
+                                 "fullchain.pem): enables STLS and --pop3s. Re-read on SIGHUP."],
+        ["tls-key", None, None, "PEM private key of --tls-cert (certbot's privkey.pem)."],
         ["idle-timeout", None, None, "Seconds before an idle session is closed "
                                      "(default 600, the RFC 1939 minimum).",
          _number(float, "idle-timeout", 1)],
@@ -62,17 +65,43 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["auth-cache-negative-ttl", None, None, "Seconds a failed login is cached (default 10; "
                                                 "0 turns it off).",
          _number(float, "auth-cache-negative-ttl")],
+        ["workers", None, None, "Processes sharing the listening ports with SO_REUSEPORT, to "
+                                "use every core (default 1; tcp: endpoints only).",
+         _number(int, "workers", 1)],
+    ]
+
+    optFlags: list[list[Any]] = [
+        ["allow-plaintext-auth", None, "UNSAFE: accept passwords in clear (USER/PASS, AUTH "
+                                       "PLAIN/LOGIN) without TLS from non-loopback clients."],
+        ["worker", None, "Internal: run as one of the --workers processes."],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["pop3"] = []
+        self["pop3s"] = []
+        self["lmtp"] = []
         self._auth_given = False
+        self.raw_args: list[str] = []
+
+    def parseOptions(self, options: Any = None) -> None:
+        # Kept so --workers can start the other processes with the same
+        # command line.
+        self.raw_args = list(options) if options is not None else []
+        super().parseOptions(options)
+
+    def opt_lmtp(self, endpoint: str) -> None:
+        """An LMTP delivery listener for the SMTP server, as a Twisted
+        endpoint string (repeatable), e.g. tcp:2424:interface=127.0.0.1."""
+        self["lmtp"].append(endpoint)
 
     def opt_pop3(self, endpoint: str) -> None:
-        """A plaintext POP3 listener, as a Twisted endpoint string
-        (repeatable; default tcp:110)."""
+        """A POP3 listener, Twisted endpoint string (repeatable; default tcp:110; STLS with --tls-cert)."""
         self["pop3"].append(endpoint)
+
+    def opt_pop3s(self, endpoint: str) -> None:
+        """A POP3S (implicit TLS) listener, e.g. tcp:995 (repeatable; needs --tls-cert/--tls-key)."""
+        self["pop3s"].append(endpoint)
 
     def opt_auth(self, description: str) -> None:
         """A user store, TYPE:ARGS (repeatable; --help-auth lists the types)."""
@@ -105,15 +134,19 @@ class Options(usage.Options, strcred.AuthOptionMixin):
                 if not self._auth_given:
                     for description in value:
                         self._add_checker(description)
-            elif key == "pop3":
-                if not self["pop3"]:
-                    self["pop3"] = list(value)
+            elif key in ("pop3", "pop3s", "lmtp"):
+                if not self[key]:
+                    self[key] = list(value)
+            elif key == "allow_plaintext_auth":
+                if not self[option]:
+                    self[option] = value
             elif option in self and self[option] is None:
                 self[option] = value
             elif option not in self:
                 self[option] = value
-        if not self["pop3"]:
+        if not self["pop3"] and not self["pop3s"]:
             self["pop3"] = ["tcp:110"]
+        self["tls_object"] = self._load_tls()
         if not self["store"]:
             raise usage.UsageError("no mail store: give --store TYPE:ARGS (see --help-stores)")
         if not self.get("credCheckers"):
@@ -124,6 +157,32 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             self["store_object"] = make_store(self["store"])
         except ValueError as e:
             raise usage.UsageError(f"--store: {e}")
+        from popgate.delivery.service import check_lmtp_options
+
+        check_lmtp_options(self)
+        if self["workers"] is None:
+            self["workers"] = 1
+        if self["workers"] > 1 or self["worker"]:
+            from popgate.workers import parse_tcp_endpoint
+
+            for endpoint in self["pop3"] + self["pop3s"] + self["lmtp"]:
+                parse_tcp_endpoint(endpoint)
+
+    def _load_tls(self) -> Any:
+        """The L{popgate.tls.ServerTLS} the options ask for, or None."""
+        cert, key = self["tls-cert"], self["tls-key"]
+        if bool(cert) != bool(key):
+            raise usage.UsageError("--tls-cert and --tls-key go together")
+        if not cert:
+            if self["pop3s"]:
+                raise usage.UsageError("--pop3s needs --tls-cert and --tls-key")
+            return None
+        from popgate.tls import ServerTLS, TLSConfigError
+
+        try:
+            return ServerTLS(cert, key)
+        except TLSConfigError as e:
+            raise usage.UsageError(f"--tls-cert/--tls-key: {e}") from None
 
 
 def makeService(options: Options, reactor: Any = None) -> Any:

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -20,6 +21,12 @@ from popgate.pop3.protocol import POP3ServerProtocol
 from popgate.pop3.settings import SessionSettings
 from popgate.realm import MaildropRealm
 from popgate.stores.memory import MemoryStore
+
+
+# The client of in-memory sessions: loopback, where plaintext passwords are
+# allowed by default (StringTransport's own default peer, 192.168.1.1, is
+# a remote client that must use TLS first).
+LOOPBACK_PEER = IPv4Address("TCP", "127.0.0.1", 54321)
 
 
 class InlineThreadPool:
@@ -56,7 +63,7 @@ class PausingTransport(StringTransport):
     """
 
     def __init__(self, high: int = 1000) -> None:
-        super().__init__()
+        super().__init__(peerAddress=LOOPBACK_PEER)
         self.high = high
         self.pending = 0
         self.pauses = 0
@@ -121,6 +128,6 @@ def connect(portal: Portal, clock: Clock | None = None,
     clock = Clock() if clock is None else clock
     factory = POP3ServerFactory(portal, settings, clock=clock)
     protocol = factory.buildProtocol(None)
-    transport = StringTransport() if transport is None else transport
+    transport = StringTransport(peerAddress=LOOPBACK_PEER) if transport is None else transport
     protocol.makeConnection(transport)
     return Session(protocol, transport, clock)

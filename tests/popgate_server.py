@@ -33,10 +33,17 @@ def child_env() -> dict[str, str]:
 
 
 class PopgateProcess:
-    """A popgate server process; use as a context manager."""
+    """
+    A popgate server process; use as a context manager.
 
-    def __init__(self, args: Sequence[str], port: int | None = None, log_path: str | None = None) -> None:
+    @param pop3s: also listen for POP3S on C{self.pop3s_port} (give
+        C{--tls-cert} and C{--tls-key} in C{args}).
+    """
+
+    def __init__(self, args: Sequence[str], port: int | None = None, log_path: str | None = None,
+                 pop3s: bool = False) -> None:
         self.port = port or free_port()
+        self.pop3s_port: int | None = free_port() if pop3s else None
         self.args = list(args)
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
@@ -44,6 +51,8 @@ class PopgateProcess:
     def __enter__(self) -> "PopgateProcess":
         cmd = twistd_command() + ["-n", "--pidfile=", "popgate",
                                   "--pop3", f"tcp:{self.port}:interface=127.0.0.1"] + self.args
+        if self.pop3s_port is not None:
+            cmd += ["--pop3s", f"tcp:{self.pop3s_port}:interface=127.0.0.1"]
         self._log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                         env=child_env(), cwd=REPO)

@@ -19,7 +19,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernameHashedPassword
 from twisted.cred.portal import IRealm
 from twisted.cred.strcred import ICheckerFactory, findCheckerFactories
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IPushProducer
 from twisted.mail import maildir as twisted_maildir
 from twisted.plugin import IPlugin, getPlugins
 from zope.interface import Interface, implementedBy
@@ -159,6 +159,20 @@ def _message_sender(tmp: Any) -> Any:
     return _MessageSender(None, io.BytesIO(b""), MessageEncoder(None))  # type: ignore[arg-type]
 
 
+def _cram_md5(tmp: Any) -> Any:
+    from popgate.pop3.sasl import CramMD5Credentials
+
+    return CramMD5Credentials(b"<1.2@h>", b"u", b"0" * 32)
+
+
+def _server_tls(tmp: Any) -> Any:
+    from popgate.tls import ServerTLS
+    from tests.tlscerts import make_pki
+
+    pki = make_pki(tmp / "pki")
+    return ServerTLS(str(pki.cert), str(pki.key))
+
+
 # (case, the class it builds, the interfaces to verify)
 CASES: list[tuple[Case, str, tuple[Any, ...]]] = [
     (_memory_maildrop, "popgate.stores.memory.MemoryMaildrop", (IMaildrop,)),
@@ -180,6 +194,8 @@ CASES: list[tuple[Case, str, tuple[Any, ...]]] = [
     (_realm, "popgate.realm.MaildropRealm", (IRealm,)),
     (_apop, "popgate.pop3.apop.APOPCredentials", (IUsernameHashedPassword,)),
     (_message_sender, "popgate.pop3.protocol._MessageSender", (IPushProducer,)),
+    (_cram_md5, "popgate.pop3.sasl.CramMD5Credentials", (IUsernameHashedPassword,)),
+    (_server_tls, "popgate.tls.ServerTLS", (IOpenSSLServerConnectionCreator,)),
 ]
 
 

@@ -148,12 +148,6 @@ class Site:
         return wait_for(f"{subject} in {user}'s mailbox", find, self.log)  # type: ignore[no-any-return]
 
 
-def _lmtp_in_twistd() -> bool:
-    from popgate.tap import Options
-
-    return hasattr(Options, "opt_lmtp")
-
-
 @pytest.fixture(scope="module")
 def site() -> Iterator[Site]:
     need_program("postfix", "postfix")
@@ -194,39 +188,19 @@ def site() -> Iterator[Site]:
             "mail_spool_directory": str(spool),
             "mailbox_delivery_lock": "fcntl, dotlock",
         }
-        lmtp_args = ["--lmtp", f"tcp:{lmtp_port}:interface=127.0.0.1"] if _lmtp_in_twistd() else []
+        lmtp_args = ["--lmtp", f"tcp:{lmtp_port}:interface=127.0.0.1"]
         with PopgateProcess(["--auth", auth, "--store", maildir_store, *lmtp_args],
                             log_path=str(root / "popgate-maildir.log")) as maildir_pop3, \
                 PopgateProcess(["--auth", auth, "--store", f"mbox:{spool}/%u"],
                                log_path=str(root / "popgate-mbox.log")) as mbox_pop3:
-            stop_lmtp = None if lmtp_args else _start_lmtp_in_process(lmtp_port, maildir_store, auth)
-            try:
-                # A second Postfix whose local(8) runs popgate deliver as mailbox_command.
-                command_cf = {"mailbox_command": f'{popgate} deliver -u "$USER" --store {maildir_store}'
-                                                 f" --auth {auth}"}
-                with PostfixServer(root / "postfix", main_cf, master_cf) as postfix, \
-                        PostfixServer(root / "postfix-command", command_cf) as command_postfix:
-                    yield Site(root, postfix, maildir_pop3, mbox_pop3, lmtp_port, command_postfix)
-            finally:
-                if stop_lmtp is not None:
-                    stop_lmtp()
+            # A second Postfix whose local(8) runs popgate deliver as mailbox_command.
+            command_cf = {"mailbox_command": f'{popgate} deliver -u "$USER" --store {maildir_store}'
+                                             f" --auth {auth}"}
+            with PostfixServer(root / "postfix", main_cf, master_cf) as postfix, \
+                    PostfixServer(root / "postfix-command", command_cf) as command_postfix:
+                yield Site(root, postfix, maildir_pop3, mbox_pop3, lmtp_port, command_postfix)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-
-
-def _start_lmtp_in_process(port: int, store: str, auth: str) -> Callable[[], None]:
-    """The LMTP listener in this process, until twistd popgate has --lmtp."""
-    from twisted.cred import strcred
-
-    from popgate.delivery.service import lmtp_services
-    from popgate.stores.registry import make_store
-    from tests.reactor_thread import run, start_reactor
-
-    reactor = start_reactor()
-    options = {"lmtp": [f"tcp:{port}:interface=127.0.0.1"], "hostname": "popgate.test"}
-    (service,) = lmtp_services(options, make_store(store), [strcred.makeChecker(auth)], reactor)
-    run(service.startService)
-    return lambda: run(service.stopService)
 
 
 # -- LMTP

@@ -102,8 +102,10 @@ def test_greeting_without_apop_checker_has_no_timestamp(store: MemoryStore) -> N
 def test_capa_before_login_lists_user(session: Session) -> None:
     session.take()
     reply = session.send(b"CAPA\r\n")
+    # Issue 3 added SASL (CRAM-MD5: this checker can verify it) and UTF8.
     assert reply == (b"+OK Capability list follows\r\nCAPA\r\nTOP\r\nUIDL\r\nRESP-CODES\r\n"
-                     b"AUTH-RESP-CODE\r\nPIPELINING\r\nUSER\r\nIMPLEMENTATION popgate\r\n.\r\n")
+                     b"AUTH-RESP-CODE\r\nPIPELINING\r\nUSER\r\nSASL PLAIN LOGIN CRAM-MD5\r\n"
+                     b"UTF8\r\nIMPLEMENTATION popgate\r\n.\r\n")
 
 
 def test_capa_after_login_has_no_user(logged_in: Session) -> None:
@@ -971,7 +973,10 @@ def test_failed_logins_from_one_address_wait_longer_each_time():
     checker = InMemoryUsernamePasswordDatabaseDontUse()
     checker.addUser(b"alice", b"secret")
     portal = Portal(MaildropRealm(MemoryStore()), [checker])
-    factory = POP3ServerFactory(portal, SessionSettings(auth_failure_delay=1.0), clock,
+    # StringTransport's peer is a remote address: allow USER/PASS without
+    # TLS there (issue 3 refuses plaintext passwords from remote clients).
+    factory = POP3ServerFactory(portal, SessionSettings(auth_failure_delay=1.0,
+                                                        allow_plaintext_auth=True), clock,
                                 throttle=LoginThrottle(clock, base_delay=1.0, max_delay=8.0))
 
     def attempt(password: bytes) -> float:

@@ -32,16 +32,11 @@ def check_lmtp_options(options: Any) -> None:
             raise usage.UsageError(f"--lmtp: {e}") from None
 
 
-def lmtp_services(options: Any, store: Any, checkers: Sequence[Any], reactor: Any = None) -> list[IService]:
+def lmtp_factory(options: Any, store: Any, checkers: Sequence[Any], reactor: Any = None) -> LMTPFactory:
     """
-    One listening service per C{--lmtp} endpoint (none without the option),
-    delivering into C{store} and checking recipients against the
-    C{checkers} that provide L{popgate.interfaces.IUserLookup}.  A port
-    that cannot be bound stops start-up.
+    The LMTP factory: delivering into C{store}, checking recipients against
+    the C{checkers} that provide L{popgate.interfaces.IUserLookup}.
     """
-    endpoints = list(options.get("lmtp") or [])
-    if not endpoints:
-        return []
     if reactor is None:
         from twisted.internet import reactor
     try:
@@ -52,7 +47,20 @@ def lmtp_services(options: Any, store: Any, checkers: Sequence[Any], reactor: An
     if resolver.accepts_anyone:
         log.warn("lmtp: no user store can look users up; every recipient is accepted")
     hostname = options.get("hostname") or socket.getfqdn()
-    factory = LMTPFactory(target, resolver, hostname, clock=reactor, reactor=reactor)
+    return LMTPFactory(target, resolver, hostname, clock=reactor, reactor=reactor)
+
+
+def lmtp_services(options: Any, store: Any, checkers: Sequence[Any], reactor: Any = None) -> list[IService]:
+    """
+    One listening service per C{--lmtp} endpoint (none without the option).
+    A port that cannot be bound stops start-up.
+    """
+    endpoints = list(options.get("lmtp") or [])
+    if not endpoints:
+        return []
+    if reactor is None:
+        from twisted.internet import reactor
+    factory = lmtp_factory(options, store, checkers, reactor)
     services: list[IService] = []
     for endpoint in endpoints:
         listener = strports.service(endpoint, factory, reactor=reactor)

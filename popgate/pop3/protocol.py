@@ -5,18 +5,26 @@ Commands are answered strictly in order.  A command whose answer takes
 time (a login, a RETR being streamed, QUIT waiting for deletions to be
 durable) pauses line processing and reading from the socket until it is
 done, so pipelined input waits in the kernel, not in our memory.
+
+Security: STLS (RFC 2595) discards everything the client sent after the
+command before TLS starts (the CVE-2011-0411 class of injection), and
+plaintext passwords (USER/PASS, SASL PLAIN and LOGIN) are refused on a
+connection that is neither TLS nor from a trusted network, as Dovecot does.
 """
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import os
 from typing import Any, Callable
 
 from twisted.cred import error as cred_error
 from twisted.cred.credentials import IUsernameHashedPassword, UsernamePassword
 from twisted.internet import defer
+from twisted.internet.address import UNIXAddress
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
@@ -27,6 +35,7 @@ from zope.interface import implementer
 from popgate import errors
 from popgate.interfaces import IMaildrop
 from popgate.pop3 import responses as r
+from popgate.pop3 import sasl
 from popgate.pop3.apop import APOPCredentials
 from popgate.pop3.encoder import MessageEncoder
 
@@ -39,6 +48,35 @@ _MAX_NUMBER_DIGITS = 10
 # Overlong lines tolerated before we decide the peer is not a POP3 client.
 _MAX_OVERLONG_LINES = 3
 _CHUNK_SIZE = 256 * 1024
+
+_PLAINTEXT_REFUSED = r.err(
+    b"Plaintext authentication disallowed on non-secure (SSL/TLS) connections.", r.AUTH)
+
+
+@functools.lru_cache(maxsize=16)
+def _networks(spec: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(n, strict=False) for n in spec)
+
+
+def peer_is_trusted(peer: Any, networks: tuple[str, ...]) -> bool:
+    """
+    Whether a connection from C{peer} counts as secure without TLS: a UNIX
+    socket, or an address in C{networks} (IPv4-mapped IPv6 addresses count
+    as their IPv4 address).  Behind C{haproxy:} endpoints C{peer} is the
+    real client.
+    """
+    if isinstance(peer, UNIXAddress):
+        return True
+    host = getattr(peer, "host", None)
+    if not isinstance(host, str):
+        return False
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in _networks(tuple(networks)))
 
 
 class _BadArgument(Exception):
@@ -120,6 +158,8 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
     log = Logger()
     # A shared popgate.cred.throttle.LoginThrottle, set by the factory.
     throttle: Any = None
+    # The popgate.tls.ServerTLS for STLS, set by the factory; None: no TLS.
+    tls: Any = None
 
     def __init__(self, portal: Any, settings: Any, clock: Any) -> None:
         self.portal = portal
@@ -135,6 +175,9 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         self._auth_failures = 0
         self._user: bytes | None = None
         self._challenge = b""
+        self._sasl: Any = None
+        self._tls_started = False
+        self.utf8 = False
         self._disconnected = False
         self._committed = False
         self._updating = False
@@ -159,7 +202,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
                 pass
         self.setTimeout(self.settings.idle_timeout)
         greeting = self.settings.greeting.encode("utf-8", "replace")
-        if self._apop_available():
+        if self._secrets_checkable():
             self._challenge = b"<%d.%d.%d@%s>" % (
                 os.getpid(), id(self) & 0xFFFFFF, int(self.clock.seconds() * 1000),
                 self.settings.hostname.encode("idna"),
@@ -242,10 +285,19 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         return buf
 
     def line_limit(self) -> int:
-        """The longest line accepted now, CRLF included."""
+        """
+        The longest line accepted now, CRLF included: longer in a SASL
+        exchange (a response may be long) and for C{AUTH} with an initial
+        response (clients do not all keep to RFC 5034's 255 octets).
+        """
+        if self._sasl is not None or (
+                self.state == _AUTHORIZATION and self._buffer[:5].upper() == b"AUTH "):
+            return max(self.settings.max_sasl_line_length, self.settings.max_line_length)
         return self.settings.max_line_length
 
     def _line_too_long(self) -> None:
+        # The -ERR also ends a SASL exchange in progress.
+        self._sasl = None
         self._overlong_lines += 1
         self.transport.write(r.err(b"Line too long."))
         if self._overlong_lines >= _MAX_OVERLONG_LINES:
@@ -255,6 +307,11 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
     def lineReceived(self, line: bytes) -> None:
         self.resetTimeout()
         if self.state == _UPDATE:
+            return
+        if self._sasl is not None:
+            result = self._sasl_response(line)
+            if isinstance(result, defer.Deferred):
+                self._wait_for(result)
             return
         keyword, _, argument = line.partition(b" ")
         handler = self._handler(keyword.upper())
@@ -270,7 +327,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             self._wait_for(result)
 
     def _handler(self, keyword: bytes) -> Callable[[bytes], Any] | None:
-        if not keyword.isalpha() or len(keyword) > 8:
+        if not keyword.isalnum() or len(keyword) > 8:
             return None
         name = "pop3_" + keyword.decode("ascii") if keyword.isascii() else ""
         if self.state == _AUTHORIZATION:
@@ -282,7 +339,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         return getattr(self, name, None)
 
     def authorization_commands(self) -> set[bytes]:
-        commands = {b"CAPA", b"USER", b"PASS", b"QUIT"}
+        commands = {b"CAPA", b"USER", b"PASS", b"QUIT", b"AUTH", b"STLS", b"UTF8"}
         if self._challenge:
             commands.add(b"APOP")
         return commands
@@ -339,14 +396,72 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         return caps
 
     def authorization_capabilities(self) -> list[bytes]:
-        return [b"USER"]
+        """What a client may do before login, on this connection: STLS until
+        TLS is on, USER and the plaintext SASL mechanisms only where
+        plaintext passwords are allowed (Dovecot's rules)."""
+        caps = []
+        if self._stls_available():
+            caps.append(b"STLS")
+        if self.plaintext_allowed():
+            caps.append(b"USER")
+        mechanisms = self._usable_mechanisms()
+        if mechanisms:
+            caps.append(b"SASL " + b" ".join(m.name for m in mechanisms))
+        caps.append(b"UTF8")
+        return caps
 
     def pop3_CAPA(self, argument: bytes) -> None:
         self.transport.write(r.multiline(b"Capability list follows", self.capabilities()))
 
+    # -- connection security
+
+    def tls_active(self) -> bool:
+        """Whether this connection is TLS: POP3S, or after STLS."""
+        return self._tls_started or ISSLTransport.providedBy(self.transport)
+
+    def is_secure(self) -> bool:
+        """TLS, or a client in the trusted networks (loopback by default)."""
+        return self.tls_active() or peer_is_trusted(self.transport.getPeer(),
+                                                    self.settings.trusted_networks)
+
+    def plaintext_allowed(self) -> bool:
+        """Whether a password may be sent as is (USER/PASS, PLAIN, LOGIN)."""
+        return self.settings.allow_plaintext_auth or self.is_secure()
+
+    def _stls_available(self) -> bool:
+        return (self.tls is not None and not self.tls_active()
+                and getattr(self.transport, "startTLS", None) is not None)
+
+    def pop3_STLS(self, argument: bytes) -> None:
+        if self.tls_active():
+            self.transport.write(r.err(b"TLS is already active."))
+            return
+        if not self._stls_available():
+            self.transport.write(r.err(b"TLS support isn't enabled."))
+            return
+        # Whatever the client sent after STLS arrived in plaintext and must
+        # not be run as if it came over TLS (CVE-2011-0411): drop it.
+        self.clearLineBuffer()
+        self._discarding = False
+        self.transport.write(r.ok(b"Begin TLS negotiation now."))
+        self.transport.startTLS(self.tls)
+        self._tls_started = True
+        # RFC 2595 section 4: forget what the client said before.
+        self._user = None
+        self.utf8 = False
+
+    def pop3_UTF8(self, argument: bytes) -> None:
+        # RFC 6856: user names and passwords are UTF-8 from now on; popgate
+        # passes them to the user stores as bytes either way.
+        self.utf8 = True
+        self.transport.write(r.ok(b"UTF8 enabled."))
+
     # -- AUTHORIZATION
 
     def pop3_USER(self, argument: bytes) -> None:
+        if not self.plaintext_allowed():
+            self.transport.write(_PLAINTEXT_REFUSED)
+            return
         name = argument.strip()
         if not name:
             raise _BadArgument("No username given.")
@@ -355,6 +470,9 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
 
     def pop3_PASS(self, argument: bytes) -> defer.Deferred[None] | None:
         # RFC 1939: the password is the rest of the line, spaces included.
+        if not self.plaintext_allowed():
+            self.transport.write(_PLAINTEXT_REFUSED)
+            return None
         if self._user is None:
             raise _BadArgument("No username given.")
         user, self._user = self._user, None
@@ -366,6 +484,63 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             raise _BadArgument("Invalid parameters.")
         user, digest = parts
         return self.login(APOPCredentials(self._challenge, user, digest))
+
+    # -- SASL (RFC 5034)
+
+    def _usable_mechanisms(self) -> list[sasl.MechanismInfo]:
+        return sasl.usable(self.plaintext_allowed(), self._secrets_checkable())
+
+    def pop3_AUTH(self, argument: bytes) -> defer.Deferred[None] | None:
+        words = argument.split()
+        if not words:
+            # Not in RFC 5034: the old discovery Outlook uses (and Dovecot
+            # and Twisted answer) -- the usable mechanisms, one a line.
+            names = [m.name for m in self._usable_mechanisms()]
+            self.transport.write(r.multiline(b"", names))
+            return None
+        if len(words) > 2:
+            raise _BadArgument("Invalid parameters.")
+        info = sasl.find(words[0])
+        if info is None or (info.needs_secret and not self._secrets_checkable()):
+            raise _BadArgument("Unsupported authentication mechanism.")
+        if info.plaintext and not self.plaintext_allowed():
+            self.transport.write(_PLAINTEXT_REFUSED)
+            return None
+        response = None
+        if len(words) == 2:
+            try:
+                response = sasl.decode(words[1])
+            except sasl.MalformedResponse:
+                raise _BadArgument("Invalid base64 data in initial response.") from None
+        mechanism = info.make(self.settings.hostname, self.clock.seconds())
+        return self._sasl_step(mechanism, response)
+
+    def _sasl_response(self, line: bytes) -> defer.Deferred[None] | None:
+        """One client line inside a SASL exchange (never logged)."""
+        mechanism, self._sasl = self._sasl, None
+        line = line.strip()
+        if line == b"*":
+            self.transport.write(r.err(b"Authentication aborted by client."))
+            return None
+        try:
+            response = sasl.decode(line)
+        except sasl.MalformedResponse:
+            self._bad_command(b"Invalid base64 data in continued response.")
+            return None
+        return self._sasl_step(mechanism, response)
+
+    def _sasl_step(self, mechanism: Any, response: bytes | None) -> defer.Deferred[None] | None:
+        try:
+            result = mechanism.step(response)
+        except sasl.SASLError:
+            # Broken or refused credentials: a failed login like any other
+            # (delay, throttle, attempt limit), without asking the portal.
+            return self._login_failed(Failure(cred_error.UnauthorizedLogin()))
+        if isinstance(result, sasl.Challenge):
+            self._sasl = mechanism
+            self.transport.write(b"+ " + sasl.encode(result.data) + b"\r\n")
+            return None
+        return self.login(result)
 
     def peer_ip(self) -> str:
         """The client's address, for the per-IP login penalty."""
@@ -431,7 +606,9 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
 
         return deferLater(self.clock, delay, send)
 
-    def _apop_available(self) -> bool:
+    def _secrets_checkable(self) -> bool:
+        """Whether the user stores can check a proof of the secret (APOP,
+        CRAM-MD5): a checker for C{IUsernameHashedPassword} is registered."""
         interfaces = getattr(self.portal, "listCredentialsInterfaces", lambda: [])()
         return IUsernameHashedPassword in interfaces
 

@@ -4,6 +4,7 @@ The knobs of a POP3 listener, in one frozen value built from the options.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 
@@ -21,7 +22,16 @@ class SessionSettings:
         connection closes.
     @ivar max_line_length: longest command line accepted, CRLF included
         (RFC 2449: 255).
-    @ivar hostname: used in the APOP timestamp.
+    @ivar hostname: used in the APOP and CRAM-MD5 challenges.
+    @ivar allow_plaintext_auth: accept USER/PASS and the plaintext SASL
+        mechanisms (PLAIN, LOGIN) on connections that are neither TLS nor
+        from C{trusted_networks}.  Unsafe: the password crosses the network
+        in clear.
+    @ivar trusted_networks: client networks whose connections count as
+        secure without TLS (Dovecot treats loopback so): plaintext
+        passwords are accepted from there.  UNIX sockets always count.
+    @ivar max_sasl_line_length: longest line accepted in a SASL exchange
+        (and for C{AUTH} with an initial response), CRLF included.
     """
 
     implementation: str = "popgate"
@@ -32,3 +42,11 @@ class SessionSettings:
     max_bad_commands: int = 20
     max_line_length: int = 255
     hostname: str = "localhost"
+    allow_plaintext_auth: bool = False
+    trusted_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    max_sasl_line_length: int = 8192
+
+    def __post_init__(self) -> None:
+        # A typo in a network would otherwise surface at the first login.
+        for network in self.trusted_networks:
+            ipaddress.ip_network(network, strict=False)

@@ -1,0 +1,203 @@
+"""
+SASL mechanisms for POP3 AUTH (RFC 5034): PLAIN (RFC 4616), LOGIN and
+CRAM-MD5 (RFC 2195).
+
+A mechanism is a small state machine that turns the client's decoded
+responses into C{twisted.cred} credentials, so SASL logins go through the
+same portal, checkers, failure delay and throttle as USER/PASS.  The
+protocol does the base64 and the line handling; nothing here logs.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from twisted.cred.credentials import IUsernameHashedPassword, UsernamePassword
+from zope.interface import implementer
+
+
+class SASLError(Exception):
+    """The client's response breaks the mechanism's rules: a failed login
+    (C{-ERR [AUTH]}), never echoed to the client."""
+
+
+class MalformedResponse(Exception):
+    """A response that is not base64: the exchange ends with C{-ERR}."""
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """The next server challenge (raw bytes; sent base64-encoded after C{+ })."""
+
+    data: bytes
+
+
+def decode(line: bytes) -> bytes:
+    """
+    A client response: strict base64, where C{=} (RFC 5034's initial
+    response) and an empty line both mean "empty".
+
+    @raise MalformedResponse: not base64.
+    """
+    if line in (b"", b"="):
+        return b""
+    if len(line) % 4:
+        raise MalformedResponse()
+    try:
+        return binascii.a2b_base64(line, strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise MalformedResponse() from None
+
+
+def encode(data: bytes) -> bytes:
+    return base64.b64encode(data)
+
+
+@implementer(IUsernameHashedPassword)
+class CramMD5Credentials:
+    """
+    The client proved it knows the secret: HMAC-MD5 of our challenge keyed
+    by the password (RFC 2195).  Twisted's own class needs a bytes password
+    and compares in variable time; this one takes str or bytes.
+    """
+
+    def __init__(self, challenge: bytes, username: bytes, digest: bytes) -> None:
+        self.challenge = challenge
+        self.username = username
+        self.digest = digest.lower()
+
+    def checkPassword(self, password: bytes | str) -> bool:
+        if isinstance(password, str):
+            password = password.encode("utf-8")
+        expected = hmac.new(password, self.challenge, hashlib.md5).hexdigest().encode("ascii")
+        return hmac.compare_digest(expected, self.digest)
+
+
+class PlainMechanism:
+    """
+    RFC 4616: C{[authzid] NUL authcid NUL passwd}, in the initial response
+    or after an empty challenge (K-9 sends it in two steps).  Acting as
+    another user is not supported, so an authzid other than the authcid is
+    refused.
+    """
+
+    name = b"PLAIN"
+
+    def step(self, response: bytes | None) -> Challenge | Any:
+        if response is None:
+            return Challenge(b"")
+        parts = response.split(b"\0")
+        if len(parts) != 3:
+            raise SASLError("PLAIN needs authzid NUL authcid NUL passwd")
+        authzid, authcid, password = parts
+        if not authcid or not password:
+            raise SASLError("PLAIN: empty user name or password")
+        if authzid and authzid != authcid:
+            raise SASLError("PLAIN: authorization identity differs")
+        return UsernamePassword(authcid, password)
+
+
+class LoginMechanism:
+    """
+    The LOGIN mechanism Outlook and many others use: the user name and the
+    password each answer a challenge ("Username:", "Password:").  An
+    initial response, if any, is the user name.
+    """
+
+    name = b"LOGIN"
+
+    def __init__(self) -> None:
+        self._username: bytes | None = None
+
+    def step(self, response: bytes | None) -> Challenge | Any:
+        if response is None:
+            return Challenge(b"Username:")
+        if self._username is None:
+            if not response:
+                raise SASLError("LOGIN: empty user name")
+            self._username = response
+            return Challenge(b"Password:")
+        return UsernamePassword(self._username, response)
+
+
+class CramMD5Mechanism:
+    """CRAM-MD5 (RFC 2195): server first, one response C{user SP hexdigest}."""
+
+    name = b"CRAM-MD5"
+
+    def __init__(self, challenge: bytes) -> None:
+        self.challenge = challenge
+        self._sent = False
+
+    def step(self, response: bytes | None) -> Challenge | Any:
+        if not self._sent:
+            if response is not None:
+                raise SASLError("CRAM-MD5 takes no initial response")
+            self._sent = True
+            return Challenge(self.challenge)
+        if response is None:
+            raise SASLError("CRAM-MD5: no response")
+        username, _, digest = response.rpartition(b" ")
+        if not username or len(digest) != 32 or not _is_hex(digest):
+            raise SASLError("CRAM-MD5 needs user SP hexdigest")
+        return CramMD5Credentials(self.challenge, username, digest)
+
+
+def _is_hex(data: bytes) -> bool:
+    try:
+        bytes.fromhex(data.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return False
+    return True
+
+
+def challenge_string(hostname: str, now: float) -> bytes:
+    """A unique C{<random.time@host>} challenge (RFC 2195's msg-id form)."""
+    return b"<%d.%d@%s>" % (secrets.randbits(62), int(now), hostname.encode("idna"))
+
+
+@dataclass(frozen=True)
+class MechanismInfo:
+    """
+    @ivar plaintext: the password itself crosses the wire, so the mechanism
+        is offered only where USER/PASS is.
+    @ivar needs_secret: the user store must check a proof against the
+        plaintext secret (C{IUsernameHashedPassword}), as for APOP.
+    @ivar make: builds a fresh mechanism from the session's host name and
+        current time.
+    """
+
+    name: bytes
+    plaintext: bool
+    needs_secret: bool
+    make: Callable[[str, float], Any]
+
+
+MECHANISMS: tuple[MechanismInfo, ...] = (
+    MechanismInfo(b"PLAIN", True, False, lambda host, now: PlainMechanism()),
+    MechanismInfo(b"LOGIN", True, False, lambda host, now: LoginMechanism()),
+    MechanismInfo(b"CRAM-MD5", False, True,
+                  lambda host, now: CramMD5Mechanism(challenge_string(host, now))),
+)
+
+
+def find(name: bytes) -> MechanismInfo | None:
+    """The mechanism called C{name} (case-insensitive), if popgate has it."""
+    name = name.upper()
+    for info in MECHANISMS:
+        if info.name == name:
+            return info
+    return None
+
+
+def usable(plaintext_allowed: bool, secrets_checkable: bool) -> list[MechanismInfo]:
+    """The mechanisms this connection may use, in order of listing."""
+    return [info for info in MECHANISMS
+            if (plaintext_allowed or not info.plaintext)
+            and (secrets_checkable or not info.needs_secret)]

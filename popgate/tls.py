@@ -1,0 +1,176 @@
+"""
+The server's TLS configuration: one certificate (with its chain) and key,
+TLS 1.2 and 1.3 only, AEAD ciphers, no compression, no renegotiation.
+
+L{ServerTLS} hands every new connection the context loaded last, so
+L{ServerTLS.reload} (SIGHUP) puts a renewed certificate in force for new
+sessions while open ones keep the context they started with.
+"""
+
+from __future__ import annotations
+
+import datetime
+import signal
+import threading
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL
+from twisted.application import service
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.logger import Logger
+from zope.interface import implementer
+
+log = Logger()
+
+# TLS 1.2: ECDHE key exchange with AEAD ciphers only (Mozilla's
+# "intermediate" list minus DHE, which would need DH parameters).  TLS 1.3
+# suites are OpenSSL's defaults, all of them AEAD.
+CIPHERS = b"ECDHE+AESGCM:ECDHE+CHACHA20"
+_OPTIONS = (SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_CIPHER_SERVER_PREFERENCE
+            | SSL.OP_NO_SSLv2 | SSL.OP_NO_SSLv3 | SSL.OP_NO_TLSv1 | SSL.OP_NO_TLSv1_1)
+
+
+class TLSConfigError(Exception):
+    """The certificate or key cannot be used; the text names the file and
+    the problem in one line."""
+
+
+def _readable(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise TLSConfigError(f"cannot read {what} {path}: {e.strerror}") from None
+
+
+def _expiry(pem: bytes) -> datetime.datetime | None:
+    """When the first certificate in C{pem} expires (for the log only)."""
+    try:
+        return x509.load_pem_x509_certificates(pem)[0].not_valid_after_utc
+    except Exception:
+        return None
+
+
+def _private_key(data: bytes, key_path: str) -> Any:
+    # Loaded here rather than by OpenSSL, which would prompt on the
+    # terminal for the passphrase of an encrypted key.
+    try:
+        return serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise TLSConfigError(f"the key in {key_path} is encrypted; give an unencrypted "
+                             "key readable only by popgate") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise TLSConfigError(f"no usable PEM private key in {key_path}") from None
+
+
+def load_context(cert_path: str, key_path: str) -> tuple[SSL.Context, datetime.datetime | None]:
+    """
+    Build a server context from PEM files: C{cert_path} holds the server
+    certificate followed by any intermediates (certbot's C{fullchain.pem}),
+    C{key_path} its unencrypted private key (C{privkey.pem}).
+
+    @raise TLSConfigError: naming the file and what is wrong with it.
+    """
+    pem = _readable(cert_path, "certificate")
+    key = _private_key(_readable(key_path, "key"), key_path)
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    context.set_options(_OPTIONS)
+    context.set_cipher_list(CIPHERS)
+    try:
+        context.use_certificate_chain_file(cert_path.encode())
+    except SSL.Error:
+        raise TLSConfigError(f"no PEM certificate in {cert_path}") from None
+    try:
+        context.use_privatekey(key)
+        context.check_privatekey()
+    except SSL.Error:
+        raise TLSConfigError(f"the key in {key_path} does not match the certificate "
+                             f"in {cert_path}") from None
+    return context, _expiry(pem)
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerTLS:
+    """
+    The TLS side of every listener: given to C{TLSMemoryBIOFactory} (POP3S)
+    and to C{transport.startTLS} (STLS).  Each connection gets the context
+    loaded last.
+
+    @ivar cert_path: the certificate chain file, re-read by L{reload}.
+    @ivar key_path: the private key file.
+    """
+
+    def __init__(self, cert_path: str, key_path: str) -> None:
+        self.cert_path = cert_path
+        self.key_path = key_path
+        self._context, self.expires = load_context(cert_path, key_path)
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        return SSL.Connection(self._context, None)
+
+    def getContext(self) -> SSL.Context:
+        """The current context (the old-style context factory API)."""
+        return self._context
+
+    def reload(self) -> bool:
+        """
+        Re-read the certificate and key.  A broken new pair is logged and
+        the old one stays in use, so a botched renewal never takes the
+        server down.
+
+        @return: whether the new files are in use.
+        """
+        try:
+            self._context, self.expires = load_context(self.cert_path, self.key_path)
+        except TLSConfigError as e:
+            log.error("TLS certificate not reloaded, keeping the old one: {why}", why=str(e))
+            return False
+        log.info("reloaded TLS certificate {cert} (expires {expires})",
+                 cert=self.cert_path, expires=self.expires)
+        return True
+
+
+class ReloadOnHangup(service.Service):
+    """
+    Reload the TLS certificate on SIGHUP (what certbot's deploy hook and
+    C{systemctl reload} send).  The signal handler only schedules the
+    reload in the reactor thread; any handler that was there is still
+    called.
+    """
+
+    name = "tls-reload"
+
+    def __init__(self, tls: ServerTLS, reactor: Any) -> None:
+        self.tls = tls
+        self.reactor = reactor
+        self._previous: Any = None
+        self._installed = False
+
+    def startService(self) -> None:
+        super().startService()
+        log.info("TLS certificate {cert} (expires {expires}); SIGHUP re-reads it",
+                 cert=self.tls.cert_path, expires=self.tls.expires)
+        if threading.current_thread() is not threading.main_thread():
+            # signal.signal only works in the main thread (in-process test
+            # servers run the reactor elsewhere): call reload() directly.
+            log.info("not in the main thread: SIGHUP does not reload the certificate")
+            return
+        self._previous = signal.signal(signal.SIGHUP, self._on_hangup)
+        self._installed = True
+
+    def stopService(self) -> Any:
+        if self._installed:
+            # None: the old handler was not set from Python; put back the default.
+            previous = signal.SIG_DFL if self._previous is None else self._previous
+            signal.signal(signal.SIGHUP, previous)
+            self._installed = False
+        return super().stopService()
+
+    def _on_hangup(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self.tls.reload)
+        if callable(self._previous):
+            self._previous(signum, frame)

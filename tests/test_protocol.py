@@ -855,7 +855,8 @@ def test_pipelining_waits_for_a_pending_login(store: MemoryStore) -> None:
     session.take()
     reply = session.send(b"CAPA\r\nUSER alice\r\nPASS pass word\r\nSTAT\r\nLIST 1\r\nQUIT\r\n")
     assert reply.endswith(b".\r\n+OK\r\n")
-    assert session.transport.producerState == "paused"
+    # Parsing waits; reading goes on below the read-ahead bound.
+    assert session.transport.producerState == "producing"
     credentials, d = checker.pending[0]
     assert credentials.username == b"alice" and credentials.password == b"pass word"
     # More input while the login is pending is kept, in order.
@@ -865,6 +866,24 @@ def test_pipelining_waits_for_a_pending_login(store: MemoryStore) -> None:
     assert session.take() == (b"+OK Logged in.\r\n+OK 3 %d\r\n+OK 1 %d\r\n+OK Logging out.\r\n"
                               % (sum(map(wire_size, MESSAGES)), wire_size(M1)))
     assert session.transport.disconnecting
+
+
+def test_read_ahead_is_bounded_while_a_command_waits(store: MemoryStore) -> None:
+    """A client that keeps sending while its login is pending fills the
+    kernel's buffers, not ours: reading pauses past 64 KiB and resumes
+    when the commands can be served."""
+    checker = DeferredChecker()
+    portal, _ = make_portal(store, checker=checker)
+    session = connect(portal)
+    session.take()
+    session.send(b"USER alice\r\nPASS pw\r\n")
+    flood = b"NOOP\r\n" * 12000
+    session.protocol.dataReceived(flood)
+    assert session.transport.producerState == "paused"
+    checker.pending[0][1].callback(b"alice")
+    out = session.take()
+    assert out.count(b"+OK\r\n") == 12000
+    assert session.transport.producerState == "producing"
 
 
 def test_pipelining_after_a_rejected_pending_login(store: MemoryStore) -> None:

@@ -48,6 +48,8 @@ _MAX_NUMBER_DIGITS = 10
 # Overlong lines tolerated before we decide the peer is not a POP3 client.
 _MAX_OVERLONG_LINES = 3
 _CHUNK_SIZE = 256 * 1024
+# Input kept while a command is in progress before reading is paused.
+_READ_AHEAD = 64 * 1024
 
 _PLAINTEXT_REFUSED = r.err(
     b"Plaintext authentication disallowed on non-secure (SSL/TLS) connections.", r.AUTH)
@@ -170,6 +172,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         self._buffer = b""
         self._discarding = False
         self._busy_receiving = False
+        self._reading_paused = False
         self._overlong_lines = 0
         self._bad_commands = 0
         self._auth_failures = 0
@@ -250,6 +253,11 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         """
         if data:
             self._buffer += data
+            if self.paused and not self._reading_paused and len(self._buffer) > _READ_AHEAD:
+                # A command is in progress and the client keeps sending:
+                # let the kernel's buffers hold the rest.
+                self._reading_paused = True
+                self.transport.pauseProducing()
         if self._busy_receiving:
             return
         self._busy_receiving = True
@@ -375,14 +383,18 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             if self._disconnected or self.state == _UPDATE or self.transport.disconnecting:
                 return
             self.paused = False
-            self.transport.resumeProducing()
+            if self._reading_paused:
+                self._reading_paused = False
+                self.transport.resumeProducing()
             self.dataReceived(b"")
 
         result.addBoth(resume)
         if not fired:
+            # Stop parsing, but keep reading (a disconnect is noticed at
+            # once) until the read-ahead bound; pausing the socket for every
+            # login costs two epoll calls.
             waiting = True
             self.paused = True
-            self.transport.pauseProducing()
 
     # -- capabilities
 

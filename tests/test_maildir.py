@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet.defer import Deferred
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
@@ -61,6 +62,8 @@ def open_drop(store: MaildirStore, user: str = "alice") -> MaildirMaildrop:
 
 def read(drop: MaildirMaildrop, index: int) -> bytes:
     f = drop.open_message(index)
+    if isinstance(f, Deferred):
+        f = successResultOf(f)
     try:
         return f.read()
     finally:
@@ -357,8 +360,7 @@ def test_a_removed_message_cannot_be_read(store: MaildirStore, root: Path) -> No
     path = deliver(root, "1.M1P1.h", b"a\n")
     drop = open_drop(store)
     path.unlink()
-    with pytest.raises(errors.PermanentFailure):
-        drop.open_message(0)
+    failureResultOf(drop.open_message(0), errors.PermanentFailure)
     drop.close()
 
 

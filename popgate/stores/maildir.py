@@ -288,15 +288,21 @@ class MaildirMaildrop:
     def list_messages(self) -> list[MessageInfo]:
         return self._infos
 
-    def open_message(self, index: int) -> BinaryIO:
+    def open_message(self, index: int) -> BinaryIO | defer.Deferred[BinaryIO]:
         entry = self._entries[index]
         try:
             return open(os.path.join(self.directory, entry.subdir, entry.name), "rb")
         except FileNotFoundError:
-            moved = _find_moved(self.directory, entry)
-            if moved is None:
-                raise errors.PermanentFailure(f"message {entry.base} was removed")
-            return open(moved, "rb")
+            # Renamed by another agent (flags, new/ -> cur/): finding it
+            # means listing a directory that may hold 100,000 names, which
+            # is no job for the reactor thread.
+            return self._store._in_thread(self._open_moved, entry)
+
+    def _open_moved(self, entry: _Entry) -> BinaryIO:
+        moved = _find_moved(self.directory, entry)
+        if moved is None:
+            raise errors.PermanentFailure(f"message {entry.base} was removed")
+        return open(moved, "rb")
 
     def commit(self, deleted: Iterable[int]) -> defer.Deferred[None]:
         gone = [self._entries[i] for i in deleted]

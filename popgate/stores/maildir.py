@@ -37,6 +37,7 @@ from popgate.interfaces import IMaildrop, IMailStore
 from popgate.maildrop import MessageInfo, is_valid_uid
 from popgate.stores import mailpath
 from popgate.stores.locks import SessionLocks
+from popgate.stores.durable import fsync_dir
 
 LOCK_FILE = "popgate-pop3.lock"
 SIZE_CACHE = "popgate-sizes"
@@ -264,14 +265,6 @@ def _find_moved(directory: str, entry: _Entry) -> str | None:
     return None
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @implementer(IMaildrop)
 class MaildirMaildrop:
     """An opened, locked snapshot of one Maildir."""
@@ -341,7 +334,7 @@ class MaildirMaildrop:
                 continue
             touched.add(os.path.join(self.directory, entry.subdir))
         for path in touched:
-            _fsync_dir(path)
+            fsync_dir(path)
         if failed:
             raise errors.TemporaryFailure(f"{failed} messages could not be removed")
 

@@ -27,6 +27,7 @@ from popgate import errors
 from popgate.interfaces import IDeliveryTarget
 from popgate.maildrop import wire_size
 from popgate.stores.maildir import ensure_maildir
+from popgate.stores.durable import fsync_dir, write_all
 
 _counter = itertools.count(1)
 _counter_lock = threading.Lock()
@@ -47,21 +48,6 @@ def unique_name(message: bytes, now: float | None = None) -> str:
         n = next(_counter)
     return (f"{seconds}.M{usec}P{os.getpid()}Q{n}.{_host()}"
             f",S={len(message)},W={wire_size(message)}")
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
 
 
 def deliver_to_maildir(directory: str, message: bytes) -> str:
@@ -85,7 +71,7 @@ def deliver_to_maildir(directory: str, message: bytes) -> str:
                 continue
             try:
                 try:
-                    _write_all(fd, message)
+                    write_all(fd, message)
                     os.fsync(fd)
                 finally:
                     os.close(fd)
@@ -100,7 +86,7 @@ def deliver_to_maildir(directory: str, message: bytes) -> str:
                     # No hard links on this file system: rename never
                     # overwrites here, since the name is unique.
                     os.rename(tmp, new)
-                _fsync_dir(os.path.join(directory, "new"))
+                fsync_dir(os.path.join(directory, "new"))
                 return name
             finally:
                 try:

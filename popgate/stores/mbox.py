@@ -50,6 +50,7 @@ from popgate.stores.locks import SessionLocks
 from popgate.stores.mboxfile import MboxEntry, MessageReader, NotAnMbox
 from popgate.stores.mboxlock import LockSettings
 from popgate.stores.mboxuidl import DuplicateIds, assign_uids
+from popgate.stores.durable import fsync_dir, write_all
 
 log = Logger()
 
@@ -84,20 +85,6 @@ class Snapshot:
     length: int
     digest: str
     entries: list[MboxEntry]
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def session_lock_path(spool: str, lockdir: str | None) -> str:
@@ -183,7 +170,7 @@ def rewrite_spool(spool: str, snapshot: Snapshot, deleted: set[int], locks: Lock
                 os.close(out)
             os.rename(tmp, spool)
             tmp = None
-            _fsync_dir(os.path.dirname(spool) or ".")
+            fsync_dir(os.path.dirname(spool) or ".")
         finally:
             os.close(fd)  # drops the fcntl lock
     except OSError as e:
@@ -208,7 +195,7 @@ def _copy(src: int, dst: int, start: int, end: int, digest: Any) -> None:
         if digest is not None:
             digest.update(data)
         if dst >= 0:
-            _write_all(dst, data)
+            write_all(dst, data)
         pos += len(data)
 
 
@@ -289,7 +276,7 @@ def _append_once(spool: str, message: bytes, sender: str | None, locks: LockSett
         tail = os.pread(fd, min(2, st.st_size), max(0, st.st_size - 2))
         data = mboxfile.entry_for_append(message, sender, tail)
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
             os.fsync(fd)
         except OSError:
             try:
@@ -298,7 +285,7 @@ def _append_once(spool: str, message: bytes, sender: str | None, locks: LockSett
                 pass
             raise
         if created:
-            _fsync_dir(os.path.dirname(spool) or ".")
+            fsync_dir(os.path.dirname(spool) or ".")
         return True
     finally:
         os.close(fd)

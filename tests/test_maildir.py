@@ -109,8 +109,7 @@ def test_missing_maildir_without_create(root: Path) -> None:
 
 
 def test_invalid_user_name_is_refused(store: MaildirStore) -> None:
-    with pytest.raises(errors.InvalidUserName):
-        store.open_maildrop("../etc")
+    failureResultOf(store.open_maildrop("../etc"), errors.InvalidUserName)
 
 
 def test_unreadable_maildir_is_a_temporary_failure(store: MaildirStore, root: Path,
@@ -463,3 +462,54 @@ def test_snapshot_cache_is_bounded(tmp_path):
             os.utime(root / sub, (old, old))
         cache.get(str(root))
     assert cache._held <= 3
+
+
+def test_open_with_a_kept_snapshot_needs_no_thread(tmp_path):
+    """A login to a Maildir whose snapshot is kept is served inline (lock +
+    two stat calls); a stale snapshot goes back to the thread pool."""
+    from popgate.stores.maildir import MaildirStore
+
+    class CountingReactor:
+        def __init__(self):
+            self.calls = 0
+
+        def getThreadPool(self):
+            reactor = self
+
+            class Pool:
+                def callInThreadWithCallback(self, on_result, f, *a, **kw):
+                    reactor.calls += 1
+                    try:
+                        result = f(*a, **kw)
+                    except BaseException:
+                        from twisted.python.failure import Failure
+                        on_result(False, Failure())
+                    else:
+                        on_result(True, result)
+
+            return Pool()
+
+        def callFromThread(self, f, *a, **kw):
+            f(*a, **kw)
+
+    reactor = CountingReactor()
+    store = MaildirStore(str(tmp_path / "%n"), reactor=reactor)
+    root = tmp_path / "alice"
+    for sub in ("cur", "new", "tmp"):
+        (root / sub).mkdir(parents=True)
+    (root / "new" / "1700000000.M1P1.h").write_bytes(b"a\n")
+    old = 1_600_000_000
+    for sub in ("cur", "new"):
+        os.utime(root / sub, (old, old))
+    drop = successResultOf(store.open_maildrop("alice"))
+    assert reactor.calls == 1
+    successResultOf(drop.commit([]))
+    drop = successResultOf(store.open_maildrop("alice"))
+    assert reactor.calls == 1  # served from the kept snapshot
+    assert len(drop.list_messages()) == 1
+    failureResultOf(store.open_maildrop("alice"), errors.MaildropInUse)
+    drop.close()
+    (root / "new" / "1700000001.M1P1.h").write_bytes(b"b\n")
+    drop = successResultOf(store.open_maildrop("alice"))
+    assert reactor.calls == 2 and len(drop.list_messages()) == 2
+    drop.close()

@@ -210,14 +210,23 @@ class SnapshotCache:
         self._snapshots: OrderedDict[str, tuple[tuple[int, int], list[_Entry]]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, directory: str) -> list[_Entry]:
-        """A snapshot of C{directory}: the kept one if still valid, else a new scan."""
+    def known(self, directory: str) -> bool:
+        """Whether a snapshot of C{directory} is kept (perhaps stale)."""
+        return directory in self._snapshots
+
+    def get(self, directory: str, may_scan: bool = True) -> list[_Entry] | None:
+        """
+        A snapshot of C{directory}: the kept one if still valid, else a new
+        scan (or C{None} when C{may_scan} is false).
+        """
         stamp = _stamp(directory)
         with self._lock:
             kept = self._snapshots.get(directory)
             if kept is not None and stamp is not None and kept[0] == stamp:
                 self._snapshots.move_to_end(directory)
                 return kept[1]
+        if not may_scan:
+            return None
         started = time.time_ns()
         entries = scan(directory)
         if stamp is not None and _stamp(directory) == stamp \
@@ -385,8 +394,21 @@ class MaildirStore:
         return mailpath.expand(self.template, user)
 
     def open_maildrop(self, avatar_id: str) -> defer.Deferred[MaildirMaildrop]:
-        directory = os.path.abspath(self.maildir_for(avatar_id))
-        self._locks.acquire(directory)
+        try:
+            directory = os.path.abspath(self.maildir_for(avatar_id))
+            self._locks.acquire(directory)
+        except (errors.PermanentFailure, errors.MaildropInUse):
+            return defer.fail()  # the interface promises a Deferred
+        if self._snapshots.known(directory):
+            # A kept snapshot: the open is a lock and two stat() calls,
+            # cheaper here than the round trip to a thread and back.
+            try:
+                result = self._open(directory, may_scan=False)
+            except BaseException:
+                self._locks.release(directory)
+                return defer.fail()
+            if result is not None:
+                return defer.succeed(MaildirMaildrop(self, directory, directory, *result))
         d = self._in_thread(self._open, directory)
 
         def opened(result: tuple[int, list[_Entry]]) -> MaildirMaildrop:
@@ -399,8 +421,11 @@ class MaildirStore:
 
         return d.addCallbacks(opened, failed)
 
-    def _open(self, directory: str) -> tuple[int, list[_Entry]]:
-        """Lock and scan; runs in a thread."""
+    def _open(self, directory: str, may_scan: bool = True) -> tuple[int, list[_Entry]] | None:
+        """
+        Lock and scan (in a thread).  With C{may_scan=False}, only a kept
+        snapshot will do: C{None} (and no lock) when it is stale.
+        """
         lock_path = os.path.join(directory, LOCK_FILE)
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
         try:
@@ -425,6 +450,12 @@ class MaildirStore:
                 raise errors.MaildropInUse(directory) from e
             raise errors.TemporaryFailure(f"cannot lock {directory}: {e}") from e
         try:
+            if not may_scan:
+                entries = self._snapshots.get(directory, may_scan=False)
+                if entries is None:
+                    os.close(fd)
+                    return None
+                return fd, entries
             return fd, self._snapshots.get(directory)
         except BaseException as e:
             os.close(fd)

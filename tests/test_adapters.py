@@ -27,19 +27,7 @@ from popgate.stores import adapters
 from popgate.stores.twistedmailbox import BinaryReader, MailboxMaildrop, measure
 from popgate.testing import POP3TestServer
 from tests.helpers import InlineReactor, connect, make_portal
-
-
-def wire(message: bytes) -> bytes:
-    """What RETR must send for C{message}: CRLF, dot-stuffed, terminated."""
-    normal = re.sub(rb"(?<!\r)\n", b"\r\n", message)
-    stuffed = re.sub(rb"(^|\r\n)\.", rb"\1..", normal)
-    if stuffed and not stuffed.endswith(b"\r\n"):
-        stuffed += b"\r\n"
-    return stuffed + b".\r\n"
-
-
-def crlf_size(message: bytes) -> int:
-    return len(re.sub(rb"(?<!\r)\n", b"\r\n", message))
+from tests.pop3_oracle import crlf_size, wire
 
 
 @implementer(pop3.IMailbox)

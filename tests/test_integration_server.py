@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import poplib
-import re
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +16,7 @@ import pytest
 from popgate.cli import prepare_demo
 from popgate.cred.schemes import hash_password
 from tests.popgate_server import REPO, PopgateProcess, child_env, free_port, run_twistd
+from tests.pop3_oracle import RawClient, normalized, top_oracle, wire
 from tests.services import need_program
 
 pytestmark = pytest.mark.integration
@@ -35,79 +34,6 @@ CORPUS: dict[str, bytes] = {
     "big": b"Subject: big\n\n" + b"".join(
         (b"." if i % 7 == 0 else b"") + b"line %06d " % i + b"x" * 100 + b"\n" for i in range(6000)),
 }
-
-
-def wire(message: bytes) -> bytes:
-    """The RETR body an independent oracle expects: CRLF, stuffed, terminated."""
-    normal = re.sub(rb"(?<!\r)\n", b"\r\n", message)
-    stuffed = re.sub(rb"(^|\r\n)\.", rb"\1..", normal)
-    if stuffed and not stuffed.endswith(b"\r\n"):
-        stuffed += b"\r\n"
-    return stuffed + b".\r\n"
-
-
-def normalized(message: bytes) -> bytes:
-    return re.sub(rb"(?<!\r)\n", b"\r\n", message)
-
-
-def top_oracle(message: bytes, lines: int) -> bytes:
-    """Headers, the blank line, then the first C{lines} body lines."""
-    normal = normalized(message)
-    if normal.startswith(b"\r\n"):
-        head_end = 2
-    else:
-        pos = normal.find(b"\r\n\r\n")
-        if pos < 0:
-            return normal
-        head_end = pos + 4
-    body_lines = re.findall(rb"[^\n]*\n|[^\n]+$", normal[head_end:])
-    return normal[:head_end] + b"".join(body_lines[:lines])
-
-
-class RawClient:
-    """A tiny POP3 client that keeps every byte the server sends."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=20)
-        self.buf = b""
-        self.greeting = self.line()
-
-    def line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            data = self.sock.recv(65536)
-            if not data:
-                raise EOFError(self.buf)
-            self.buf += data
-        line, _, self.buf = self.buf.partition(b"\r\n")
-        return line
-
-    def multi(self) -> bytes:
-        """The rest of a multi-line reply, up to and including its ".CRLF"."""
-        while True:
-            if self.buf.startswith(b".\r\n"):
-                cut = 3
-            else:
-                pos = self.buf.find(b"\r\n.\r\n")
-                cut = pos + 5 if pos >= 0 else -1
-            if cut > 0:
-                body, self.buf = self.buf[:cut], self.buf[cut:]
-                return body
-            data = self.sock.recv(1 << 20)
-            if not data:
-                raise EOFError(self.buf)
-            self.buf += data
-
-    def cmd(self, text: bytes) -> bytes:
-        self.sock.sendall(text + b"\r\n")
-        return self.line()
-
-    def login(self, user: bytes, password: bytes) -> None:
-        assert self.cmd(b"USER " + user).startswith(b"+OK")
-        reply = self.cmd(b"PASS " + password)
-        assert reply.startswith(b"+OK"), reply
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture

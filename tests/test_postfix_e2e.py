@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from popgate.cred.schemes import hash_password
+from tests.pop3_oracle import RawClient
 from tests.popgate_server import PopgateProcess, free_port
 from tests.postfix_server import PIPE_USER, PostfixServer, find_pipe_python, write_popgate_wrapper
 from tests.services import need, need_program
@@ -56,30 +57,16 @@ def wait_for(what: str, check: Callable[[], Any], log: Callable[[], str] = lambd
     raise AssertionError(f"timed out waiting for {what}\n{log()}")
 
 
-class POP3:
-    """A minimal POP3 client that keeps every byte (poplib strips them)."""
+class POP3(RawClient):
+    """A logged-in L{RawClient}."""
 
     def __init__(self, port: int, user: str) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=20)
-        self.buf = b""
-        assert self.line().startswith(b"+OK")
+        super().__init__(port)
+        assert self.greeting.startswith(b"+OK")
         assert self.cmd(b"USER " + user.encode()).startswith(b"+OK")
         assert self.cmd(b"PASS " + PASSWORD.encode()).startswith(b"+OK")
 
-    def line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            data = self.sock.recv(65536)
-            if not data:
-                raise EOFError(self.buf)
-            self.buf += data
-        line, _, self.buf = self.buf.partition(b"\r\n")
-        return line
-
-    def cmd(self, text: bytes) -> bytes:
-        self.sock.sendall(text + b"\r\n")
-        return self.line()
-
-    def multi(self) -> list[bytes]:
+    def unstuffed_lines(self) -> list[bytes]:
         lines = []
         while (line := self.line()) != b".":
             lines.append(line[1:] if line.startswith(b".") else line)
@@ -88,11 +75,11 @@ class POP3:
     def messages(self) -> list[tuple[int, bytes]]:
         """(size from LIST, the message as sent by RETR, un-stuffed)."""
         assert self.cmd(b"LIST").startswith(b"+OK")
-        sizes = [int(line.split()[1]) for line in self.multi()]
+        sizes = [int(line.split()[1]) for line in self.unstuffed_lines()]
         out = []
         for number, size in enumerate(sizes, 1):
             assert self.cmd(b"RETR %d" % number).startswith(b"+OK")
-            out.append((size, b"".join(line + b"\r\n" for line in self.multi())))
+            out.append((size, b"".join(line + b"\r\n" for line in self.unstuffed_lines())))
         return out
 
     def close(self, quit: bool = True) -> None:

@@ -16,7 +16,7 @@ from twisted.python import usage
 from popgate.cred.schemes import hash_password
 from popgate.workers import parse_tcp_endpoint
 from tests.popgate_server import PopgateProcess
-from tests.test_integration_server import RawClient
+from tests.pop3_oracle import RawClient
 
 pytestmark = pytest.mark.integration
 

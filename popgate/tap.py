@@ -58,7 +58,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
          _number(float, "auth-failure-delay")],
         ["max-auth-failures", None, None, "Failed logins before disconnecting (default 3).",
          _number(int, "max-auth-failures", 1)],
-        ["max-bad-commands", None, None, "Bad commands before disconnecting (default 20).",
+        ["max-bad-commands", None, None, "Bad commands in a row after login before "
+                                         "disconnecting (default 20).",
          _number(int, "max-bad-commands", 1)],
         ["auth-cache-ttl", None, None, "Seconds a successful login is cached (default 60; 0 "
                                        "turns the cache off).", _number(float, "auth-cache-ttl")],

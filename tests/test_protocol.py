@@ -195,10 +195,22 @@ def test_authorization_commands_refused_after_login(logged_in: Session, command:
 
 
 def test_user_without_name(session: Session) -> None:
+    # As Dovecot: USER takes any name, an empty or wrong one fails at PASS.
     session.take()
-    assert is_err(session.send(b"USER\r\n"))
-    assert is_err(session.send(b"USER   \r\n"))
+    assert session.send(b"USER\r\n") == b"+OK\r\n"
+    assert session.send(b"USER   \r\n") == b"+OK\r\n"
+    session.send(b"PASS secret\r\n")
+    session.clock.advance(5)
+    assert is_err(session.take(), b"AUTH")
     session.login()
+
+
+def test_user_name_is_taken_as_it_is(session: Session) -> None:
+    session.take()
+    assert session.send(b"USER alice \r\n") == b"+OK\r\n"
+    session.send(b"PASS secret\r\n")
+    session.clock.advance(5)
+    assert is_err(session.take(), b"AUTH")
 
 
 def test_pass_without_user(session: Session) -> None:
@@ -381,8 +393,23 @@ def test_apop_not_offered_without_a_hashed_password_checker(store: MemoryStore) 
     portal, _ = make_portal(store, checker=checker)
     session = connect(portal)
     session.take()
-    assert session.send(b"APOP alice 0123456789abcdef0123456789abcdef\r\n") == b"-ERR Unknown command.\r\n"
+    assert session.send(b"APOP alice 0123456789abcdef0123456789abcdef\r\n") == b"-ERR APOP not enabled.\r\n"
     assert checker.pending == []
+
+
+@pytest.mark.parametrize("args, reply", [
+    (b"", b"-ERR Invalid parameters.\r\n"),
+    (b" alice", b"-ERR Invalid parameters.\r\n"),
+    (b" alice 0123", b"-ERR Invalid parameters.\r\n"),
+    (b" alice  0123456789abcdef0123456789abcdef", b"-ERR Invalid parameters.\r\n"),
+    (b" alice 0123456789abcdef0123456789abcdeg", b"-ERR Invalid characters in MD5 response.\r\n"),
+])
+def test_apop_argument_checks(session: Session, args: bytes, reply: bytes) -> None:
+    """Dovecot's checks: user, one space, 32 hex digits; no login attempt."""
+    session.take()
+    for _ in range(4):  # not counted as bad commands
+        assert session.send(b"APOP" + args + b"\r\n") == reply
+    session.login()
 
 
 # -- TRANSACTION: listings
@@ -414,7 +441,7 @@ def test_empty_maildrop(store: MemoryStore) -> None:
 
 @pytest.mark.parametrize("command", [b"LIST", b"UIDL", b"RETR", b"DELE"])
 @pytest.mark.parametrize("argument", [b"0", b"-1", b"4", HUGE, b"x", b"1x", b"1.0", b"\xb9",
-                                      b"+1", b"1 Noise", b"1 2"])
+                                      b"+1", b"1 Noise", b"1 2", b"1 ", b"1\t", b"4294967297"])
 def test_bad_message_numbers(logged_in: Session, store: MemoryStore, command: bytes, argument: bytes) -> None:
     assert is_err(logged_in.send(command + b" " + argument + b"\r\n"))
     assert logged_in.send(b"STAT\r\n").startswith(b"+OK 3 ")
@@ -428,7 +455,8 @@ def test_missing_message_number(logged_in: Session, command: bytes) -> None:
 
 
 @pytest.mark.parametrize("args", [b"", b" 1", b" 1 x", b" 1 -1", b" 0 1", b" 4 0", b" x 1",
-                                  b" 1 1 1", b" " + HUGE + b" 1"])
+                                  b" 1 1 1", b" " + HUGE + b" 1", b" 1 1 ", b" 1 +1", b" 1 1.5",
+                                  b" 1\t1", b" 1 " + HUGE])
 def test_top_bad_arguments(logged_in: Session, args: bytes) -> None:
     assert is_err(logged_in.send(b"TOP" + args + b"\r\n"))
     assert logged_in.send(b"NOOP\r\n") == b"+OK\r\n"
@@ -482,7 +510,12 @@ def test_top(logged_in: Session) -> None:
     assert logged_in.send(b"TOP 1 0\r\n") == b"+OK\r\nFrom: a@example.com\r\nSubject: one\r\n\r\n.\r\n"
     assert logged_in.send(b"TOP 1 1\r\n") == (
         b"+OK\r\nFrom: a@example.com\r\nSubject: one\r\n\r\nbody one\r\n.\r\n")
-    assert logged_in.send(b"TOP 3 " + HUGE + b"\r\n") == b"+OK\r\n" + encode_message([M3])
+    assert logged_in.send(b"TOP 3 %d\r\n" % (2**64 - 1)) == b"+OK\r\n" + encode_message([M3])
+    assert logged_in.send(b"TOP 3  4294967296\r\n") == b"+OK\r\n" + encode_message([M3])
+    assert logged_in.send(b"TOP 1 01\r\n") == logged_in.send(b"TOP 1 1\r\n")
+    # Dovecot: a count beyond 64 bits is an error, not "everything".
+    assert is_err(logged_in.send(b"TOP 3 %d\r\n" % 2**64))
+    assert is_err(logged_in.send(b"TOP 3 " + HUGE + b"\r\n"))
 
 
 def test_retr_streams_with_back_pressure(store: MemoryStore) -> None:
@@ -905,32 +938,44 @@ def test_split_command_lines(logged_in: Session) -> None:
     assert logged_in.send(b"OP\r\n") == b"+OK\r\n"
 
 
-def test_overlong_line_is_refused_and_the_session_goes_on(logged_in: Session) -> None:
-    assert logged_in.send(b"NOOP " + b"x" * 250 + b"\r\n") == b"-ERR Line too long.\r\n"
-    assert logged_in.send(b"STAT\r\n").startswith(b"+OK 3 ")
+def test_message_numbers_with_spaces(logged_in: Session) -> None:
+    """Dovecot skips the spaces before the arguments and refuses any after
+    a message number."""
+    assert logged_in.send(b"LIST  1\r\n").startswith(b"+OK 1 ")
+    assert logged_in.send(b"TOP 1  0\r\n").startswith(b"+OK\r\n")
+    assert is_err(logged_in.send(b"LIST 1 \r\n"))
+    assert is_err(logged_in.send(b"RETR 1  \r\n"))
+    assert logged_in.send(b"LIST \r\n").startswith(b"+OK 3 messages:")
+    assert logged_in.send(b"STAT \r\n").startswith(b"+OK 3 ")
 
 
-def test_line_of_exactly_255_octets_is_accepted(logged_in: Session) -> None:
-    line = b"NOOP " + b"x" * (255 - 7) + b"\r\n"
-    assert len(line) == 255
+def test_overlong_line_closes_the_connection(logged_in: Session, store: MemoryStore) -> None:
+    """As Dovecot: after login, lines up to 2048 octets; a longer one gets
+    -ERR and the connection is closed without UPDATE."""
+    line = b"NOOP " + b"x" * (2048 - 7) + b"\r\n"
+    assert len(line) == 2048
     assert logged_in.send(line) == b"+OK\r\n"
-    assert logged_in.send(b"NOOP " + b"x" * (256 - 7) + b"\r\n") == b"-ERR Line too long.\r\n"
-
-
-def test_overlong_line_in_pieces(logged_in: Session) -> None:
-    assert logged_in.send(b"NOOP " + b"x" * 200) == b""
-    assert logged_in.send(b"x" * 200) == b"-ERR Line too long.\r\n"
-    assert logged_in.send(b"x" * 200) == b""
-    assert logged_in.send(b"\r\nNOOP\r\n") == b"+OK\r\n"
-
-
-def test_three_overlong_lines_close_the_connection(logged_in: Session, store: MemoryStore) -> None:
     logged_in.send(b"DELE 1\r\n")
-    reply = logged_in.send((b"x" * 300 + b"\r\n") * 3 + b"QUIT\r\n")
-    assert reply == b"-ERR Line too long.\r\n" * 3 + b"-ERR Too many bad commands, closing.\r\n"
+    reply = logged_in.send(b"NOOP " + b"x" * (2049 - 7) + b"\r\nQUIT\r\n")
+    assert reply == b"-ERR Input line too long.\r\n"
     assert logged_in.transport.disconnecting
     logged_in.lose()
     assert store.messages("alice") == MESSAGES
+
+
+def test_overlong_login_line_closes_the_connection(session: Session) -> None:
+    """Before login: 1024 octets of arguments (Dovecot's pop3-login)."""
+    session.take()
+    assert session.send(b"USER " + b"a" * 1024 + b"\r\n") == b"+OK\r\n"
+    assert session.send(b"USER " + b"a" * 1025 + b"\r\n") == b"-ERR Input line too long.\r\n"
+    assert session.transport.disconnecting
+
+
+def test_overlong_line_in_pieces(logged_in: Session) -> None:
+    assert logged_in.send(b"NOOP " + b"x" * 2000) == b""
+    assert logged_in.send(b"x" * 200) == b"-ERR Input line too long.\r\n"
+    assert logged_in.transport.disconnecting
+    assert logged_in.send(b"\r\nNOOP\r\n") == b""
 
 
 def test_unterminated_blob_does_not_grow_the_buffer(logged_in: Session) -> None:
@@ -938,9 +983,8 @@ def test_unterminated_blob_does_not_grow_the_buffer(logged_in: Session) -> None:
     replies = b""
     for _ in range(1000):
         replies += logged_in.send(b"y" * 4096)
-        assert len(protocol._buffer) <= 255 + 4096
-    assert replies == b"-ERR Line too long.\r\n"
-    assert logged_in.send(b"\r\nNOOP\r\n") == b"+OK\r\n"
+        assert len(protocol._buffer) <= 2048 + 4096
+    assert replies == b"-ERR Input line too long.\r\n"
 
 
 def test_binary_junk_is_refused(logged_in: Session) -> None:
@@ -957,10 +1001,33 @@ def test_unicode_digits_are_not_message_numbers(logged_in: Session) -> None:
 
 
 def test_too_many_bad_commands_close_the_connection(session: Session) -> None:
+    """Dovecot's pop3-login: the third unknown command in a row closes."""
     session.take()
-    reply = session.send(b"BOGUS\r\n" * 25)
-    assert reply == b"-ERR Unknown command.\r\n" * 20 + b"-ERR Too many bad commands, closing.\r\n"
+    reply = session.send(b"BOGUS\r\n" * 5)
+    assert reply == b"-ERR Unknown command.\r\n" * 3 + b"-ERR Too many invalid bad commands.\r\n"
     assert session.transport.disconnecting
+
+
+def test_bad_commands_before_login_count_in_a_row(session: Session) -> None:
+    """Only unknown commands count, and any other command resets the count:
+    a refused USER, PASS or AUTH is not a confused client."""
+    session.take()
+    reply = session.send(b"BOGUS\r\nSTAT\r\nPASS x\r\nBOGUS\r\nBOGUS\r\nAUTH FOO\r\n"
+                         b"BOGUS\r\nBOGUS\r\nCAPA\r\n")
+    assert reply.count(b"-ERR") == 8
+    assert not session.transport.disconnecting
+    session.login()
+
+
+def test_too_many_bad_commands_after_login(logged_in: Session) -> None:
+    """Dovecot's pop3: more than 20 bad commands in a row close; a good
+    command resets the count."""
+    reply = logged_in.send(b"BOGUS\r\n" * 20 + b"NOOP\r\n" + b"RETR 9\r\n" * 20)
+    assert reply.count(b"-ERR") == 40
+    assert not logged_in.transport.disconnecting
+    reply = logged_in.send(b"BOGUS\r\nSTAT\r\n")
+    assert reply == b"-ERR Unknown command.\r\n-ERR Too many bad commands.\r\n"
+    assert logged_in.transport.disconnecting
 
 
 def test_nothing_is_read_after_the_connection_is_closing(logged_in: Session) -> None:

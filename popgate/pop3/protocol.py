@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import os
+import re
 from typing import Any, Callable
 
 from twisted.cred import error as cred_error
@@ -43,10 +44,10 @@ _AUTHORIZATION = "AUTHORIZATION"
 _TRANSACTION = "TRANSACTION"
 _UPDATE = "UPDATE"
 
-# Longest message number we parse: more digits cannot name a message.
-_MAX_NUMBER_DIGITS = 10
-# Overlong lines tolerated before we decide the peer is not a POP3 client.
-_MAX_OVERLONG_LINES = 3
+# Message numbers are 32-bit and TOP line counts 64-bit, as in Dovecot:
+# larger values are an error, not "all lines".
+_MAX_MESSAGE_NUMBER = 2**32 - 1
+_MAX_LINE_COUNT = 2**64 - 1
 _CHUNK_SIZE = 256 * 1024
 # Input kept while a command is in progress before reading is paused.
 _READ_AHEAD = 64 * 1024
@@ -83,6 +84,14 @@ def peer_is_trusted(peer: Any, networks: tuple[str, ...]) -> bool:
 
 class _BadArgument(Exception):
     """A command argument that gets C{-ERR}; the text is safe to send."""
+
+    def __init__(self, text: str, code: bytes | None = None) -> None:
+        super().__init__(text)
+        self.code = code
+
+
+_DIGITS = re.compile(rb"[0-9]+")
+_HEX_DIGEST = re.compile(rb"[0-9a-fA-F]{32}")
 
 
 @implementer(IPushProducer)
@@ -170,10 +179,8 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         self.state = _AUTHORIZATION
         self.maildrop: Any = None
         self._buffer = b""
-        self._discarding = False
         self._busy_receiving = False
         self._reading_paused = False
-        self._overlong_lines = 0
         self._bad_commands = 0
         self._auth_failures = 0
         self._user: bytes | None = None
@@ -248,8 +255,9 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         """
         Split input into lines (CRLF or bare LF), with a bounded buffer: a
-        line longer than the limit gets C{-ERR} and is skipped, the lines
-        after it are still served.
+        line longer than the limit gets C{-ERR} and the connection is
+        closed, as Dovecot does (a client that sends such lines is not
+        speaking POP3, and what follows cannot be trusted to be commands).
         """
         if data:
             self._buffer += data
@@ -271,18 +279,12 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
                 limit = self.line_limit()
                 if nl < 0:
                     if len(buf) > limit:
-                        self._buffer = b""
-                        if not self._discarding:
-                            self._discarding = True
-                            self._line_too_long()
+                        self._line_too_long()
                     return
-                self._buffer = buf[nl + 1:]
-                if self._discarding:
-                    self._discarding = False
-                    continue
                 if nl + 1 > limit:
                     self._line_too_long()
-                    continue
+                    return
+                self._buffer = buf[nl + 1:]
                 line = buf[:nl - 1] if nl and buf[nl - 1] == 13 else buf[:nl]
                 self.lineReceived(line)
         finally:
@@ -294,23 +296,23 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
 
     def line_limit(self) -> int:
         """
-        The longest line accepted now, CRLF included: longer in a SASL
-        exchange (a response may be long) and for C{AUTH} with an initial
-        response (clients do not all keep to RFC 5034's 255 octets).
+        The longest line accepted now, CRLF included (Dovecot's limits):
+        before login C{max_login_line_length}, longer in a SASL exchange and
+        for C{AUTH} with an initial response (clients do not all keep to
+        RFC 5034's 255 octets), after login C{max_line_length}.
         """
-        if self._sasl is not None or (
-                self.state == _AUTHORIZATION and self._buffer[:5].upper() == b"AUTH "):
-            return max(self.settings.max_sasl_line_length, self.settings.max_line_length)
-        return self.settings.max_line_length
+        settings = self.settings
+        if self.state != _AUTHORIZATION:
+            return settings.max_line_length
+        if self._sasl is not None or self._buffer[:5].upper() == b"AUTH ":
+            return max(settings.max_sasl_line_length, settings.max_login_line_length)
+        return settings.max_login_line_length
 
     def _line_too_long(self) -> None:
-        # The -ERR also ends a SASL exchange in progress.
         self._sasl = None
-        self._overlong_lines += 1
-        self.transport.write(r.err(b"Line too long."))
-        if self._overlong_lines >= _MAX_OVERLONG_LINES:
-            self.transport.write(r.err(b"Too many bad commands, closing."))
-            self.transport.loseConnection()
+        self._buffer = b""
+        self.transport.write(r.err(b"Input line too long."))
+        self.transport.loseConnection()
 
     def lineReceived(self, line: bytes) -> None:
         self.resetTimeout()
@@ -321,16 +323,31 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             if isinstance(result, defer.Deferred):
                 self._wait_for(result)
             return
+        # As Dovecot: the command is what comes before the first space;
+        # after login the spaces before the arguments are skipped, before
+        # login the arguments are taken as they are (a password may start
+        # with a space).
         keyword, _, argument = line.partition(b" ")
         handler = self._handler(keyword.upper())
         if handler is None:
             self._bad_command(b"Unknown command.")
             return
+        if self.state != _AUTHORIZATION:
+            argument = argument.lstrip(b" ")
         try:
             result = handler(argument)
         except _BadArgument as e:
-            self._bad_command(str(e).encode("ascii", "replace"))
+            text = str(e).encode("ascii", "replace")
+            if self.state == _AUTHORIZATION:
+                # Before login only unknown commands count as bad ones
+                # (Dovecot's pop3-login): a refused USER, PASS or AUTH
+                # is not a sign of a confused peer.
+                self._bad_commands = 0
+                self.transport.write(r.err(text, e.code))
+            else:
+                self._bad_command(text, e.code)
             return
+        self._bad_commands = 0
         if isinstance(result, defer.Deferred):
             self._wait_for(result)
 
@@ -347,20 +364,26 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         return getattr(self, name, None)
 
     def authorization_commands(self) -> set[bytes]:
-        commands = {b"CAPA", b"USER", b"PASS", b"QUIT", b"AUTH", b"STLS", b"UTF8"}
-        if self._challenge:
-            commands.add(b"APOP")
-        return commands
+        return {b"CAPA", b"USER", b"PASS", b"QUIT", b"AUTH", b"STLS", b"UTF8", b"APOP"}
 
     def transaction_commands(self) -> set[bytes]:
         return {b"CAPA", b"STAT", b"LIST", b"RETR", b"DELE", b"NOOP", b"RSET",
                 b"TOP", b"UIDL", b"QUIT"}
 
-    def _bad_command(self, text: bytes) -> None:
+    def _bad_command(self, text: bytes, code: bytes | None = None) -> None:
+        """
+        Refuse a bad command; too many in a row close the connection, as in
+        Dovecot: before login the C{max_login_bad_commands}th, after login
+        the one after C{max_bad_commands}.  Any good command resets the count.
+        """
         self._bad_commands += 1
-        self.transport.write(r.err(text))
-        if self._bad_commands >= self.settings.max_bad_commands:
-            self.transport.write(r.err(b"Too many bad commands, closing."))
+        self.transport.write(r.err(text, code))
+        if self.state == _AUTHORIZATION:
+            if self._bad_commands >= self.settings.max_login_bad_commands:
+                self.transport.write(r.err(b"Too many invalid bad commands."))
+                self.transport.loseConnection()
+        elif self._bad_commands > self.settings.max_bad_commands:
+            self.transport.write(r.err(b"Too many bad commands."))
             self.transport.loseConnection()
 
     def _wait_for(self, result: defer.Deferred[Any]) -> None:
@@ -454,7 +477,6 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         # Whatever the client sent after STLS arrived in plaintext and must
         # not be run as if it came over TLS (CVE-2011-0411): drop it.
         self.clearLineBuffer()
-        self._discarding = False
         self.transport.write(r.ok(b"Begin TLS negotiation now."))
         self.transport.startTLS(self.tls)
         self._tls_started = True
@@ -474,10 +496,9 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         if not self.plaintext_allowed():
             self.transport.write(_PLAINTEXT_REFUSED)
             return
-        name = argument.strip()
-        if not name:
-            raise _BadArgument("No username given.")
-        self._user = name
+        # As Dovecot: the name is the rest of the line, as it is (an empty
+        # or wrong one fails at PASS, like an unknown user).
+        self._user = argument
         self.transport.write(r.ok())
 
     def pop3_PASS(self, argument: bytes) -> defer.Deferred[None] | None:
@@ -491,10 +512,14 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         return self.login(UsernamePassword(user, argument))
 
     def pop3_APOP(self, argument: bytes) -> defer.Deferred[None] | None:
-        parts = argument.split()
-        if len(parts) != 2:
+        if not self._challenge:
+            raise _BadArgument("APOP not enabled.")
+        # "APOP name digest": the digest is 32 hex digits (Dovecot's checks).
+        user, sep, digest = argument.partition(b" ")
+        if not sep or len(digest) != 32:
             raise _BadArgument("Invalid parameters.")
-        user, digest = parts
+        if not _HEX_DIGEST.fullmatch(digest):
+            raise _BadArgument("Invalid characters in MD5 response.")
         return self.login(APOPCredentials(self._challenge, user, digest))
 
     # -- SASL (RFC 5034)
@@ -503,7 +528,9 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         return sasl.usable(self.plaintext_allowed(), self._secrets_checkable())
 
     def pop3_AUTH(self, argument: bytes) -> defer.Deferred[None] | None:
-        words = argument.split()
+        # "AUTH mechanism [initial-response]", spaces as Dovecot takes them
+        # (extra ones ignored); its errors carry [AUTH].
+        words = [w for w in argument.split(b" ") if w]
         if not words:
             # Not in RFC 5034: the old discovery Outlook uses (and Dovecot
             # and Twisted answer) -- the usable mechanisms, one a line.
@@ -511,10 +538,10 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             self.transport.write(r.multiline(b"", names))
             return None
         if len(words) > 2:
-            raise _BadArgument("Invalid parameters.")
+            raise _BadArgument("Invalid parameters.", r.AUTH)
         info = sasl.find(words[0])
         if info is None or (info.needs_secret and not self._secrets_checkable()):
-            raise _BadArgument("Unsupported authentication mechanism.")
+            raise _BadArgument("Unsupported authentication mechanism.", r.AUTH)
         if info.plaintext and not self.plaintext_allowed():
             self.transport.write(_PLAINTEXT_REFUSED)
             return None
@@ -523,7 +550,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             try:
                 response = sasl.decode(words[1])
             except sasl.MalformedResponse:
-                raise _BadArgument("Invalid base64 data in initial response.") from None
+                raise _BadArgument("Invalid base64 data in initial response.", r.AUTH) from None
         mechanism = info.make(self.settings.hostname, self.clock.seconds())
         return self._sasl_step(mechanism, response)
 
@@ -537,7 +564,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         try:
             response = sasl.decode(line)
         except sasl.MalformedResponse:
-            self._bad_command(b"Invalid base64 data in continued response.")
+            self.transport.write(r.err(b"Invalid base64 data in continued response.", r.AUTH))
             return None
         return self._sasl_step(mechanism, response)
 
@@ -579,6 +606,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         self._live_count = len(self._messages)
         self._live_size = sum(m.size for m in self._messages)
         self.state = _TRANSACTION
+        self._bad_commands = 0
         self.transport.write(r.ok(b"Logged in."))
 
     def _login_failed(self, failure: Failure) -> defer.Deferred[None] | None:
@@ -662,25 +690,28 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
 
     # -- TRANSACTION
 
-    def _message_number(self, argument: bytes) -> int:
-        """Parse a message number naming a live message; return its index."""
-        if not argument:
-            raise _BadArgument("Missing message number.")
-        if not argument.isdigit() or not argument.isascii() or len(argument) > _MAX_NUMBER_DIGITS:
+    def _message_number(self, argument: bytes, then_space: bool = False) -> tuple[int, bytes]:
+        """
+        Parse a message number naming a live message, as Dovecot does:
+        digits (a 32-bit number), then the end of the line -- or, with
+        C{then_space}, a space and more arguments.  Return its index and
+        what follows, spaces skipped.
+        """
+        match = _DIGITS.match(argument)
+        if match is None:
             raise _BadArgument("Invalid message number.")
-        number = int(argument)
+        number = int(match.group())
+        if number > _MAX_MESSAGE_NUMBER:
+            raise _BadArgument("Message number too large.")
+        rest = argument[match.end():]
+        if rest[:1] != (b" " if then_space else b""):
+            raise _BadArgument("Noise after message number.")
         if number < 1 or number > len(self._messages):
-            raise _BadArgument("There's no message %d." % number if number else "Invalid message number.")
+            raise _BadArgument("There's no message %d." % number)
         index = number - 1
         if self._deleted[index]:
             raise _BadArgument("Message is deleted.")
-        return index
-
-    def _one_argument(self, argument: bytes) -> bytes:
-        words = argument.split()
-        if len(words) > 1:
-            raise _BadArgument("Noise after message number.")
-        return words[0] if words else b""
+        return index, rest.lstrip(b" ")
 
     def pop3_STAT(self, argument: bytes) -> None:
         self.transport.write(r.ok(b"%d %d" % (self._live_count, self._live_size)))
@@ -689,9 +720,8 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         self.transport.write(r.ok())
 
     def pop3_LIST(self, argument: bytes) -> None:
-        argument = self._one_argument(argument)
         if argument:
-            index = self._message_number(argument)
+            index, _ = self._message_number(argument)
             self.transport.write(r.ok(b"%d %d" % (index + 1, self._messages[index].size)))
             return
         deleted = self._deleted
@@ -699,9 +729,8 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         self.transport.write(r.multiline(b"%d messages:" % self._live_count, lines))
 
     def pop3_UIDL(self, argument: bytes) -> None:
-        argument = self._one_argument(argument)
         if argument:
-            index = self._message_number(argument)
+            index, _ = self._message_number(argument)
             self.transport.write(r.ok(b"%d %s" % (index + 1, self._messages[index].uid)))
             return
         deleted = self._deleted
@@ -709,7 +738,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         self.transport.write(r.multiline(b"", lines))
 
     def pop3_DELE(self, argument: bytes) -> None:
-        index = self._message_number(self._one_argument(argument))
+        index, _ = self._message_number(argument)
         self._deleted[index] = 1
         self._live_count -= 1
         self._live_size -= self._messages[index].size
@@ -722,19 +751,21 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         self.transport.write(r.ok())
 
     def pop3_RETR(self, argument: bytes) -> defer.Deferred[None]:
-        index = self._message_number(self._one_argument(argument))
+        index, _ = self._message_number(argument)
         first = r.ok(b"%d octets" % self._messages[index].size)
         return self._send_message(index, first, None)
 
     def pop3_TOP(self, argument: bytes) -> defer.Deferred[None]:
-        words = argument.split()
-        if len(words) != 2:
-            raise _BadArgument("Invalid parameters: TOP msg lines.")
-        index = self._message_number(words[0])
-        lines = words[1]
-        if not lines.isdigit() or not lines.isascii():
-            raise _BadArgument("Invalid number of lines.")
-        count = int(lines) if len(lines) <= 18 else 10 ** 18
+        # "TOP msg n": n is a 64-bit count; more is an error, as in Dovecot.
+        index, lines = self._message_number(argument, then_space=True)
+        match = _DIGITS.match(lines)
+        if match is None:
+            raise _BadArgument("Invalid size.")
+        count = int(match.group())
+        if count > _MAX_LINE_COUNT:
+            raise _BadArgument("Size too large.")
+        if match.end() != len(lines):
+            raise _BadArgument("Noise after size.")
         return self._send_message(index, r.ok(), count)
 
     def _send_message(self, index: int, first: bytes, body_lines: int | None) -> defer.Deferred[None]:

@@ -18,10 +18,17 @@ class SessionSettings:
     @ivar auth_failure_delay: seconds to wait before answering a failed
         login, slowing down password guessing.
     @ivar max_auth_failures: failed logins after which the connection closes.
-    @ivar max_bad_commands: unknown or malformed commands after which the
-        connection closes.
-    @ivar max_line_length: longest command line accepted, CRLF included
-        (RFC 2449: 255).
+    @ivar max_bad_commands: after login, the connection closes at the
+        unknown or malformed command that follows this many in a row
+        (Dovecot's pop3: 20).
+    @ivar max_login_bad_commands: before login, unknown commands in a row
+        that close the connection (Dovecot's pop3-login: 3).  A refused
+        USER, PASS, APOP or AUTH does not count.
+    @ivar max_line_length: longest command line accepted after login, CRLF
+        included (Dovecot: 2048; RFC 2449 asks clients for at most 255).  A
+        longer line closes the connection.
+    @ivar max_login_line_length: the same before login (Dovecot's
+        pop3-login: 1024 octets of arguments).
     @ivar hostname: used in the APOP and CRAM-MD5 challenges.
     @ivar allow_plaintext_auth: accept USER/PASS and the plaintext SASL
         mechanisms (PLAIN, LOGIN) on connections that are neither TLS nor
@@ -40,7 +47,9 @@ class SessionSettings:
     auth_failure_delay: float = 1.0
     max_auth_failures: int = 3
     max_bad_commands: int = 20
-    max_line_length: int = 255
+    max_login_bad_commands: int = 3
+    max_line_length: int = 2048
+    max_login_line_length: int = 1031
     hostname: str = "localhost"
     allow_plaintext_auth: bool = False
     trusted_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")

@@ -16,16 +16,30 @@ from zope.interface import implementer
 
 
 @implementer(IUsernameHashedPassword)
-class APOPCredentials:
-    """Credentials from one APOP command, checked against a plaintext secret."""
+class DigestCredentials:
+    """
+    A user name and a hex digest of (challenge, secret) that the client
+    sent; the checker hands over the stored plaintext secret and the
+    digest is recomputed and compared in constant time.  Subclasses say
+    how the digest is made.
+    """
 
     def __init__(self, challenge: bytes, username: bytes, digest: bytes) -> None:
         self.challenge = challenge
         self.username = username
         self.digest = digest.lower()
 
+    def expected(self, secret: bytes) -> str:
+        raise NotImplementedError
+
     def checkPassword(self, password: bytes | str) -> bool:
         if isinstance(password, str):
             password = password.encode("utf-8")
-        expected = hashlib.md5(self.challenge + password).hexdigest().encode("ascii")
-        return hmac.compare_digest(expected, self.digest)
+        return hmac.compare_digest(self.expected(password).encode("ascii"), self.digest)
+
+
+class APOPCredentials(DigestCredentials):
+    """APOP: MD5 of the greeting's timestamp followed by the secret."""
+
+    def expected(self, secret: bytes) -> str:
+        return hashlib.md5(self.challenge + secret).hexdigest()

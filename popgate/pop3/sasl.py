@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from twisted.cred.credentials import IUsernameHashedPassword, UsernamePassword
-from zope.interface import implementer
+
+from popgate.pop3.apop import DigestCredentials
 
 
 class SASLError(Exception):
@@ -59,24 +60,15 @@ def encode(data: bytes) -> bytes:
     return base64.b64encode(data)
 
 
-@implementer(IUsernameHashedPassword)
-class CramMD5Credentials:
+class CramMD5Credentials(DigestCredentials):
     """
-    The client proved it knows the secret: HMAC-MD5 of our challenge keyed
-    by the password (RFC 2195).  Twisted's own class needs a bytes password
-    and compares in variable time; this one takes str or bytes.
+    CRAM-MD5 (RFC 2195): HMAC-MD5 of our challenge keyed by the password.
+    Twisted's own class needs a bytes password and compares in variable
+    time; this one takes str or bytes.
     """
 
-    def __init__(self, challenge: bytes, username: bytes, digest: bytes) -> None:
-        self.challenge = challenge
-        self.username = username
-        self.digest = digest.lower()
-
-    def checkPassword(self, password: bytes | str) -> bool:
-        if isinstance(password, str):
-            password = password.encode("utf-8")
-        expected = hmac.new(password, self.challenge, hashlib.md5).hexdigest().encode("ascii")
-        return hmac.compare_digest(expected, self.digest)
+    def expected(self, secret: bytes) -> str:
+        return hmac.new(secret, self.challenge, hashlib.md5).hexdigest()
 
 
 class PlainMechanism:

@@ -42,6 +42,18 @@ def top_oracle(message: bytes, lines: int) -> bytes:
     return normal[:head_end] + b"".join(body_lines[:lines])
 
 
+def read_line(sock: socket.socket) -> bytes:
+    """One reply line, read a byte at a time so nothing after it is
+    consumed (what an STLS test needs before its handshake)."""
+    data = b""
+    while not data.endswith(b"\r\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            raise EOFError(data)
+        data += chunk
+    return data
+
+
 class RawClient:
     """A tiny POP3 client that keeps every byte the server sends."""
 

@@ -42,6 +42,7 @@ from popgate.tls import CIPHERS, ReloadOnHangup, ServerTLS, TLSConfigError
 from tests import reactor_thread
 from tests.services import need_program
 from tests.tlscerts import PKI, common_name, make_pki, write_encrypted_key
+from tests.pop3_oracle import read_line
 
 from .helpers import LOOPBACK_PEER, Session, make_portal
 
@@ -401,14 +402,6 @@ def test_poplib_stls_and_capa(pki: PKI, listeners: Listeners) -> None:
     client.quit()
 
 
-def read_line(sock: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\r\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            raise EOFError(data)
-        data += chunk
-    return data
 
 
 def test_injection_after_stls_over_a_real_socket(pki: PKI, listeners: Listeners) -> None:

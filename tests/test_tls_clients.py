@@ -27,6 +27,7 @@ import pytest
 from tests.popgate_server import PopgateProcess, run_twistd
 from tests.services import need_program
 from tests.tlscerts import PKI, common_name, make_pki
+from tests.pop3_oracle import read_line
 
 pytestmark = pytest.mark.integration
 
@@ -293,14 +294,6 @@ def test_fetchmail_apop(site: Site) -> None:
 # -- raw sockets
 
 
-def read_line(sock: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\r\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            raise EOFError(data)
-        data += chunk
-    return data
 
 
 def test_commands_sent_with_stls_are_never_answered(site: Site) -> None:

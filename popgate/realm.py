@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from popgate import errors
+from popgate.cred.names import normalize_user
 from popgate.interfaces import IMaildrop, IMailStore
 from popgate.stores import adapters
 
@@ -40,10 +41,14 @@ class ILoadingMaildrop(IMaildrop):
 
 
 def avatar_name(avatar_id: bytes | str) -> str:
-    """Checkers may return bytes or str avatar ids; the stores get str."""
+    """
+    Checkers may return bytes or str avatar ids; the stores get str, with
+    the domain lower-cased (a third-party checker's C{bob@Example.org} is
+    the mailbox a recipient C{bob@example.org} is delivered to).
+    """
     if isinstance(avatar_id, bytes):
-        return avatar_id.decode("utf-8")
-    return avatar_id
+        avatar_id = avatar_id.decode("utf-8")
+    return normalize_user(avatar_id)
 
 
 async def ready_maildrop(opened: object) -> Any:

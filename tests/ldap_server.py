@@ -48,6 +48,9 @@ USERS = {
     "jos\u00e9": ("jose-pw", "ssha"),
 }
 TWIN_PASSWORD = "twin-pw"
+# Stored in mixed case (uid Dana, mail Dana@Example.org): logins and
+# recipients in any case must get the directory's spelling.
+MIXED_CASE_USER = ("Dana", "dana-pw", "Dana@Example.org")
 ERIN_MAIL_LOCATION = "/srv/mail/erin/Maildir"
 
 # A private OID arc: only the tests' own slapd loads this schema.
@@ -160,6 +163,18 @@ def make_ldif(base: str, top: list[str], mail_attribute: str, service_dn: str | 
             else:
                 extra = ((mail_attribute, ERIN_MAIL_LOCATION),)
         entries.append(_person(name, "people", base, _stored(password, scheme), extra))
+    name, password, mail = MIXED_CASE_USER
+    entries.append(
+        _entry(
+            f"uid={name},ou=people,{base}",
+            ("objectClass", "inetOrgPerson"),
+            ("uid", name),
+            ("cn", name),
+            ("sn", name),
+            ("mail", mail),
+            ("userPassword", password),
+        )
+    )
     # The same uid twice: a search for it is ambiguous.
     entries.append(_person("twin", "people", base, TWIN_PASSWORD))
     entries.append(_person("twin", "others", base, TWIN_PASSWORD))

@@ -215,3 +215,56 @@ def test_clear() -> None:
 def test_bad_parameters(kw: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         CachingChecker(FakeChecker(), clock=Clock(), **kw)
+
+
+@implementer(ICredentialsChecker)
+class Counting:
+    """Counts the logins that reach the wrapped checker."""
+
+    def __init__(self, wrapped: Any) -> None:
+        self.wrapped = wrapped
+        self.credentialInterfaces = wrapped.credentialInterfaces
+        self.asked: list[bytes] = []
+
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred[Any]:
+        self.asked.append(credentials.username)
+        return self.wrapped.requestAvatarId(credentials)
+
+
+def test_case_variants_neither_bypass_nor_poison_the_cache(tmp_path: Any) -> None:
+    """
+    A case-sensitive store (htpasswd) with two users that differ only in
+    the case of the local part, and the same password: a domain case
+    variant is the same user and hits the entry; a local-part variant is
+    always asked of the store and gets its own answer.
+    """
+    from popgate.cred.htpasswd import HtpasswdChecker
+    from tests.test_schemes import InlineReactor
+
+    sha1 = "{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g="  # "password"
+    path = tmp_path / "users"
+    path.write_text(f"Bob@example.org:{sha1}\nbob@example.org:{sha1}\n")
+    store = Counting(HtpasswdChecker(str(path), InlineReactor()))
+    cache = CachingChecker(store, clock=Clock(), negative_ttl=10)
+
+    assert login(cache, b"Bob@Example.ORG", b"password") == "Bob@example.org"
+    assert login(cache, b"Bob@example.org", b"password") == "Bob@example.org"
+    assert login(cache, b"Bob@EXAMPLE.org", b"password") == "Bob@example.org"
+    assert store.asked == [b"Bob@Example.ORG"]
+    # Not Bob's entry: the store says who bob is.
+    assert login(cache, b"bob@example.org", b"password") == "bob@example.org"
+    assert login(cache, b"BOB@example.org", b"password").check(UnauthorizedLogin)
+    assert store.asked[1:] == [b"bob@example.org", b"BOB@example.org"]
+    # BOB's cached refusal refuses only BOB (and its domain variants).
+    assert login(cache, b"BOB@Example.org", b"password").check(UnauthorizedLogin)
+    assert login(cache, b"Bob@example.org", b"password") == "Bob@example.org"
+    assert login(cache, b"bob@EXAMPLE.ORG", b"password") == "bob@example.org"
+    assert len(store.asked) == 3
+
+
+def test_undecodable_names_keep_their_own_key() -> None:
+    from popgate.cred.cache import _name_key
+
+    assert _name_key(b"Bob@Example.ORG") == _name_key("Bob@example.org") == "Bob@example.org"
+    # No store can find such a name; it never shares a text name's entry.
+    assert _name_key(b"\xffBob@Example.ORG") == b"\xffBob@Example.ORG"

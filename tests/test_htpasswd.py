@@ -225,3 +225,34 @@ def test_dropin_makes_this_checker(users_file: Path) -> None:
     from twisted.plugins.popgate_plugin import htpasswd as factory
 
     assert isinstance(factory.generateChecker(str(users_file)), HtpasswdChecker)
+
+
+def test_case_local_part_exact_domain_not(tmp_path: Path, reactor: InlineReactor) -> None:
+    """
+    The file decides the local part (Apache's htpasswd is case-sensitive
+    and so is popgate's reading of it); the domain is case-insensitive and
+    the avatar id spells it in lower case, whatever the file or the client.
+    """
+    path = tmp_path / "users"
+    sha1 = "{SHA}" + "W6ph5Mm5Pz8GgiULbPgzG37mj9g="  # "password"
+    path.write_text(f"Bob@Example.ORG:{sha1}\nbob@example.org:{{SHA}}other\ncarol:{sha1}\nCarol:{sha1}\n")
+    checker = HtpasswdChecker(str(path), reactor)
+    for typed in ("Bob@Example.ORG", "Bob@example.org", "Bob@EXAMPLE.ORG"):
+        assert login(checker, typed, "password") == "Bob@example.org"
+    # Another local part is another user: the second line's, whose hash is not this one.
+    for typed in ("bob@example.org", "BOB@example.org"):
+        with pytest.raises(UnauthorizedLogin):
+            login(checker, typed, "password")
+    assert (login(checker, "carol", "password"), login(checker, "Carol", "password")) == ("carol", "Carol")
+    assert result_of(checker.lookup_user("Bob@EXAMPLE.org")) == UserInfo("Bob@example.org")
+    assert result_of(checker.lookup_user("bob@EXAMPLE.org")) == UserInfo("bob@example.org")
+    assert result_of(checker.lookup_user("BOB@example.org")) is None
+
+
+def test_a_domain_case_variant_in_the_file_is_a_duplicate(tmp_path: Path, reactor: InlineReactor) -> None:
+    path = tmp_path / "users"
+    path.write_text("bob@example.org:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\nbob@Example.org:{SHA}x\n")
+    checker = HtpasswdChecker(str(path), reactor)
+    with capturedLogs() as events:
+        assert login(checker, "bob@EXAMPLE.org", "password") == "bob@example.org"
+    assert any("listed again; the first entry wins" in formatEvent(e) for e in events)

@@ -22,13 +22,16 @@ from popgate.cred.ldap import (
     escape_filter_value,
     expand_filter,
     make_checker,
+    name_attributes,
     parse_args,
 )
 from popgate.cred.userinfo import UserInfo
 from popgate.errors import TemporaryFailure
 from popgate.interfaces import IUserLookup
+from popgate.stores.mailpath import expand
 from tests.ldap_server import (  # noqa: F401  (fixtures)
     ERIN_MAIL_LOCATION,
+    MIXED_CASE_USER,
     TWIN_PASSWORD,
     USERS,
     LDAPServer,
@@ -66,6 +69,14 @@ def test_expand_filter_placeholders() -> None:
     assert expand_filter(DEFAULT_FILTER, "bob") == "(&(objectClass=inetOrgPerson)(uid=bob))"
     # The domain is after the last @, the local part keeps the others.
     assert expand_filter("%n|%d", "a@b@c") == "a@b|c"
+
+
+def test_name_attributes() -> None:
+    """Where the directory's spelling of a name is: the attribute compared with %n/%u."""
+    assert name_attributes(DEFAULT_FILTER) == [("uid", False)]
+    template = "(&(objectClass=x)(|(uid=%n)(mail=%u)(mailAlias=%n@%d)(cn=x%n)(sn=%n*)(o=%d)))"
+    assert name_attributes(template) == [("uid", False), ("mail", True), ("mailAlias", True)]
+    assert name_attributes("(cn=%u%%)") == []
 
 
 def test_expand_filter_unknown_placeholder() -> None:
@@ -348,3 +359,46 @@ def test_untrusted_certificate_is_temporary(local_slapd: LDAPServer, checkers: A
     with pytest.raises(TemporaryFailure):
         login(checker, "alice", USERS["alice"][0])
 
+
+
+# -- case in user names ------------------------------------------------------
+
+
+@integration
+def test_the_directory_spells_the_name(ldap_server: LDAPServer, checkers: Any) -> None:
+    """
+    The README's set-up (no user_attribute): the directory's uid names the
+    user, whatever case the client types, and the domain is lower-cased.
+    Login and delivery lookup agree, so they reach one mailbox.
+    """
+    checker = checkers(ldap_server.argstring())
+    password = USERS["bob"][0]
+    for typed in ("bob@example.org", "Bob@Example.org", "BOB@EXAMPLE.ORG"):
+        assert login(checker, typed, password) == "bob@example.org"
+        assert run(checker.lookup_user, typed) == UserInfo("bob@example.org", None)
+    assert login(checker, "BOB", password) == "bob"
+    # The other way round: stored as "Dana", typed in lower case.
+    _, dana_password, _ = MIXED_CASE_USER
+    for typed in ("dana@example.org", "DANA@Example.Org"):
+        assert login(checker, typed, dana_password) == "Dana@example.org"
+        assert run(checker.lookup_user, typed) == UserInfo("Dana@example.org", None)
+    template = "/var/mail/%d/%n"
+    assert expand(template, run(checker.lookup_user, "Dana@Example.org").name) == \
+        expand(template, login(checker, "dana@example.org", dana_password)) == "/var/mail/example.org/Dana"
+
+
+@integration
+def test_filter_on_the_full_address_gives_its_stored_spelling(ldap_server: LDAPServer, checkers: Any) -> None:
+    _, password, mail = MIXED_CASE_USER
+    checker = checkers(ldap_server.argstring(filter="(&(objectClass=inetOrgPerson)(mail=%u))"))
+    for typed in ("dana@example.org", "DANA@EXAMPLE.ORG", mail):
+        assert login(checker, typed, password) == "Dana@example.org"
+        assert run(checker.lookup_user, typed) == UserInfo("Dana@example.org", None)
+
+
+@integration
+def test_user_attribute_spelling_wins_with_its_domain_lower_cased(ldap_server: LDAPServer, checkers: Any) -> None:
+    _, password, _ = MIXED_CASE_USER
+    checker = checkers(ldap_server.argstring(user_attribute="mail"))
+    assert login(checker, "DANA", password) == "Dana@example.org"
+    assert run(checker.lookup_user, "dana@example.net") == UserInfo("Dana@example.org", None)

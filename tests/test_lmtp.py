@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import errno
 import os
+import poplib
 import random
+import smtplib
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,9 @@ from popgate.maildrop import wire_size
 from popgate.stores.maildir import MaildirStore, scan
 from popgate.stores.memory import MemoryStore
 from tests.helpers import InlineReactor
+from tests.ldap_server import USERS as LDAP_USERS
+from tests.ldap_server import LDAPServer, ldap_server, local_slapd  # noqa: F401  (fixtures)
+from tests.popgate_server import REPO, PopgateProcess, child_env, free_port
 
 LHLO_REPLY = (b"250-mx.test\r\n250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n"
               b"250 SIZE 10000\r\n")
@@ -461,8 +468,9 @@ def test_no_user_lookup_accepts_everyone(clock):
 
 
 def test_candidate_names():
+    # The domain is lower-cased first; the exact local part goes first.
     assert candidate_names("Alice@Example.Test") == [
-        "Alice@Example.Test", "Alice", "alice@example.test", "alice"]
+        "Alice@example.test", "Alice", "alice@example.test", "alice"]
     assert candidate_names("bob") == ["bob"]
 
 
@@ -540,3 +548,63 @@ def test_any_message_survives_stuffing_and_any_chunking(lines, cuts):
     stored = target.delivered[0][1].split(b"\n", 2)[2] if b"\r\r\n" not in message else \
         target.delivered[0][1].split(b"\r\n", 2)[2]
     assert stored == trace.from_wire(message)
+
+
+# -- case in user names, end to end --------------------------------------------
+
+
+@pytest.fixture(params=["ldap", "mysql"])
+def case_insensitive_store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """
+    A user store that matches names case-insensitively: the directory as
+    the README sets it up (no user_attribute, uid C{bob}), or a MariaDB
+    table under its default collation holding C{Bob@Example.org}, with the
+    default query's C{userid AS user}.  Yields (C{--auth} argument, the
+    password, the mailbox directory: the store's spelling).
+    """
+    if request.param == "ldap":
+        server: LDAPServer = request.getfixturevalue("ldap_server")
+        yield "ldap:" + server.argstring(), LDAP_USERS["bob"][0], "bob"
+        return
+    from popgate.cred.sql import DEFAULT_QUERY
+    from tests.test_sql import _make_backend
+
+    for backend in _make_backend("mysql", tmp_path):
+        backend.execute(f"INSERT INTO {backend.table} VALUES ('Bob@Example.org', '{{PLAIN}}bob-pw', NULL)")
+        query = DEFAULT_QUERY.replace("FROM users", f"FROM {backend.table}")
+        yield f"sql:dsn={backend.dsn},query={query}", "bob-pw", "Bob"
+
+
+@pytest.mark.integration
+def test_mail_for_Bob_at_Example_org_reaches_the_login_bob_at_example_org(case_insensitive_store, tmp_path):
+    """
+    The issue's probe, with the real server: Postfix-style LMTP to
+    C{Bob@Example.org} and C{popgate deliver -u BOB@EXAMPLE.ORG}, then POP3
+    logins as C{bob@example.org} and C{BOB@Example.ORG}: one mailbox,
+    C{example.org/} and the store's spelling of the user, holds both.
+    """
+    auth, password, mailbox = case_insensitive_store
+    store = f"maildir:{tmp_path}/mail/%d/%n"
+    lmtp_port = free_port()
+    with PopgateProcess(["--auth", auth, "--store", store, "--lmtp", f"tcp:{lmtp_port}:interface=127.0.0.1"],
+                        log_path=str(tmp_path / "popgate.log")) as server:
+        with smtplib.LMTP("127.0.0.1", lmtp_port, timeout=10) as lmtp:
+            assert lmtp.sendmail("s@example.net", ["Bob@Example.org"], b"Subject: over lmtp\r\n\r\nhi\r\n") == {}
+        piped = subprocess.run(
+            [sys.executable, "-m", "popgate.cli", "deliver", "-u", "BOB@EXAMPLE.ORG", "-f", "s@example.net",
+             "--store", store, "--auth", auth],
+            input=b"Subject: through deliver\n\nhi\n", capture_output=True, env=child_env(), cwd=REPO, timeout=60, check=False)
+        assert piped.returncode == 0, piped.stderr
+        assert os.listdir(tmp_path / "mail") == ["example.org"]
+        assert os.listdir(tmp_path / "mail" / "example.org") == [mailbox]
+        assert len(os.listdir(tmp_path / "mail" / "example.org" / mailbox / "new")) == 2
+        for typed in ("bob@example.org", "BOB@Example.ORG"):
+            client = poplib.POP3("127.0.0.1", server.port, timeout=10)
+            try:
+                client.user(typed)
+                client.pass_(password)
+                subjects = sorted(line for i in (1, 2) for line in client.retr(i)[1] if line.startswith(b"Subject:"))
+                assert client.stat()[0] == 2
+                assert subjects == [b"Subject: over lmtp", b"Subject: through deliver"]
+            finally:
+                client.quit()

@@ -255,3 +255,17 @@ def test_dropin_makes_this_checker(passwd_file: Path) -> None:
     from twisted.plugins.popgate_plugin import passwd_file as factory
 
     assert isinstance(factory.generateChecker(str(passwd_file)), PasswdFileChecker)
+
+
+def test_case_local_part_exact_domain_not(tmp_path: Path, reactor: InlineReactor) -> None:
+    """As Dovecot reads a passwd-file with auth_username_format=%u: the local
+    part as written; popgate also lower-cases the domain (RFC 5321 2.4)."""
+    path = tmp_path / "passwd"
+    path.write_text("Gina@Example.org:{PLAIN}gina pw\n")
+    checker = PasswdFileChecker(str(path), reactor)
+    assert login(checker, "Gina@EXAMPLE.ORG", "gina pw") == "Gina@example.org"
+    assert result_of(checker.requestAvatarId(apop(b"Gina@example.ORG", b"gina pw"))) == "Gina@example.org"
+    with pytest.raises(UnauthorizedLogin):
+        login(checker, "gina@example.org", "gina pw")
+    assert result_of(checker.lookup_user("Gina@example.org")) == UserInfo("Gina@example.org")
+    assert result_of(checker.lookup_user("gina@example.org")) is None

@@ -445,3 +445,82 @@ def test_compile_query() -> None:
 def test_redact() -> None:
     assert _redact("mysql://root:s3cret@db:3306/mail") == "mysql://root:***@db:3306/mail"
     assert _redact("postgresql://postgres@db/test") == "postgresql://postgres@db/test"
+
+
+# -- case in user names --------------------------------------------------------
+
+
+def _add_dana(backend: Backend) -> None:
+    backend.execute(f"INSERT INTO {backend.table} VALUES ('Dana@Example.org', '{{PLAIN}}dana-pw', NULL)")
+
+
+@pytest.mark.integration
+def test_the_user_column_gives_the_stored_spelling(backend: Backend) -> None:
+    """
+    With C{userid AS user} and a case-insensitive comparison (here lower()
+    on both sides, which every database has), any spelling logs in as the
+    stored one, domain lower-cased; delivery's lookup names the user alike.
+    The user column does not shift the password and mail columns.
+    """
+    _add_dana(backend)
+    checker = backend.checker(
+        "SELECT password, maildir, userid AS user FROM {table} WHERE lower(userid) = lower(%(user)s)")
+    for typed in ("dana@example.org", "DANA@EXAMPLE.ORG", "Dana@Example.org"):
+        assert login(checker, typed, "dana-pw") == "Dana@example.org"
+        assert run(checker.lookup_user, typed) == UserInfo("Dana@example.org", None)
+    assert login(checker, "ALICE", "alice-pw") == "alice"
+    assert login(checker, "Alice", "alice-pw").mail_location == "/var/mail/alice"
+    assert run(checker.lookup_user, "ALICE") == UserInfo("alice", "/var/mail/alice")
+    user_first = backend.checker("SELECT userid AS user, password, maildir FROM {table} WHERE userid = %(user)s")
+    assert login(user_first, "alice", "alice-pw").mail_location == "/var/mail/alice"
+
+
+@pytest.mark.integration
+def test_the_default_query_under_the_databases_own_collation(backend: Backend) -> None:
+    """
+    The default query returns C{userid AS user}: under MariaDB's default
+    (case-insensitive) collation C{ALICE} is C{alice}; sqlite and
+    PostgreSQL compare exactly, so C{ALICE} is nobody there.
+    """
+    from popgate.cred.sql import DEFAULT_QUERY
+
+    _add_dana(backend)
+    checker = backend.checker(DEFAULT_QUERY.replace("FROM users", "FROM {table}"))
+    assert login(checker, "alice", "alice-pw") == "alice"
+    if backend.kind == "mysql":
+        assert login(checker, "ALICE", "alice-pw") == "alice"
+        assert login(checker, "dana@EXAMPLE.ORG", "dana-pw") == "Dana@example.org"
+        assert run(checker.lookup_user, "DANA@example.org") == UserInfo("Dana@example.org", None)
+    else:
+        assert refused(checker, "ALICE", "alice-pw")
+        assert run(checker.lookup_user, "Alice") is None
+
+
+@pytest.mark.integration
+def test_without_a_user_column_the_domain_is_still_lower_cased(backend: Backend) -> None:
+    checker = backend.checker(
+        "SELECT password FROM {table} WHERE userid = %(localpart)s AND %(domain)s = 'example.org'")
+    for typed in ("alice@example.org", "alice@EXAMPLE.org"):
+        assert login(checker, typed, "alice-pw") == "alice@example.org"
+        assert run(checker.lookup_user, typed) == UserInfo("alice@example.org", None)
+
+
+def test_mysql_without_a_user_column_is_hinted_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from twisted.logger import capturedLogs, formatEvent
+
+    from popgate.cred.sql import _Row
+
+    checker = SQLChecker("mysql://root@127.0.0.1:1/test")
+    with capturedLogs() as events:
+        assert checker._canonical(_Row(("{PLAIN}x",)), "BOB") == "BOB"
+        assert checker._canonical(_Row(("{PLAIN}x",)), "BOB") == "BOB"
+    hints = [formatEvent(e) for e in events if "userid AS user" in formatEvent(e)]
+    assert len(hints) == 1
+    assert checker._canonical(_Row(("{PLAIN}x",), "bob@Example.org", True), "BOB@x") == "bob@example.org"
+
+
+def test_an_unusable_user_column_falls_back_to_the_given_name(sqlite_backend: Backend) -> None:
+    checker = sqlite_backend.checker("SELECT password, NULL AS user FROM {table} WHERE userid = %(user)s")
+    assert login(checker, "alice", "alice-pw") == "alice"
+    checker = sqlite_backend.checker("SELECT password, ' bad' AS user FROM {table} WHERE userid = %(user)s")
+    assert login(checker, "alice", "alice-pw") == "alice"

@@ -4,6 +4,12 @@ re-read only when it changes, and a twisted.cred checker around it.
 
 A subclass says how to parse one line and which scheme a bare hash is in;
 the rest (reloading, threads, timing, errors) lives here once.
+
+Case: the local part is matched exactly, as the file spells it (the files
+are case-sensitive, like Apache's and Dovecot's reading of them, and
+RFC 5321 2.4 lets only the local host decide); the domain is not
+(L{popgate.cred.names}), so C{bob@Example.org} in the file and a login as
+C{bob@example.org} are the same user, named C{bob@example.org}.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from twisted.internet.interfaces import IReactorThreads
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
+from popgate.cred.names import normalize_user
 from popgate.cred.schemes import (
     DUMMY_HASH,
     UnknownScheme,
@@ -35,7 +42,7 @@ from popgate.interfaces import IUserLookup
 
 @dataclass(frozen=True)
 class UserEntry:
-    """One user of a user file: the name as written and the stored hash."""
+    """One user of a user file: the name (domain lower-cased) and the stored hash."""
 
     name: str
     stored: str
@@ -63,7 +70,7 @@ class UserFile:
 
     def users(self) -> dict[str, UserEntry]:
         """
-        The users by name, from the file as it is now.
+        The users by name (domain lower-cased), from the file as it is now.
 
         @raise TemporaryFailure: the file is missing or unreadable.
         """
@@ -95,6 +102,8 @@ class UserFile:
                 entry = self._parse_line(raw.decode("utf-8"))
             except UnicodeDecodeError:
                 entry = None
+            if entry is not None:
+                entry = UserEntry(normalize_user(entry.name), entry.stored)
             # The line holds a hash: log where it is, never what it says.
             if entry is None:
                 self.log.warn("{path}:{line}: malformed line ignored", path=self.path, line=number)
@@ -127,7 +136,7 @@ class UserFileChecker:
     """
     A checker reading users from a file.  Unknown users and wrong passwords
     both give L{UnauthorizedLogin}, after the same amount of hashing; the
-    avatar id is the user name as written in the file.
+    avatar id is the user name as written in the file, domain lower-cased.
     """
 
     credentialInterfaces: ClassVar[tuple[type[Interface], ...]] = (IUsernamePassword,)
@@ -182,7 +191,7 @@ class UserFileChecker:
         if name is None:
             raise UnauthorizedLogin()
         users = self._file.users()
-        entry = users.get(name)
+        entry = users.get(normalize_user(name))
         if IUsernamePassword.providedBy(credentials):
             password = credentials.password
             if isinstance(password, str):
@@ -245,5 +254,5 @@ class UserFileChecker:
             users = self._file.users()
         except TemporaryFailure:
             return fail()
-        entry = users.get(text) if text is not None else None
+        entry = users.get(normalize_user(text)) if text is not None else None
         return succeed(UserInfo(entry.name) if entry is not None else None)

@@ -8,6 +8,12 @@ Entries are keyed by (credential interface, user name, HMAC-SHA256 of the
 password under a random per-checker salt), so the plaintext password is
 never kept, and a new password simply misses the cache: a password change
 takes effect at the latest when the old entry's TTL runs out.
+
+The user name in the key has its domain lower-cased (every store and the
+realm treat the domain so: one user), and its local part exactly as typed:
+whether C{Bob} is C{bob} is the user store's to say, so a case variant of
+the local part is always asked of the store, never answered from another
+variant's entry (which, in a case-sensitive file, is another user).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer
 
+from popgate.cred.names import normalize_user
 from popgate.interfaces import IUserLookup
 
 _Key = tuple[Any, Any, bytes]
@@ -118,7 +125,7 @@ class CachingChecker:
         if isinstance(password, str):
             password = password.encode("utf-8")
         digest = hmac.new(self._salt, password, hashlib.sha256).digest()
-        return (IUsernamePassword, credentials.username, digest)
+        return (IUsernamePassword, _name_key(credentials.username), digest)
 
     def _get(self, key: _Key) -> tuple[float, Any] | None:
         entry = self._entries.get(key)
@@ -142,3 +149,13 @@ class CachingChecker:
 
             self._clock = reactor  # type: ignore[assignment]
         return self._clock.seconds()  # type: ignore[union-attr]
+
+
+def _name_key(username: Any) -> Any:
+    """The user name as cached: text with its domain lower-cased."""
+    if isinstance(username, bytes):
+        try:
+            username = username.decode("utf-8")
+        except UnicodeDecodeError:
+            return username  # no store can find it; kept apart from any text
+    return normalize_user(username) if isinstance(username, str) else username

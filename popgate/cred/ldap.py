@@ -16,6 +16,13 @@ One service connection (bound as C{binddn}, or anonymous) carries all
 searches and is reopened when it drops; each user bind uses its own
 short-lived connection, so the service connection is never re-bound as a
 user.
+
+The name a login or a recipient gets (and so its mailbox) is the
+directory's spelling, not the client's: the C{user_attribute} value, or
+else the value of the attribute the filter matched C{%n}/C{%u} against
+(C{uid=%n}: the entry's C{uid}).  Directories match C{uid} and C{mail}
+case-insensitively, so C{BOB@Example.ORG} finds C{uid=bob} and is named
+C{bob@example.org}, as is a recipient C{Bob@Example.org}.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapCl
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from popgate.cred.names import normalize_user
 from popgate.cred.userinfo import AvatarId, UserInfo
 from popgate.errors import TemporaryFailure
 from popgate.interfaces import IUserLookup
@@ -103,6 +111,21 @@ def expand_filter(template: str, user: str) -> str:
         return escape_filter_value(values[key])
 
     return _PLACEHOLDER.sub(fill, template)
+
+
+# An equality assertion on exactly the user name or its local part:
+# (uid=%n), (mail=%u), (mail=%n@%d).  The entry's value there is the name's
+# stored spelling.
+_NAME_ASSERTION = re.compile(r"\(([A-Za-z][A-Za-z0-9-]*)=(%u|%n|%n@%d)\)")
+
+
+def name_attributes(template: str) -> list[tuple[str, bool]]:
+    """
+    The attributes a filter compares with the whole user name (C{True}) or
+    its local part (C{False}), in filter order: where the directory's
+    spelling of the name is found.
+    """
+    return [(m.group(1), m.group(2) != "%n") for m in _NAME_ASSERTION.finditer(template)]
 
 
 def _parse_filter(text: str) -> Any:
@@ -294,12 +317,16 @@ class _Entry:
     attributes: dict[str, list[str]]
 
     def first(self, name: str | None) -> str | None:
+        values = self.values(name)
+        return values[0] if values else None
+
+    def values(self, name: str | None) -> list[str]:
         if name is None:
-            return None
+            return []
         for key, values in self.attributes.items():
             if key.lower() == name.lower() and values:
-                return values[0]
-        return None
+                return values
+        return []
 
 
 def _text(value: bytes | str) -> str:
@@ -332,7 +359,13 @@ class LDAPChecker:
         self._given_reactor = reactor
         self._service: LDAPClient | None = None
         self._service_lock = DeferredLock()
-        self._fetch_attributes = [a for a in (settings.user_attribute, settings.mail_attribute) if a] or ["1.1"]
+        self._name_attributes = name_attributes(settings.filter)
+        wanted = [settings.user_attribute, settings.mail_attribute, *(a for a, _ in self._name_attributes)]
+        fetch: dict[str, str] = {}
+        for attribute in wanted:
+            if attribute:
+                fetch.setdefault(attribute.lower(), attribute)
+        self._fetch_attributes = list(fetch.values()) or ["1.1"]
         self._tls: Any = None
 
     @property
@@ -376,6 +409,7 @@ class LDAPChecker:
         secret = password.encode("utf-8") if isinstance(password, str) else password
         if not user:
             raise UnauthorizedLogin("empty user name")
+        user = normalize_user(user)
         if not secret:
             # An empty password makes a simple bind unauthenticated, which
             # many servers accept: never send one.
@@ -385,8 +419,7 @@ class LDAPChecker:
             self.log.info("LDAP login refused for {user!r}: no single entry", user=user)
             raise UnauthorizedLogin("no such user")
         await self._bind_as_user(user, entry.dn, secret)
-        return AvatarId(entry.first(self.settings.user_attribute) or user,
-                        entry.first(self.settings.mail_attribute))
+        return AvatarId(self._canonical(entry, user), entry.first(self.settings.mail_attribute))
 
     async def _lookup(self, name: str | bytes) -> UserInfo | None:
         if isinstance(name, bytes):
@@ -396,13 +429,34 @@ class LDAPChecker:
                 return None
         if not name:
             return None
+        name = normalize_user(name)
         entry = await self._find(name, ambiguous_is_error=True)
         if entry is None:
             return None
         return UserInfo(
-            name=entry.first(self.settings.user_attribute) or name,
+            name=self._canonical(entry, name),
             mail_location=entry.first(self.settings.mail_attribute),
         )
+
+    def _canonical(self, entry: _Entry, user: str) -> str:
+        """
+        The directory's spelling of C{user}: the C{user_attribute} value,
+        else the value that matched C{%u}/C{%n} in the filter (when several
+        values, the one equal to C{user} ignoring case), else C{user}; its
+        domain lower-cased.  Login and delivery both name the user so.
+        """
+        stored = entry.first(self.settings.user_attribute)
+        if stored:
+            return normalize_user(stored)
+        local, at, domain = user.rpartition("@")
+        if not at:
+            local = user
+        for attribute, whole in self._name_attributes:
+            typed = (user if whole else local).casefold()
+            for value in entry.values(attribute):
+                if value.casefold() == typed:
+                    return normalize_user(value if whole or not at else f"{value}@{domain}")
+        return user
 
     async def _find(self, user: str, ambiguous_is_error: bool = False) -> _Entry | None:
         """The one entry the filter finds for C{user}, or C{None}."""

@@ -19,6 +19,13 @@ does not tell which users exist.
 The pool uses C{cp_reconnect}; in addition a query that fails on a dead
 pooled connection (database restarted, idle connection killed) is retried
 once on a fresh one, so a restart costs no failed logins.
+
+The user's name (and so their mailbox) is the database's spelling when the
+query returns a column named C{user} (C{SELECT password, userid AS user},
+as Dovecot's C{user} field): under MySQL's case-insensitive collations a
+login as C{BOB} then is C{bob}, as a recipient C{Bob} is.  Without that
+column the name is the one given.  The domain is lower-cased before the
+query either way (L{popgate.cred.names}).
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from popgate.cred import schemes
+from popgate.cred.names import normalize_user
 from popgate.cred.userinfo import AvatarId, UserInfo
 from popgate.errors import TemporaryFailure
 from popgate.interfaces import IUserLookup
@@ -55,7 +63,9 @@ __all__ = [
     "parse_args",
 ]
 
-DEFAULT_QUERY = "SELECT password FROM users WHERE userid = %(user)s"
+DEFAULT_QUERY = "SELECT password, userid AS user FROM users WHERE userid = %(user)s"
+#: A result column of this name (any case) is the user's stored name.
+USER_COLUMN = "user"
 PLACEHOLDERS = ("user", "localpart", "domain")
 DEFAULT_TIMEOUT = 5.0
 MAX_USER_LENGTH = 320
@@ -101,6 +111,26 @@ class _Query:
             localpart, domain = name, ""
         values = {"user": name, "localpart": localpart, "domain": domain}
         return {key: values[key] for key in self.names}
+
+
+@dataclass(frozen=True)
+class _Row:
+    """
+    One result row: its columns but the C{user} one, in order (password,
+    mail location), and the C{user} column's value if the query has one.
+    """
+
+    columns: tuple[Any, ...]
+    user: Any = None
+    has_user: bool = False
+
+
+def _rows(description: Any, fetched: list[Any]) -> list[_Row]:
+    names = [str(column[0]).lower() for column in description or ()]
+    if USER_COLUMN not in names:
+        return [_Row(tuple(row)) for row in fetched]
+    i = names.index(USER_COLUMN)
+    return [_Row(tuple(row[:i]) + tuple(row[i + 1:]), row[i], True) for row in fetched]
 
 
 def compile_query(query: str, paramstyle: str) -> _Query:
@@ -257,7 +287,9 @@ class SQLChecker:
     crypt string, or a bare value in C{default_scheme}) in its first column
     and, optionally, the mail location in the second.  C{user_query} serves
     L{lookup_user} (default: the password query); its first row means "the
-    user exists", its second column is the mail location.
+    user exists", its second column is the mail location.  In either, a
+    column named C{user} is the user's stored name (not counted in the
+    positions above).
 
     APOP (L{IUsernameHashedPassword}) only succeeds for C{{PLAIN}} /
     C{{CLEARTEXT}} passwords: it needs the secret itself.
@@ -316,6 +348,7 @@ class SQLChecker:
         # A hash from this database, checked for unknown users so they cost
         # what real ones do.  Starts as schemes' bcrypt dummy.
         self._representative = schemes.DUMMY_HASH
+        self._hinted_user_column = False
 
     # -- ICredentialsChecker ----------------------------------------------
 
@@ -336,13 +369,13 @@ class SQLChecker:
         if checked is None:
             return defer.succeed(None)
 
-        def found(rows: list[tuple[Any, ...]]) -> UserInfo | None:
+        def found(rows: list[_Row]) -> UserInfo | None:
             if not rows:
                 return None
             if len(rows) > 1:
                 self.log.error("sql: configuration error: user_query returns several rows for {user!r}", user=checked)
                 raise TemporaryFailure("user_query returns several rows")
-            return UserInfo(checked, self._mail_location(rows[0], checked))
+            return UserInfo(self._canonical(rows[0], checked), self._mail_location(rows[0], checked))
 
         return self._fetch(self._user_query, checked).addCallback(found)
 
@@ -354,7 +387,7 @@ class SQLChecker:
 
     # -- checking ----------------------------------------------------------
 
-    def _check(self, rows: list[tuple[Any, ...]], credentials: Any, name: str) -> Any:
+    def _check(self, rows: list[_Row], credentials: Any, name: str) -> Any:
         if not rows:
             self.log.info("sql: unknown user {user!r}", user=name)
             return self._refuse(credentials)
@@ -362,14 +395,14 @@ class SQLChecker:
             self.log.error("sql: configuration error: the query returns several rows for {user!r}", user=name)
             return self._refuse(credentials)
         try:
-            stored = _text(rows[0][0])
+            stored = _text(rows[0].columns[0]) if rows[0].columns else None
         except (TypeError, UnicodeDecodeError) as e:
             self.log.error("sql: configuration error: unreadable password for {user!r}: {error}", user=name, error=e)
             return self._refuse(credentials)
         if not stored:
             self.log.info("sql: user {user!r} has no password", user=name)
             return self._refuse(credentials)
-        name = AvatarId(name, self._mail_location(rows[0], name))
+        name = AvatarId(self._canonical(rows[0], name), self._mail_location(rows[0], name))
         if IUsernamePassword.providedBy(credentials):
             return self._verify(credentials, stored, name)
         if IUsernameHashedPassword.providedBy(credentials):
@@ -423,18 +456,41 @@ class SQLChecker:
 
         return d.addBoth(refuse)
 
-    def _mail_location(self, row: tuple[Any, ...], name: str) -> str | None:
-        if len(row) < 2:
+    def _canonical(self, row: _Row, name: str) -> str:
+        """The name as the C{user} column spells it, else C{name}."""
+        if not row.has_user:
+            if self._kind == "mysql" and not self._hinted_user_column:
+                self._hinted_user_column = True
+                self.log.warn(
+                    "sql: the query returns no `user` column, so users are named as they type: "
+                    "under MySQL's case-insensitive collations `Bob` and `bob` would get two "
+                    "mailboxes (add `userid AS user` to the query)")
+            return name
+        try:
+            stored = _text(row.user)
+        except (TypeError, UnicodeDecodeError):
+            stored = None
+        canonical = self._user_name(stored) if stored else None
+        if canonical is None:
+            self.log.error("sql: configuration error: the user column holds no usable name for {user!r}", user=name)
+            return name
+        return canonical
+
+    def _mail_location(self, row: _Row, name: str) -> str | None:
+        if len(row.columns) < 2:
             return None
         try:
-            return _text(row[1]) or None
+            return _text(row.columns[1]) or None
         except (TypeError, UnicodeDecodeError) as e:
             self.log.error("sql: configuration error: unreadable mail location for {user!r}: {error}", user=name, error=e)
             return None
 
     @staticmethod
     def _user_name(raw: bytes | str) -> str | None:
-        """The user name as text, or C{None} if it cannot name a user."""
+        """
+        The user name as text, domain lower-cased, or C{None} if it cannot
+        name a user.
+        """
         try:
             name = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         except UnicodeDecodeError:
@@ -444,11 +500,11 @@ class SQLChecker:
             # error, i.e. a temporary failure) and padding (MySQL ignores
             # trailing spaces when comparing) never name a user.
             return None
-        return name
+        return normalize_user(name)
 
     # -- the database ------------------------------------------------------
 
-    def _fetch(self, query: _Query, name: str) -> defer.Deferred[list[tuple[Any, ...]]]:
+    def _fetch(self, query: _Query, name: str) -> defer.Deferred[list[_Row]]:
         """Up to two rows of C{query} for C{name}; database trouble is L{TemporaryFailure}."""
         try:
             pool = self._get_pool()
@@ -458,7 +514,7 @@ class SQLChecker:
         d = pool.runWithConnection(self._select, query.text, query.params(name))
         d.addTimeout(self.timeout, self._get_reactor())
 
-        def fetched(result: tuple[list[tuple[Any, ...]], bool]) -> list[tuple[Any, ...]]:
+        def fetched(result: tuple[list[_Row], bool]) -> list[_Row]:
             rows, reconnected = result
             if reconnected:
                 self.log.info("sql: reconnected to {dsn}", dsn=_redact(self.dsn))
@@ -474,7 +530,7 @@ class SQLChecker:
 
         return d.addCallbacks(fetched, failed)
 
-    def _select(self, conn: Any, text: str, params: dict[str, str]) -> tuple[list[tuple[Any, ...]], bool]:
+    def _select(self, conn: Any, text: str, params: dict[str, str]) -> tuple[list[_Row], bool]:
         """
         Run in a pool thread.  If the query fails because the pooled
         connection died, reconnect and retry once.
@@ -489,14 +545,14 @@ class SQLChecker:
         return self._execute(conn, text, params), True
 
     @staticmethod
-    def _execute(conn: Any, text: str, params: dict[str, str] | None) -> list[tuple[Any, ...]]:
+    def _execute(conn: Any, text: str, params: dict[str, str] | None) -> list[_Row]:
         cursor = conn.cursor()
         try:
             if params is None:
                 cursor.execute(text)
             else:
                 cursor.execute(text, params)
-            return list(cursor.fetchmany(2))
+            return _rows(cursor.description, list(cursor.fetchmany(2)))
         finally:
             with contextlib.suppress(Exception):
                 cursor.close()

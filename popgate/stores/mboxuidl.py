@@ -73,9 +73,11 @@ class DuplicateIds:
             return
         lines = [b"%s %d %s\n" % (d.encode("ascii"), n, b" ".join(u))
                  for d, (n, u) in sorted(self.ids.items())]
-        tmp = self.path + ".tmp"
+        tmp = self.path + ".tmp"  # one left by a killed process is overwritten
         try:
-            with open(tmp, "wb") as f:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600)
+            with open(fd, "wb") as f:
                 f.writelines(lines)
                 f.flush()
                 os.fsync(f.fileno())

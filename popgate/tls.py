@@ -2,23 +2,20 @@
 The server's TLS configuration: one certificate (with its chain) and key,
 TLS 1.2 and 1.3 only, AEAD ciphers, no compression, no renegotiation.
 
-L{ServerTLS} hands every new connection the context loaded last, so
-L{ServerTLS.reload} (SIGHUP) puts a renewed certificate in force for new
-sessions while open ones keep the context they started with.
+L{ServerTLS} hands every new connection the context loaded last, so a
+reload (SIGHUP, through L{popgate.hangup}) puts a renewed certificate in
+force for new sessions while open ones keep the context they started with.
 """
 
 from __future__ import annotations
 
 import datetime
-import signal
-import threading
-from typing import Any
+from typing import Any, Callable
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
-from twisted.application import service
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -125,52 +122,37 @@ class ServerTLS:
         @return: whether the new files are in use.
         """
         try:
-            self._context, self.expires = load_context(self.cert_path, self.key_path)
+            log.info("{done}", done=self.reload_or_raise())
         except TLSConfigError as e:
             log.error("TLS certificate not reloaded, keeping the old one: {why}", why=str(e))
             return False
-        log.info("reloaded TLS certificate {cert} (expires {expires})",
-                 cert=self.cert_path, expires=self.expires)
         return True
 
+    def reload_or_raise(self) -> str:
+        """
+        Re-read the certificate and key, without logging.
 
-class ReloadOnHangup(service.Service):
+        @return: what was loaded, for a log line.
+        @raise TLSConfigError: the new pair is unusable; the old one stays.
+        """
+        self._context, self.expires = load_context(self.cert_path, self.key_path)
+        return f"reloaded TLS certificate {self.cert_path} (expires {self.expires})"
+
+
+def reload_on_hangup(tls: ServerTLS) -> tuple[Callable[[], str], str]:
     """
-    Reload the TLS certificate on SIGHUP (what certbot's deploy hook and
-    C{systemctl reload} send).  The signal handler only schedules the
-    reload in the reactor thread; any handler that was there is still
-    called.
+    The SIGHUP reload of C{tls} for L{popgate.hangup.HangupHook}: what
+    certbot's deploy hook and C{systemctl reload} ask for.  A broken new
+    pair keeps the old one and says why.
+
+    @return: the reload callback and what it reloads (for the start-up line).
     """
+    from popgate.hangup import ReloadFailed
 
-    name = "tls-reload"
+    def reload() -> str:
+        try:
+            return tls.reload_or_raise()
+        except TLSConfigError as e:
+            raise ReloadFailed(f"TLS certificate not reloaded, keeping the old one: {e}") from None
 
-    def __init__(self, tls: ServerTLS, reactor: Any) -> None:
-        self.tls = tls
-        self.reactor = reactor
-        self._previous: Any = None
-        self._installed = False
-
-    def startService(self) -> None:
-        super().startService()
-        log.info("TLS certificate {cert} (expires {expires}); SIGHUP re-reads it",
-                 cert=self.tls.cert_path, expires=self.tls.expires)
-        if threading.current_thread() is not threading.main_thread():
-            # signal.signal only works in the main thread (in-process test
-            # servers run the reactor elsewhere): call reload() directly.
-            log.info("not in the main thread: SIGHUP does not reload the certificate")
-            return
-        self._previous = signal.signal(signal.SIGHUP, self._on_hangup)
-        self._installed = True
-
-    def stopService(self) -> Any:
-        if self._installed:
-            # None: the old handler was not set from Python; put back the default.
-            previous = signal.SIG_DFL if self._previous is None else self._previous
-            signal.signal(signal.SIGHUP, previous)
-            self._installed = False
-        return super().stopService()
-
-    def _on_hangup(self, signum: int, frame: Any) -> None:
-        self.reactor.callFromThread(self.tls.reload)
-        if callable(self._previous):
-            self._previous(signum, frame)
+    return reload, f"TLS certificate {tls.cert_path} (expires {tls.expires})"

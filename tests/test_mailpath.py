@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pytest
 
+from popgate.cred.names import normalize_domain, normalize_user
+from popgate.cred.userinfo import AvatarId
 from popgate.errors import InvalidUserName, PermanentFailure
 from popgate.stores.mailpath import check_component, check_template, expand, split_user
 
@@ -102,3 +104,49 @@ def test_check_template_refuses(template: str) -> None:
 def test_unknown_placeholder_at_expansion() -> None:
     with pytest.raises(ValueError):
         expand("/var/mail/%x", "alice")
+
+
+@pytest.mark.parametrize("template, user, path", [
+    ("/var/mail/%d/%n", "Bob@Example.ORG", "/var/mail/example.org/Bob"),
+    ("/var/mail/%d/%n", "bob@example.org", "/var/mail/example.org/bob"),
+    ("/var/mail/%u", "Bob@Example.ORG", "/var/mail/Bob@example.org"),
+    ("/var/mail/%n", "Bob@Example.ORG", "/var/mail/Bob"),
+    ("/var/mail/%u", "Bob", "/var/mail/Bob"),
+    # The last @ separates: only what follows it is the domain.
+    ("/var/mail/%d/%n", "A@B@Example.ORG", "/var/mail/example.org/A@B"),
+    ("/var/mail/%d/%n", "x@B\u00dcCHER.Example", "/var/mail/b\u00fccher.example/x"),
+    ("/var/mail/%d/%n", "x@XN--BCHER-KVA.Example", "/var/mail/xn--bcher-kva.example/x"),
+])
+def test_the_domain_is_case_insensitive(template: str, user: str, path: str) -> None:
+    assert expand(template, user) == path
+
+
+def test_mixed_case_domains_get_one_mailbox() -> None:
+    paths = {expand("/m/%d/%n", f"bob@{d}") for d in ("example.org", "Example.org", "EXAMPLE.ORG")}
+    assert paths == {"/m/example.org/bob"}
+    assert expand("/m/%d/%n", "Bob@example.org") != expand("/m/%d/%n", "bob@example.org")
+
+
+@pytest.mark.parametrize("template, user", [
+    ("/var/mail/%d/%n", "alice@EX/AMPLE"),
+    ("/var/mail/%d/%n", "alice@.EXAMPLE.com"),
+    ("/var/mail/%d/%n", "ALICE@"),
+])
+def test_lower_casing_does_not_let_a_bad_domain_through(template: str, user: str) -> None:
+    with pytest.raises(InvalidUserName):
+        expand(template, user)
+
+
+def test_normalize_user_and_domain() -> None:
+    assert normalize_domain("Example.ORG") == "example.org"
+    # A U-label: Unicode lower case, composed (NFC), as one spelling.
+    assert normalize_domain("BU\u0308CHER.example") == "b\u00fccher.example"
+    assert normalize_user("Bob@Example.ORG") == "Bob@example.org"
+    assert normalize_user("Bob") == "Bob"
+    assert normalize_user("Bob@") == "Bob@"
+    same = "bob@example.org"
+    assert normalize_user(same) is same
+    # An avatar id keeps the mail location the user store gave with it.
+    avatar = normalize_user(AvatarId("Bob@Example.ORG", "/srv/mail/bob"))
+    assert isinstance(avatar, AvatarId)
+    assert (avatar, avatar.mail_location) == ("Bob@example.org", "/srv/mail/bob")

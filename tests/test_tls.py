@@ -7,11 +7,9 @@ listeners in this process; the options and the service they build.
 
 from __future__ import annotations
 
-import os
 import poplib
 import select
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -38,7 +36,7 @@ from popgate.pop3.settings import SessionSettings
 from popgate.realm import MaildropRealm
 from popgate.service import build_service
 from popgate.stores.memory import MemoryStore
-from popgate.tls import CIPHERS, ReloadOnHangup, ServerTLS, TLSConfigError
+from popgate.tls import CIPHERS, ServerTLS, TLSConfigError, reload_on_hangup
 from tests import reactor_thread
 from tests.services import need_program
 from tests.tlscerts import PKI, common_name, make_pki, write_encrypted_key
@@ -509,8 +507,8 @@ def test_options_build_pop3s_listeners_and_the_reload_service(pki: PKI, tmp_path
 
     top = build_service(options, reactor)
     names = [s.name for s in top]
-    assert names == ["pop3s tcp:0:interface=127.0.0.1", "pop3s tcp6:0:interface=\\:\\:1",
-                     "tls-reload"]
+    assert names == ["hangup", "pop3s tcp:0:interface=127.0.0.1", "pop3s tcp6:0:interface=\\:\\:1"]
+    assert top.getServiceNamed("hangup").hangup().startswith("reloaded TLS certificate")
 
 
 def test_without_tls_options_there_is_no_tls(tmp_path: Path) -> None:
@@ -520,7 +518,9 @@ def test_without_tls_options_there_is_no_tls(tmp_path: Path) -> None:
     from twisted.internet import reactor
 
     top = build_service(options, reactor)
-    assert [s.name for s in top] == ["pop3 tcp:110"]
+    assert [s.name for s in top] == ["hangup", "pop3 tcp:110"]
+    assert top.getServiceNamed("hangup").hangup() == (
+        "nothing to reload (no TLS certificate configured)")
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -561,30 +561,29 @@ allow_plaintext_auth = true
     assert options["pop3s"] == ["tcp:1995"]
 
 
-class RecordingReactor:
-    def __init__(self) -> None:
-        self.calls: list[Any] = []
+def test_the_hangup_reload_keeps_a_broken_pair_out(pki: PKI, tmp_path: Path) -> None:
+    """SIGHUP (popgate.hangup) reloads through reload_on_hangup: a new
+    pair is used; a broken one is refused in one line and the old stays."""
+    from popgate.hangup import ReloadFailed
 
-    def callFromThread(self, f: Any, *a: Any) -> None:
-        self.calls.append(f)
-
-
-def test_sighup_schedules_a_reload_in_the_reactor(pki: PKI) -> None:
-    tls = ServerTLS(str(pki.cert), str(pki.key))
-    reactor = RecordingReactor()
-    seen: list[int] = []
-    previous = signal.signal(signal.SIGHUP, lambda signum, frame: seen.append(signum))
-    try:
-        service = ReloadOnHangup(tls, reactor)
-        service.startService()
-        os.kill(os.getpid(), signal.SIGHUP)
-        assert reactor.calls == [tls.reload]
-        assert seen == [signal.SIGHUP]  # the handler that was there still runs
-        service.stopService()
-        os.kill(os.getpid(), signal.SIGHUP)
-        assert reactor.calls == [tls.reload] and len(seen) == 2
-    finally:
-        signal.signal(signal.SIGHUP, previous)
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    shutil.copy(pki.cert, cert)
+    shutil.copy(pki.key, key)
+    tls = ServerTLS(str(cert), str(key))
+    reload, description = reload_on_hangup(tls)
+    assert description.startswith(f"TLS certificate {cert} (expires ")
+    before = tls.getContext()
+    shutil.copy(pki.other_cert, cert)
+    shutil.copy(pki.other_key, key)
+    assert reload().startswith(f"reloaded TLS certificate {cert} (expires ")
+    renewed = tls.getContext()
+    assert renewed is not before
+    key.write_text("not a key")
+    with pytest.raises(ReloadFailed) as e:
+        reload()
+    assert str(e.value) == ("TLS certificate not reloaded, keeping the old one: "
+                            f"no usable PEM private key in {key}")
+    assert tls.getContext() is renewed
 
 
 def test_haproxy_client_address_decides_and_stls_works_behind_it(pki: PKI) -> None:

@@ -465,7 +465,16 @@ class MaildirStore:
 
 
 def make_store(argstring: str) -> MaildirStore:
-    """The C{maildir:TEMPLATE} store plugin."""
+    """
+    The C{maildir:TEMPLATE[,shared=yes]} store plugin.  A template without
+    C{%u}/C{%n} is refused unless C{shared=yes}: every user would read
+    everyone's mail.
+
+    @raise ValueError: with a one-line reason.
+    """
     if not argstring:
         raise ValueError("maildir: needs a location template, e.g. maildir:/var/mail/%d/%n")
-    return MaildirStore(argstring)
+    template, shared = mailpath.pop_shared(argstring, "maildir")
+    mailpath.check_template(template)
+    mailpath.check_per_user(template, "maildir", shared)
+    return MaildirStore(template)

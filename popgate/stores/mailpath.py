@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 
+from popgate.cred.names import normalize_user
 from popgate.errors import InvalidUserName
 
 _PLACEHOLDER = re.compile(r"%(.)")
@@ -32,11 +33,13 @@ def check_component(value: str, what: str) -> str:
 def expand(template: str, user: str) -> str:
     """
     Expand C{%u} (full user name), C{%n} (local part), C{%d} (domain) and
-    C{%%} in C{template}.
+    C{%%} in C{template}.  The domain (in C{%d} and C{%u}) is lower-cased,
+    so C{Bob@Example.org} and C{Bob@example.org} share one mailbox.
 
     @raise InvalidUserName: if the user name or a part that the template
         uses is empty or could leave the directory (C{..}, C{/}, NUL, ...).
     """
+    user = normalize_user(user)
     local, domain = split_user(user)
 
     def value(match: re.Match[str]) -> str:
@@ -66,3 +69,71 @@ def check_template(template: str) -> str:
             raise ValueError(f"unknown placeholder %{match.group(1)} in {template!r} "
                              "(use %u, %n, %d or %%)")
     return template
+
+
+def placeholders(template: str) -> set[str]:
+    """The placeholders C{template} uses, without their C{%} (C{%%} included)."""
+    return {match.group(1) for match in _PLACEHOLDER.finditer(template)}
+
+
+def is_per_user(template: str) -> bool:
+    """Whether C{template} names a different place for each user: it uses
+    C{%u} or C{%n} (C{%d} alone gives a whole domain one mailbox)."""
+    return bool(placeholders(template) & {"u", "n"})
+
+
+def check_per_user(template: str, kind: str, shared: bool = False) -> str:
+    """
+    Refuse, at start-up, a template that gives every user the same mailbox
+    (C{maildir:/srv/mail/shared}): each would read and delete the others'
+    mail.  C{shared=yes} in the store's arguments says it is meant.
+
+    @param kind: the store type, for the message (C{maildir}, C{mbox}).
+    @raise ValueError: with a one-line reason.
+    """
+    if not shared and not is_per_user(template):
+        who = "every user of a domain" if "d" in placeholders(template) else "every user"
+        raise ValueError(f"{kind}: the path {template} has no per-user placeholder (%u, %n); "
+                         f"{who} would share one mailbox — add shared=yes if that is "
+                         "really wanted")
+    return template
+
+
+def fixed_root(template: str) -> str:
+    """
+    The directory every expansion of C{template} lies in, known before any
+    user logs in: the directory part of the text before the first
+    placeholder (C{/var/mail/vhosts/%d/%n} -> C{/var/mail/vhosts},
+    C{/home/%n/Maildir} -> C{/home}); a template without placeholders is
+    its own path.
+    """
+    literal = []
+    for piece in re.split(r"(%.)", template):
+        if piece == "%%":
+            literal.append("%")
+        elif len(piece) == 2 and piece.startswith("%"):
+            return os.path.dirname("".join(literal)) or "."
+        else:
+            literal.append(piece)
+    return "".join(literal)
+
+
+def pop_shared(argstring: str, kind: str) -> tuple[str, bool]:
+    """
+    Take the C{shared=yes|no} option out of a store's C{TEMPLATE[,key=value...]}
+    argument string; the rest is left for the store to parse as before.
+
+    @return: the argument string without it, and whether it said yes.
+    @raise ValueError: for a value other than yes or no.
+    """
+    first, *rest = argstring.split(",")
+    kept, shared = [first], False
+    for item in rest:
+        key, eq, value = item.partition("=")
+        if key.strip() != "shared" or not eq:
+            kept.append(item)
+        elif value.strip().lower() in ("yes", "no"):
+            shared = value.strip().lower() == "yes"
+        else:
+            raise ValueError(f"{kind}: shared must be yes or no")
+    return ",".join(kept), shared

@@ -20,7 +20,11 @@ directory (kept messages, then everything appended since the snapshot),
 fsyncs it, gives it the old file's owner and mode, renames it over the
 spool and fsyncs the directory, all while holding the dotlock and the fcntl
 lock.  If popgate dies at any point, the spool is either the old file or
-the new one, so every message that was not deleted is there exactly once.
+the new one, so every message that was not deleted is there exactly once;
+what it leaves behind does not hold up the next login: the dotlock names
+its dead owner and is broken at once (L{mboxlock.stale_reason}), and the
+temporary file is deleted (L{remove_leftover_rewrite}).
+
 The rename gives the spool a new inode; that is safe against Postfix and
 Exim because both take the dotlock before they open the spool, and popgate
 holds it until the new file is in place.  See docs/postfix.md.
@@ -108,14 +112,34 @@ def rewrite_path(spool: str) -> str:
     return os.path.join(directory, f".{name}{REWRITE_SUFFIX}")
 
 
+def remove_leftover_rewrite(spool: str) -> None:
+    """
+    Delete the temporary file of a QUIT rewrite that was killed before
+    its rename: it only ever holds copies of what the spool still holds.
+    Call it while no rewrite can run: holding the session lock (every
+    rewrite runs inside a session) and, unless C{dotlock=no}, the dotlock.
+    """
+    tmp = rewrite_path(spool)
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        log.warn("cannot remove {tmp}, left over from an interrupted QUIT: {e}", tmp=tmp, e=e)
+        return
+    log.info("removed {tmp}, left over from an interrupted QUIT (the spool is intact)", tmp=tmp)
+
+
 def read_snapshot(spool: str, locks: LockSettings) -> Snapshot:
     """
     Read the spool under the MTA's locks (dotlock, fcntl read lock), then
-    let go of them; the returned descriptor stays open for RETR.
+    let go of them; the returned descriptor stays open for RETR.  A
+    rewrite's leftover temporary file is removed on the way.
     Blocking: call it in a thread.
     """
     dotlock = mboxlock.acquire_dotlock(spool, locks)
     try:
+        remove_leftover_rewrite(spool)
         try:
             fd = os.open(spool, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -501,5 +525,9 @@ def parse_argstring(argstring: str) -> MboxSettings:
 
 
 def make_store(argstring: str) -> MboxStore:
-    """The C{mbox:TEMPLATE[,options]} store plugin."""
-    return MboxStore(parse_argstring(argstring))
+    """The C{mbox:TEMPLATE[,options][,shared=yes]} store plugin; a template
+    without C{%u}/C{%n} needs C{shared=yes} (L{mailpath.check_per_user})."""
+    argstring, shared = mailpath.pop_shared(argstring, "mbox")
+    settings = parse_argstring(argstring)
+    mailpath.check_per_user(settings.template, "mbox", shared)
+    return MboxStore(settings)

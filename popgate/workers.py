@@ -13,11 +13,9 @@ The maildrop lock is an C{flock}, so it stays exclusive across workers.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import sys
-import threading
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from twisted.application import service
 from twisted.internet import protocol
@@ -27,6 +25,8 @@ from twisted.python import usage
 log = Logger()
 
 _RESTART_DELAY = 1.0
+#: What the parent writes to a worker's standard input for a SIGHUP.
+HANGUP_LINE = b"hangup\n"
 
 
 def parse_tcp_endpoint(description: str) -> tuple[socket.AddressFamily, str, int, int]:
@@ -89,15 +89,23 @@ class ReusePortListener(service.Service):
         self.description = description
         self.factory = factory
         self.port: Any = None
+        #: Called with the listening port (popgate.limits watches it).
+        self.on_port: Callable[[Any], None] | None = None
+
+    def _listen(self) -> Any:
+        port = listen_reuseport(self.reactor, self.description, self.factory)
+        if self.on_port is not None:
+            self.on_port(port)
+        return port
 
     def privilegedStartService(self) -> None:
         # Bind before twistd drops privileges (port 110 needs root).
-        self.port = listen_reuseport(self.reactor, self.description, self.factory)
+        self.port = self._listen()
         super().privilegedStartService()
 
     def startService(self) -> None:
         if self.port is None:
-            self.port = listen_reuseport(self.reactor, self.description, self.factory)
+            self.port = self._listen()
         super().startService()
 
     def stopService(self) -> Any:
@@ -116,10 +124,21 @@ class _Worker(protocol.ProcessProtocol):
 
 
 class ParentWatcher(protocol.Protocol):
-    """In a worker: stop the reactor when the parent's pipe closes."""
+    """In a worker: stop the reactor when the parent's pipe closes; reload
+    (C{hangup}) for each L{HANGUP_LINE} the parent sends."""
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, hangup: Callable[[], Any] | None = None) -> None:
         self.reactor = reactor
+        self.hangup = hangup
+        self._buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        # The parent writes nothing but whole HANGUP_LINEs; the (bounded)
+        # buffer keeps one split across two reads.  Several make one reload.
+        lines = (self._buffer + data).split(b"\n")
+        self._buffer = lines.pop()[:len(HANGUP_LINE)]
+        if HANGUP_LINE.rstrip(b"\n") in lines and self.hangup is not None:
+            self.hangup()
 
     def connectionLost(self, reason: Any = None) -> None:
         log.info("parent process gone: worker stopping")
@@ -136,20 +155,26 @@ class WorkerPool(service.Service):
         self.argv = list(argv)
         self.workers: dict[int, Any] = {}
         self._stopping = False
-        self._previous_hup: Any = None
 
     def startService(self) -> None:
         super().startService()
         for number in range(1, self.count):
             self._spawn(number)
-        if threading.current_thread() is threading.main_thread():
-            self._previous_hup = signal.signal(signal.SIGHUP, self._on_hangup)
 
-    def _on_hangup(self, signum: int, frame: Any) -> None:
-        """Pass SIGHUP (re-read the certificate) on to every worker."""
-        self.reactor.callFromThread(self._signal_all, "HUP")
-        if callable(self._previous_hup):
-            self._previous_hup(signum, frame)
+    def pass_on_hangup(self) -> str:
+        """
+        A L{popgate.hangup.HangupHook} forward: every worker reloads too.
+        Told over its standard input, not with a signal: a worker still
+        starting (no handler yet) would die of SIGHUP, but finds the line
+        waiting in the pipe once it reads.
+        """
+        for transport in list(self.workers.values()):
+            try:
+                transport.write(HANGUP_LINE)
+            except Exception:  # already gone
+                pass
+        count = len(self.workers)
+        return f"passed on to {count} worker{'s' if count != 1 else ''}"
 
     def _signal_all(self, name: str) -> None:
         for transport in list(self.workers.values()):
@@ -197,7 +222,7 @@ def worker_main(argv: Sequence[str]) -> None:
     options = Options()
     options.parseOptions(list(argv) + ["--worker"])
     top = makeService(options, reactor)
-    stdio.StandardIO(ParentWatcher(reactor), reactor=reactor)
+    stdio.StandardIO(ParentWatcher(reactor, top.getServiceNamed("hangup").hangup), reactor=reactor)
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])

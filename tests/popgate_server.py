@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,15 +38,18 @@ class PopgateProcess:
 
     @param pop3s: also listen for POP3S on C{self.pop3s_port} (give
         C{--tls-cert} and C{--tls-key} in C{args}).
+    @param popen: more keyword arguments for C{subprocess.Popen}
+        (C{preexec_fn} setting a resource limit, C{pass_fds}).
     """
 
     def __init__(self, args: Sequence[str], port: int | None = None, log_path: str | None = None,
-                 pop3s: bool = False) -> None:
+                 pop3s: bool = False, popen: dict[str, Any] | None = None) -> None:
         self.port = port or free_port()
         self.pop3s_port: int | None = free_port() if pop3s else None
         self.args = list(args)
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
+        self.popen = popen or {}
 
     def __enter__(self) -> "PopgateProcess":
         cmd = twistd_command() + ["-n", "--pidfile=", "popgate",
@@ -55,7 +58,7 @@ class PopgateProcess:
             cmd += ["--pop3s", f"tcp:{self.pop3s_port}:interface=127.0.0.1"]
         self._log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                        env=child_env(), cwd=REPO)
+                                        env=child_env(), cwd=REPO, **self.popen)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

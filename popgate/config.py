@@ -13,13 +13,14 @@ from typing import Any
 from twisted.python import usage
 
 # key -> (type, repeatable)
-LIST_KEYS = {"pop3", "pop3s", "auth", "lmtp"}
+LIST_KEYS = {"pop3", "pop3s", "auth", "lmtp", "exempt_networks"}
 SCALAR_KEYS: dict[str, type | tuple[type, ...]] = {
     "store": str,
     "implementation": str,
     "greeting": str,
     "hostname": str,
     "idle_timeout": (int, float),
+    "login_timeout": (int, float),
     "auth_failure_delay": (int, float),
     "max_auth_failures": int,
     "max_bad_commands": int,
@@ -29,6 +30,8 @@ SCALAR_KEYS: dict[str, type | tuple[type, ...]] = {
     "auth_cache_ttl": (int, float),
     "auth_cache_negative_ttl": (int, float),
     "workers": int,
+    "max_connections": int,
+    "max_connections_per_ip": int,
 }
 
 

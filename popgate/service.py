@@ -15,12 +15,18 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from popgate.cred.cache import CachingChecker
 from popgate.cred.chain import ChainedChecker
 from popgate.delivery.service import lmtp_factory
+from popgate.hangup import hangup_hook
+from popgate.limits import LMTP_REFUSALS, LimitedFactory, build_limits, prepare_listener
 from popgate.workers import ReusePortListener, WorkerPool
-from popgate.cred.throttle import LoginThrottle
+from popgate.cred.penalty import LoginPenalty
 from popgate.pop3.factory import POP3ServerFactory
 from popgate.pop3.settings import SessionSettings
 from popgate.realm import MaildropRealm
-from popgate.tls import ReloadOnHangup
+
+
+# Dovecot's auth penalty: 2 s after the first failure, doubling to 15 s.
+_PENALTY_BASE = 2.0
+_PENALTY_MAX = 15.0
 
 
 def build_portal(store: Any, checkers: list[Any], cache: tuple[float, float] = (0, 0),
@@ -52,6 +58,7 @@ def session_settings(options: Any) -> SessionSettings:
         "greeting": "greeting",
         "hostname": "hostname",
         "idle-timeout": "idle_timeout",
+        "login-timeout": "login_timeout",
         "auth-failure-delay": "auth_failure_delay",
         "max-auth-failures": "max_auth_failures",
         "max-bad-commands": "max_bad_commands",
@@ -73,38 +80,48 @@ def build_service(options: Any, reactor: Any = None) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor
     top = service.MultiService()
+    tls = options.get("tls_object")
+    # First, so SIGHUP is handled before anything else starts; in every
+    # configuration, since its default action kills the process.
+    hangup = hangup_hook(reactor, tls)
+    hangup.setServiceParent(top)
     cache = (_option(options, "auth-cache-ttl", 60.0), _option(options, "auth-cache-negative-ttl", 10.0))
     portal = build_portal(options["store_object"], options["credCheckers"], cache, reactor)
     settings = session_settings(options)
-    # Failed logins from one address wait longer each time (doubling from
-    # the failure delay, capped), across connections: Dovecot's auth penalty.
-    throttle = LoginThrottle(reactor, base_delay=settings.auth_failure_delay,
-                             max_delay=max(15.0, settings.auth_failure_delay))
-    tls = options.get("tls_object")
-    factory = POP3ServerFactory(portal, settings, reactor, throttle=throttle, tls=tls)
+    # After failed logins from an address, its every login waits (doubling,
+    # capped) before it is checked, one check at a time per address.
+    penalty = LoginPenalty(reactor, base_delay=_PENALTY_BASE, max_delay=_PENALTY_MAX,
+                           exempt_networks=tuple(options.get("exempt-networks") or ()))
+    factory = POP3ServerFactory(portal, settings, reactor, penalty=penalty, tls=tls)
     shared = (options.get("workers") or 1) > 1 or bool(options.get("worker"))
+    # One count of connections for every listener of this process.
+    limits = build_limits(options, reactor)
+    pop3 = LimitedFactory(factory, limits.connections)
 
     def listen(kind: str, endpoint: str, listening_factory: Any) -> None:
+        description, listening_factory = prepare_listener(endpoint, listening_factory, reactor)
         if shared:
-            listener: Any = ReusePortListener(reactor, endpoint, listening_factory)
+            listener: Any = ReusePortListener(reactor, description, listening_factory)
         else:
-            listener = strports.service(endpoint, listening_factory, reactor=reactor)
+            listener = strports.service(description, listening_factory, reactor=reactor)
+        limits.watch(listener)
         listener.setName(f"{kind} {endpoint}")
         listener.setServiceParent(top)
 
     for endpoint in options["pop3"]:
-        listen("pop3", endpoint, factory)
+        listen("pop3", endpoint, pop3)
     for endpoint in options.get("pop3s") or []:
         # The same protocol behind a TLS layer: it sees an ISSLTransport,
         # so it knows the session is secure and offers no STLS.
-        listen("pop3s", endpoint, TLSMemoryBIOFactory(tls, False, factory, clock=reactor))
+        # The limits inside TLS, so a refusal is sent over TLS.
+        listen("pop3s", endpoint, TLSMemoryBIOFactory(tls, False, pop3, clock=reactor))
     if options.get("lmtp"):
         delivery = lmtp_factory(options, options["store_object"], options["credCheckers"], reactor)
         for endpoint in options["lmtp"]:
-            listen("lmtp", endpoint, delivery)
+            listen("lmtp", endpoint, LimitedFactory(delivery, limits.connections, per_ip=False,
+                                                    refusals=LMTP_REFUSALS))
     if shared and not options.get("worker"):
-        # Before ReloadOnHangup, whose SIGHUP handler then chains to ours.
-        WorkerPool(reactor, options["workers"], options.raw_args).setServiceParent(top)
-    if tls is not None:
-        ReloadOnHangup(tls, reactor).setServiceParent(top)
+        pool = WorkerPool(reactor, options["workers"], options.raw_args)
+        pool.setServiceParent(top)
+        hangup.pass_on(pool.pass_on_hangup)
     return top

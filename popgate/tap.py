@@ -26,6 +26,16 @@ def _number(kind: type, name: str, minimum: float = 0) -> Any:
     return convert
 
 
+def _networks(value: Any) -> list[str]:
+    """C{CIDR[,CIDR...]} (or a TOML list of them) as a list of networks."""
+    from popgate.limits import parse_networks
+
+    try:
+        return [str(n) for n in parse_networks([value] if isinstance(value, str) else value)]
+    except ValueError as e:
+        raise ValueError(f"--exempt-networks: {e}")
+
+
 class Options(usage.Options, strcred.AuthOptionMixin):
     """
     Every option has a twin in the TOML file given with C{--config};
@@ -54,6 +64,9 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["idle-timeout", None, None, "Seconds before an idle session is closed "
                                      "(default 600, the RFC 1939 minimum).",
          _number(float, "idle-timeout", 1)],
+        ["login-timeout", None, None, "Seconds from connect to login after which the "
+                                      "connection is closed, activity or not (default 180; "
+                                      "0: off).", _number(float, "login-timeout")],
         ["auth-failure-delay", None, None, "Seconds before answering a failed login (default 1).",
          _number(float, "auth-failure-delay")],
         ["max-auth-failures", None, None, "Failed logins before disconnecting (default 3).",
@@ -69,6 +82,15 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["workers", None, None, "Processes sharing the listening ports with SO_REUSEPORT, to "
                                 "use every core (default 1; tcp: endpoints only).",
          _number(int, "workers", 1)],
+        ["max-connections", None, None, "Connections at once, all listeners together (default "
+                                        "0: derived from the file descriptor limit).",
+         _number(int, "max-connections")],
+        ["max-connections-per-ip", None, None, "POP3/POP3S connections at once from one "
+                                               "address, IPv6 per /64 (default 20; 0: none).",
+         _number(int, "max-connections-per-ip")],
+        ["exempt-networks", None, None, "CIDR[,CIDR...]: trusted clients (a webmail, a proxy) "
+                                        "with no per-address connection limit and no login "
+                                        "penalty (default none).", _networks],
     ]
 
     optFlags: list[list[Any]] = [
@@ -147,6 +169,12 @@ class Options(usage.Options, strcred.AuthOptionMixin):
                 self[option] = value
         if not self["pop3"] and not self["pop3s"]:
             self["pop3"] = ["tcp:110"]
+        try:
+            self["exempt-networks"] = _networks(self["exempt-networks"] or [])
+            for name in ("max-connections", "max-connections-per-ip"):
+                _number(int, name)(0 if self[name] is None else self[name])
+        except ValueError as e:
+            raise usage.UsageError(str(e))
         self["tls_object"] = self._load_tls()
         if not self["store"]:
             raise usage.UsageError("no mail store: give --store TYPE:ARGS (see --help-stores)")
@@ -168,6 +196,9 @@ class Options(usage.Options, strcred.AuthOptionMixin):
 
             for endpoint in self["pop3"] + self["pop3s"] + self["lmtp"]:
                 parse_tcp_endpoint(endpoint)
+        from popgate.startup_checks import check
+
+        check(self)  # last: every path is known; as the --uid user
 
     def _load_tls(self) -> Any:
         """The L{popgate.tls.ServerTLS} the options ask for, or None."""

@@ -67,19 +67,24 @@ class PausingTransport(StringTransport):
         self.high = high
         self.pending = 0
         self.pauses = 0
+        self.producer_paused = False
 
     def write(self, data: bytes) -> None:
         super().write(data)
         self.pending += len(data)
-        if self.producer is not None and self.streaming and self.pending > self.high:
+        if (self.producer is not None and self.streaming and self.pending > self.high
+                and not self.producer_paused):
             self.pauses += 1
+            self.producer_paused = True
             self.producer.pauseProducing()
 
     def drain(self) -> bool:
-        """The peer read everything: resume the producer.  False if none."""
+        """The peer read everything: resume the producer if it was paused
+        (as TCP does once its buffer is empty).  False if it was not."""
         self.pending = 0
-        if self.producer is None:
+        if self.producer is None or not self.producer_paused:
             return False
+        self.producer_paused = False
         self.producer.resumeProducing()
         return True
 

@@ -194,7 +194,7 @@ class Session:
 
     def __init__(self, port: int) -> None:
         # Both servers slow down repeated failed logins from one address
-        # (Dovecot's auth penalty, popgate's throttle): every session comes
+        # (Dovecot's auth penalty, popgate's login penalty): every session comes
         # from its own loopback address.
         source = "127.0.%d.%d" % divmod(Session._next_source, 254)
         Session._next_source = Session._next_source % 60000 + 1

@@ -19,7 +19,9 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernameHashedPassword
 from twisted.cred.portal import IRealm
 from twisted.cred.strcred import ICheckerFactory, findCheckerFactories
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IPushProducer
+from twisted.internet.interfaces import (IHalfCloseableProtocol, ILoggingContext,
+                                         IStreamServerEndpoint,
+                                         IOpenSSLServerConnectionCreator, IProtocol, IPushProducer)
 from twisted.mail import maildir as twisted_maildir
 from twisted.plugin import IPlugin, getPlugins
 from zope.interface import Interface, implementedBy
@@ -152,11 +154,35 @@ def _apop(tmp: Any) -> Any:
     return APOPCredentials(b"<1.2@host>", b"alice", b"0" * 32)
 
 
+def _output_gate(tmp: Any) -> Any:
+    from popgate.pop3.output import OutputGate
+
+    return OutputGate(lambda: None, lambda: None, lambda: None)
+
+
+def _watched_endpoint(tmp: Any) -> Any:
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+    from twisted.internet.testing import MemoryReactor
+
+    from popgate.limits import _WatchedEndpoint
+
+    return _WatchedEndpoint(TCP4ServerEndpoint(MemoryReactor(), 0), lambda port: None)
+
+
+def _pop3_protocol(tmp: Any) -> Any:
+    from popgate.pop3.factory import POP3ServerFactory
+    from twisted.internet.task import Clock
+    from twisted.cred.portal import Portal
+
+    return POP3ServerFactory(Portal(None), clock=Clock()).buildProtocol(None)
+
+
 def _message_sender(tmp: Any) -> Any:
     from popgate.pop3.encoder import MessageEncoder
-    from popgate.pop3.protocol import _MessageSender
+    from popgate.pop3.output import MessageSender
 
-    return _MessageSender(None, io.BytesIO(b""), MessageEncoder(None))  # type: ignore[arg-type]
+    return MessageSender(_output_gate(tmp), io.BytesIO(b""), MessageEncoder(None),
+                         lambda data: None, lambda: None)
 
 
 def _cram_md5(tmp: Any) -> Any:
@@ -193,7 +219,11 @@ CASES: list[tuple[Case, str, tuple[Any, ...]]] = [
     (_cache, "popgate.cred.cache.CachingChecker", (ICredentialsChecker, IUserLookup)),
     (_realm, "popgate.realm.MaildropRealm", (IRealm,)),
     (_apop, "popgate.pop3.apop.APOPCredentials", (IUsernameHashedPassword,)),
-    (_message_sender, "popgate.pop3.protocol._MessageSender", (IPushProducer,)),
+    (_pop3_protocol, "popgate.pop3.protocol.POP3ServerProtocol",
+     (IProtocol, IHalfCloseableProtocol, ILoggingContext)),
+    (_output_gate, "popgate.pop3.output.OutputGate", (IPushProducer,)),
+    (_watched_endpoint, "popgate.limits._WatchedEndpoint", (IStreamServerEndpoint,)),
+    (_message_sender, "popgate.pop3.output.MessageSender", (IPushProducer,)),
     (_cram_md5, "popgate.pop3.sasl.CramMD5Credentials", (IUsernameHashedPassword,)),
     (_server_tls, "popgate.tls.ServerTLS", (IOpenSSLServerConnectionCreator,)),
 ]

@@ -16,7 +16,8 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.internet import defer
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -44,7 +45,7 @@ def logged_errors() -> Iterator[list[dict[str, Any]]]:
     events: list[dict[str, Any]] = []
 
     def observer(event: dict[str, Any]) -> None:
-        if "log_failure" in event or event.get("isError"):
+        if "log_failure" in event or event.get("isError") or event.get("log_level") == LogLevel.error:
             events.append(event)
 
     globalLogPublisher.addObserver(observer)
@@ -529,7 +530,7 @@ def test_retr_streams_with_back_pressure(store: MemoryStore) -> None:
     session.login()
     transport.clear()
     session.protocol.dataReceived(b"RETR 4\r\nSTAT\r\n")
-    assert transport.producer is not None, "the sender should be paused, not finished"
+    assert transport.producer_paused, "the sender should be paused, not finished"
     assert not transport.value().endswith(b"+OK 4 %d\r\n" % sum(map(wire_size, store.messages("alice"))))
     rounds = 0
     while transport.drain():
@@ -538,14 +539,14 @@ def test_retr_streams_with_back_pressure(store: MemoryStore) -> None:
     assert rounds >= 3
     stat = b"+OK 4 %d\r\n" % sum(map(wire_size, store.messages("alice")))
     assert transport.value() == b"+OK %d octets\r\n" % wire_size(big) + encode_message([big]) + stat
-    assert transport.producer is None
+    assert session.protocol._gate.child is None
 
 
 def test_retr_streams_on_a_plain_string_transport(logged_in: Session, store: MemoryStore) -> None:
     # StringTransport never pauses its producer: the message goes at once.
     reply = logged_in.send(b"RETR 2\r\nNOOP\r\n")
     assert reply.endswith(b".\r\n+OK\r\n")
-    assert logged_in.transport.producer is None
+    assert logged_in.protocol._gate.child is None
 
 
 class TCPLikeTransport(PausingTransport):
@@ -575,7 +576,7 @@ def test_connection_lost_mid_retr_runs_no_pipelined_commands(store: MemoryStore)
     session.take()
     session.login()
     session.protocol.dataReceived(b"RETR 1\r\nDELE 1\r\nQUIT\r\n")
-    assert transport.producer is not None
+    assert transport.producer_paused
     # What tcp.Connection.connectionLost does: producer first, then protocol.
     transport.disconnected = True
     transport.producer.stopProducing()
@@ -820,7 +821,7 @@ def test_timeout_while_the_client_does_not_read_a_retr(store: MemoryStore) -> No
     session.take()
     session.login()
     session.send(b"DELE 1\r\nRETR 4\r\nQUIT\r\n")
-    assert transport.producer is not None
+    assert transport.producer_paused
     session.clock.advance(600)
     # Aborted, not loseConnection (which waits for the paused sender), and
     # no -ERR line inside the message.
@@ -835,11 +836,35 @@ def test_timeout_while_the_client_does_not_read_a_retr(store: MemoryStore) -> No
     again.login()
 
 
-def test_idle_timeout_before_login(session: Session) -> None:
+def test_idle_timeout_before_login(store: MemoryStore) -> None:
+    portal, _ = make_portal(store)
+    session = connect(portal, settings=SessionSettings(login_timeout=0))
     session.take()
-    session.clock.advance(600)
+    session.clock.advance(599)
+    assert not session.transport.disconnecting
+    session.clock.advance(1)
     assert session.take() == b"-ERR Disconnected for inactivity.\r\n"
     assert session.transport.disconnecting
+
+
+def test_login_timeout_is_not_reset_by_activity(session: Session) -> None:
+    """Dovecot's 180 s from connect to login: CAPA and NOOP do not extend it."""
+    session.take()
+    for _ in range(17):
+        session.clock.advance(10)
+        assert session.send(b"CAPA\r\n").startswith(b"+OK")
+    session.clock.advance(10)
+    assert session.take() == b"-ERR Disconnected: no login in time.\r\n"
+    assert session.transport.disconnecting
+
+
+def test_login_timeout_ends_with_the_login(session: Session) -> None:
+    session.take()
+    session.clock.advance(179)
+    session.login()
+    session.clock.advance(60)
+    assert session.send(b"NOOP\r\n") == b"+OK\r\n"
+    assert not session.transport.disconnecting
 
 
 def test_every_command_resets_the_idle_timer(logged_in: Session) -> None:
@@ -914,8 +939,18 @@ def test_read_ahead_is_bounded_while_a_command_waits(store: MemoryStore) -> None
     session.protocol.dataReceived(flood)
     assert session.transport.producerState == "paused"
     checker.pending[0][1].callback(b"alice")
+    # 200 commands a turn: the other sessions run in between.
     out = session.take()
+    assert out.count(b"+OK\r\n") == 200
+    turns = 0
+    while session.protocol._next_turn is not None and turns < 100:
+        session.clock.advance(0)
+        turns += 1
+    out += session.take()
+    # (A Clock runs the turns scheduled while it advances at once; the
+    # reactor runs them an I/O round apart.)
     assert out.count(b"+OK\r\n") == 12000
+    assert turns >= 1
     assert session.transport.producerState == "producing"
 
 
@@ -1041,45 +1076,217 @@ def test_clear_line_buffer(logged_in: Session) -> None:
     assert logged_in.send(b"NOOP\r\n") == b"+OK\r\n"
 
 
-def test_failed_logins_from_one_address_wait_longer_each_time():
-    """The per-IP penalty doubles the failure delay across connections and a
-    success resets it (Dovecot's auth penalty)."""
+def _penalised_factory(clock: Any, penalty: Any) -> Any:
     from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
     from twisted.cred.portal import Portal
-    from twisted.internet.task import Clock
-    from twisted.internet.testing import StringTransport
 
-    from popgate.cred.throttle import LoginThrottle
     from popgate.pop3.factory import POP3ServerFactory
-    from popgate.pop3.settings import SessionSettings
     from popgate.realm import MaildropRealm
-    from popgate.stores.memory import MemoryStore
 
-    clock = Clock()
     checker = InMemoryUsernamePasswordDatabaseDontUse()
     checker.addUser(b"alice", b"secret")
+    checker.addUser(b"bob", b"hunter2")
     portal = Portal(MaildropRealm(MemoryStore()), [checker])
     # StringTransport's peer is a remote address: allow USER/PASS without
     # TLS there (issue 3 refuses plaintext passwords from remote clients).
-    factory = POP3ServerFactory(portal, SessionSettings(auth_failure_delay=1.0,
-                                                        allow_plaintext_auth=True), clock,
-                                throttle=LoginThrottle(clock, base_delay=1.0, max_delay=8.0))
+    return POP3ServerFactory(portal, SessionSettings(auth_failure_delay=1.0,
+                                                     allow_plaintext_auth=True), clock,
+                             penalty=penalty)
 
-    def attempt(password: bytes) -> float:
+
+def _timed_login(factory: Any, clock: Clock, user: bytes, password: bytes,
+                 peer: str = "192.0.2.1") -> tuple[float, bytes]:
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    proto = factory.buildProtocol(None)
+    transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 4321))
+    proto.makeConnection(transport)
+    transport.clear()
+    proto.dataReceived(b"USER " + user + b"\r\nPASS " + password + b"\r\n")
+    waited = 0.0
+    while not transport.value().endswith((b"failed.\r\n", b"Logged in.\r\n")):
+        clock.advance(0.5)
+        waited += 0.5
+        assert waited < 60
+    proto.connectionLost()
+    return waited, transport.value().splitlines()[-1]
+
+
+def test_a_penalised_address_waits_before_the_check_successes_included() -> None:
+    """
+    After failures, every login from the address waits before it is
+    checked, a correct one too, so the answer's timing says nothing about
+    the password; a success forgives only that user name.
+    """
+    from popgate.cred.penalty import LoginPenalty
+
+    clock = Clock()
+    penalty = LoginPenalty(clock, base_delay=1.0, max_delay=8.0)
+    factory = _penalised_factory(clock, penalty)
+    waits = [_timed_login(factory, clock, b"alice", b"wrong%d" % i)[0] for i in range(4)]
+    # The failure delay (1 s) plus the penalty left when the login came.
+    assert waits == [1.0, 1.0, 2.0, 4.0]
+    assert penalty.penalty("192.0.2.1") == 8.0
+    # A correct password waits as long before its check as a wrong one.
+    waited, reply = _timed_login(factory, clock, b"alice", b"secret")
+    assert reply == b"+OK Logged in." and waited == 7.0
+    assert penalty.penalty("192.0.2.1") == 8.0, "a success does not forgive the address"
+    # alice is forgiven from here; another name still pays.
+    assert _timed_login(factory, clock, b"alice", b"secret")[0] == 0.0
+    assert _timed_login(factory, clock, b"bob", b"guess")[0] == 1.0
+    assert _timed_login(factory, clock, b"bob", b"guess2")[0] > 7.0
+    # Another address is not slowed down at all.
+    assert _timed_login(factory, clock, b"bob", b"hunter2", peer="198.51.100.7")[0] == 0.0
+
+
+def test_the_same_wrong_password_retried_does_not_grow_the_penalty() -> None:
+    from popgate.cred.penalty import LoginPenalty
+
+    clock = Clock()
+    penalty = LoginPenalty(clock, base_delay=1.0, max_delay=8.0)
+    factory = _penalised_factory(clock, penalty)
+    for _ in range(5):
+        _timed_login(factory, clock, b"alice", b"old password")
+    assert penalty.penalty("192.0.2.1") == 1.0
+
+
+def test_a_full_penalty_queue_refuses_with_sys_temp() -> None:
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    from popgate.cred.penalty import LoginPenalty
+
+    clock = Clock()
+    penalty = LoginPenalty(clock, base_delay=10.0, max_delay=10.0, max_queue=2)
+    factory = _penalised_factory(clock, penalty)
+    _timed_login(factory, clock, b"alice", b"wrong")
+    transports = []
+    for _ in range(3):
         proto = factory.buildProtocol(None)
-        transport = StringTransport()
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", 4321))
         proto.makeConnection(transport)
-        proto.dataReceived(b"USER alice\r\nPASS " + password + b"\r\n")
-        waited = 0.0
-        while not transport.value().endswith((b"failed.\r\n", b"Logged in.\r\n")):
-            clock.advance(0.5)
-            waited += 0.5
-            assert waited < 60
+        transport.clear()
+        proto.dataReceived(b"USER alice\r\nPASS x\r\n")
+        transports.append((proto, transport))
+    proto, transport = transports[-1]
+    assert transport.value().endswith(b"-ERR [SYS/TEMP] Too many logins in progress from your address.\r\n")
+    assert transport.disconnecting
+    # Leaving the queue frees the place: the others are not stuck.
+    for proto, _ in transports:
         proto.connectionLost()
-        return waited
+    assert penalty.queued("192.0.2.1") == 0
 
-    assert attempt(b"wrong") == 1.0
-    assert attempt(b"wrong") == 2.0
-    assert attempt(b"wrong") == 4.0
-    assert attempt(b"secret") == 0.0
-    assert attempt(b"wrong") == 1.0
+
+# -- back-pressure on every reply (popgate.pop3.output)
+
+
+def _many_messages(count: int) -> MemoryStore:
+    store = MemoryStore()
+    for i in range(count):
+        store.add_message("alice", b"Subject: %d\n\nbody\n" % i)
+    return store
+
+
+def test_pipelined_uidl_from_a_client_that_never_reads_stays_bounded() -> None:
+    """20,000 pipelined UIDL to a client that reads nothing: the server
+    stops parsing and reading once the write buffer is full."""
+    portal, _ = make_portal(_many_messages(2000))
+    transport = PausingTransport(high=64 * 1024)
+    session = connect(portal, transport=transport)
+    session.login()
+    transport.drain()
+    session.protocol.dataReceived(b"UIDL\r\n" * 2000)
+    assert transport.producer_paused
+    one_reply = len(transport.value())
+    assert one_reply < 2 * 64 * 1024 + 100_000
+    # More input while paused is held, not parsed; past the read-ahead bound
+    # reading from the socket stops.
+    assert transport.producerState == "producing"
+    session.protocol.dataReceived(b"UIDL\r\n" * 11000)
+    assert len(transport.value()) == one_reply
+    assert transport.producerState == "paused", "reading from the socket should stop"
+    # The client reads: the answers come, in order, each after a drain.
+    transport.clear()
+    rounds = 0
+    while transport.drain():
+        rounds += 1
+        transport.clear()
+        assert rounds < 14000
+    assert rounds > 1000
+    assert transport.producerState == "producing"
+
+
+def test_pipelined_capa_before_login_is_bounded_too(session: Session) -> None:
+    transport = PausingTransport(high=4096)
+    portal, _ = make_portal()
+    s = connect(portal, transport=transport)
+    s.protocol.dataReceived(b"CAPA\r\n" * 100_000)
+    assert transport.producer_paused
+    assert len(transport.value()) < 4096 + 1000
+    assert len(s.protocol._buffer) <= 600_000
+    assert transport.producerState == "paused"
+
+
+def test_paused_output_resumes_in_order(store: MemoryStore) -> None:
+    transport = PausingTransport(high=10)
+    portal, _ = make_portal(store)
+    s = connect(portal, transport=transport)
+    transport.drain()
+    s.login()
+    transport.drain()
+    transport.clear()
+    s.protocol.dataReceived(b"STAT\r\nNOOP\r\nLIST 1\r\nQUIT\r\n")
+    out = transport.value()
+    while transport.drain():
+        out = transport.value()
+    assert out.startswith(b"+OK 3 ")
+    assert out.endswith(b"+OK Logging out.\r\n")
+    assert out.count(b"\r\n") == 4
+
+
+# -- half-close (IHalfCloseableProtocol)
+
+
+def test_half_close_answers_everything_and_quit_commits(logged_in: Session, store: MemoryStore) -> None:
+    logged_in.transport.clear()
+    logged_in.protocol.dataReceived(b"DELE 1\r\nQUIT\r\n")
+    logged_in.protocol.readConnectionLost()
+    out = logged_in.take()
+    assert out == b"+OK Marked to be deleted.\r\n+OK Logging out, messages deleted.\r\n"
+    logged_in.lose()
+    assert store.messages("alice") == MESSAGES[1:]
+
+
+def test_half_close_before_the_commands_are_parsed(store: MemoryStore) -> None:
+    """EOF arrives while the login still runs: the rest is answered after it."""
+    portal, _ = make_portal(store)
+    session = connect(portal)
+    session.take()
+    session.protocol.dataReceived(b"USER alice\r\nPASS secret\r\nDELE 2\r\nQUIT\r\n")
+    session.protocol.readConnectionLost()
+    out = session.take()
+    assert out.endswith(b"+OK Logging out, messages deleted.\r\n"), out
+    session.lose()
+    assert store.messages("alice") == [MESSAGES[0], MESSAGES[2]]
+
+
+def test_half_close_without_quit_deletes_nothing(logged_in: Session, store: MemoryStore) -> None:
+    logged_in.transport.clear()
+    logged_in.protocol.dataReceived(b"DELE 1\r\nSTAT\r\n")
+    logged_in.protocol.readConnectionLost()
+    out = logged_in.take()
+    assert out.startswith(b"+OK Marked to be deleted.\r\n+OK 2 ")
+    assert logged_in.transport.disconnecting
+    logged_in.lose()
+    assert store.messages("alice") == MESSAGES
+
+
+def test_half_close_ignores_an_unterminated_last_line(logged_in: Session, store: MemoryStore) -> None:
+    logged_in.transport.clear()
+    logged_in.protocol.dataReceived(b"DELE 1\r\nQUIT")
+    logged_in.protocol.readConnectionLost()
+    assert logged_in.take() == b"+OK Marked to be deleted.\r\n"
+    assert logged_in.transport.disconnecting
+    logged_in.lose()
+    assert store.messages("alice") == MESSAGES

@@ -22,7 +22,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from zope.interface import implementer
 
-from popgate.cred.throttle import LoginThrottle
+from popgate.cred.penalty import LoginPenalty
 from popgate.pop3 import sasl
 from popgate.pop3.factory import POP3ServerFactory
 from popgate.pop3.protocol import peer_is_trusted
@@ -83,14 +83,14 @@ def store() -> MemoryStore:
 
 
 def open_session(store: MemoryStore, peer: Any = LOOPBACK_PEER, checker: Any = None,
-                 settings: SessionSettings | None = None, throttle: Any = None,
+                 settings: SessionSettings | None = None, penalty: Any = None,
                  clock: Any = None) -> Session:
     portal, _ = make_portal(store, checker=checker, users=USERS)
-    if throttle is not None or clock is not None:
+    if penalty is not None or clock is not None:
         from twisted.internet.task import Clock
 
         clock = clock or Clock()
-        factory = POP3ServerFactory(portal, settings, clock, throttle=throttle)
+        factory = POP3ServerFactory(portal, settings, clock, penalty=penalty)
         protocol = factory.buildProtocol(None)
         transport = StringTransport(peerAddress=peer)
         protocol.makeConnection(transport)
@@ -384,15 +384,15 @@ def test_sasl_failures_count_toward_the_limit(store: MemoryStore) -> None:
     assert session.transport.disconnecting
 
 
-def test_sasl_failures_feed_the_per_ip_throttle(store: MemoryStore) -> None:
+def test_sasl_failures_feed_the_per_ip_penalty(store: MemoryStore) -> None:
     from twisted.internet.task import Clock
 
     clock = Clock()
-    throttle = LoginThrottle(clock, base_delay=1.0, max_delay=8.0)
+    penalty = LoginPenalty(clock, base_delay=1.0, max_delay=8.0)
     waits = []
-    for _ in range(3):
-        session = open_session(store, throttle=throttle, clock=clock)
-        session.send(b"AUTH PLAIN " + b64(b"\0alice\0wrong") + b"\r\n")
+    for i in range(3):
+        session = open_session(store, penalty=penalty, clock=clock)
+        session.send(b"AUTH PLAIN " + b64(b"\0alice\0wrong%d" % i) + b"\r\n")
         waited = 0.0
         while session.take() != AUTH_FAILED:
             clock.advance(0.5)
@@ -400,10 +400,25 @@ def test_sasl_failures_feed_the_per_ip_throttle(store: MemoryStore) -> None:
             assert waited < 30
         waits.append(waited)
         session.lose()
-    assert waits == [1.0, 2.0, 4.0]
-    session = open_session(store, throttle=throttle, clock=clock)
-    assert session.send(b"AUTH PLAIN " + b64(b"\0alice\0secret") + b"\r\n") == b"+OK Logged in.\r\n"
-    assert throttle.delay_for("127.0.0.1") == 0
+    # The failure delay, plus the penalty left when the attempt came.
+    assert waits == [1.0, 1.0, 2.0]
+    assert penalty.penalty("127.0.0.1") == 4.0
+    session = open_session(store, penalty=penalty, clock=clock)
+    session.send(b"AUTH PLAIN " + b64(b"\0alice\0secret") + b"\r\n")
+    clock.advance(3)
+    assert session.take() == b"+OK Logged in.\r\n"
+
+
+def test_broken_sasl_exchanges_count_against_the_address(store: MemoryStore) -> None:
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    penalty = LoginPenalty(clock, base_delay=1.0, max_delay=8.0)
+    session = open_session(store, penalty=penalty, clock=clock)
+    session.send(b"AUTH PLAIN " + b64(b"no nul bytes") + b"\r\n")
+    clock.advance(1)
+    assert session.take() == AUTH_FAILED
+    assert penalty.penalty("127.0.0.1") == 1.0
 
 
 def test_connection_lost_in_an_exchange(store: MemoryStore) -> None:
@@ -414,10 +429,17 @@ def test_connection_lost_in_an_exchange(store: MemoryStore) -> None:
 
 
 def test_idle_timeout_in_an_exchange(store: MemoryStore) -> None:
-    session = open_session(store)
+    session = open_session(store, settings=SessionSettings(login_timeout=0))
     session.send(b"AUTH LOGIN\r\n")
     session.clock.advance(600)
     assert session.take() == b"-ERR Disconnected for inactivity.\r\n"
+
+
+def test_login_timeout_in_an_exchange(store: MemoryStore) -> None:
+    session = open_session(store)
+    session.send(b"AUTH LOGIN\r\n")
+    session.clock.advance(180)
+    assert session.take() == b"-ERR Disconnected: no login in time.\r\n"
 
 
 def test_auth_payloads_and_passwords_are_never_logged(store: MemoryStore,

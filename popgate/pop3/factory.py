@@ -1,6 +1,6 @@
 """
 The factory for POP3 listeners: it hands every protocol its portal,
-settings, clock, login throttle and TLS configuration.
+settings, clock, login penalty and TLS configuration.
 """
 
 from __future__ import annotations
@@ -27,18 +27,18 @@ class POP3ServerFactory(ServerFactory):
     protocol = POP3ServerProtocol
 
     def __init__(self, portal: Any, settings: SessionSettings | None = None, clock: Any = None,
-                 throttle: Any = None, tls: Any = None) -> None:
+                 penalty: Any = None, tls: Any = None) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
         self.portal = portal
         self.settings = settings or SessionSettings()
         self.clock = clock
-        self.throttle = throttle
+        self.penalty = penalty
         self.tls = tls
 
     def buildProtocol(self, addr: Any) -> POP3ServerProtocol:
         proto = self.protocol(self.portal, self.settings, self.clock)
         proto.factory = self
-        proto.throttle = self.throttle
+        proto.penalty = self.penalty
         proto.tls = self.tls
         return proto

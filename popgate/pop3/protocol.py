@@ -21,11 +21,11 @@ import re
 from typing import Any, Callable
 
 from twisted.cred import error as cred_error
-from twisted.cred.credentials import IUsernameHashedPassword, UsernamePassword
+from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword, UsernamePassword
 from twisted.internet import defer
 from twisted.internet.address import UNIXAddress
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IPushProducer, ISSLTransport
+from twisted.internet.interfaces import IHalfCloseableProtocol, ISSLTransport
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
@@ -34,11 +34,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from popgate import errors
+from popgate.cred.penalty import PenaltyQueueFull
 from popgate.interfaces import IMaildrop
 from popgate.pop3 import responses as r
 from popgate.pop3 import sasl
 from popgate.pop3.apop import APOPCredentials
 from popgate.pop3.encoder import MessageEncoder
+from popgate.pop3.output import CHUNK_SIZE, MessageSender, OutputGate
 
 _AUTHORIZATION = "AUTHORIZATION"
 _TRANSACTION = "TRANSACTION"
@@ -48,9 +50,11 @@ _UPDATE = "UPDATE"
 # larger values are an error, not "all lines".
 _MAX_MESSAGE_NUMBER = 2**32 - 1
 _MAX_LINE_COUNT = 2**64 - 1
-_CHUNK_SIZE = 256 * 1024
+_CHUNK_SIZE = CHUNK_SIZE
 # Input kept while a command is in progress before reading is paused.
 _READ_AHEAD = 64 * 1024
+# Pipelined commands run in one go before the other sessions get a turn.
+_LINES_PER_TURN = 200
 
 _PLAINTEXT_REFUSED = r.err(
     b"Plaintext authentication disallowed on non-secure (SSL/TLS) connections.", r.AUTH)
@@ -82,6 +86,15 @@ def peer_is_trusted(peer: Any, networks: tuple[str, ...]) -> bool:
     return any(address in network for network in _networks(tuple(networks)))
 
 
+def _describe(failure: Failure) -> str:
+    """One line for an expected error: the OS's words where there are some."""
+    value = failure.value
+    if isinstance(value, OSError) and value.strerror:
+        where = f" ({value.filename})" if value.filename else ""
+        return f"{value.strerror}{where}"
+    return failure.getErrorMessage()
+
+
 class _BadArgument(Exception):
     """A command argument that gets C{-ERR}; the text is safe to send."""
 
@@ -94,71 +107,7 @@ _DIGITS = re.compile(rb"[0-9]+")
 _HEX_DIGEST = re.compile(rb"[0-9a-fA-F]{32}")
 
 
-@implementer(IPushProducer)
-class _MessageSender:
-    """
-    Streams one message to the transport as a push producer: it reads and
-    encodes a chunk at a time and stops whenever the transport's buffer is
-    full, so a slow client never makes us hold a whole message.
-    """
-
-    def __init__(self, protocol: "POP3ServerProtocol", source: Any, encoder: MessageEncoder) -> None:
-        self._protocol = protocol
-        self._source = source
-        self._encoder = encoder
-        self._paused = False
-        self._finished = False
-        self.done: defer.Deferred[None] = defer.Deferred()
-
-    def start(self, first_line: bytes) -> defer.Deferred[None]:
-        transport = self._protocol.transport
-        transport.write(first_line)
-        transport.registerProducer(self, True)
-        self.resumeProducing()
-        return self.done
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        write = self._protocol.transport.write
-        read = self._source.read
-        encoder = self._encoder
-        try:
-            while not self._paused and not self._finished:
-                chunk = read(_CHUNK_SIZE)
-                if not chunk or encoder.done:
-                    self._finish(encoder.finish())
-                    return
-                out = encoder.encode(chunk)
-                if out:
-                    write(out)
-                self._protocol.resetTimeout()
-        except Exception:
-            self._fail(Failure())
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def stopProducing(self) -> None:
-        if not self._finished:
-            self._fail(Failure(ConnectionLost("connection lost while sending")))
-
-    def _finish(self, tail: bytes) -> None:
-        self._finished = True
-        transport = self._protocol.transport
-        transport.write(tail)
-        transport.unregisterProducer()
-        self._source.close()
-        self.done.callback(None)
-
-    def _fail(self, failure: Failure) -> None:
-        self._finished = True
-        try:
-            self._protocol.transport.unregisterProducer()
-        finally:
-            self._source.close()
-        self.done.errback(failure)
-
-
+@implementer(IHalfCloseableProtocol)
 class POP3ServerProtocol(LineReceiver, TimeoutMixin):
     """
     One POP3 session.  The factory gives it C{portal}, C{settings} and a
@@ -167,8 +116,8 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
 
     delimiter = b"\r\n"
     log = Logger()
-    # A shared popgate.cred.throttle.LoginThrottle, set by the factory.
-    throttle: Any = None
+    # A shared popgate.cred.penalty.LoginPenalty, set by the factory.
+    penalty: Any = None
     # The popgate.tls.ServerTLS for STLS, set by the factory; None: no TLS.
     tls: Any = None
 
@@ -178,9 +127,19 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         self.clock = clock
         self.state = _AUTHORIZATION
         self.maildrop: Any = None
+        # Input not yet parsed is self._buffer[self._pos:]; lines are taken
+        # by moving the offset, so a buffer of many pipelined commands is
+        # not copied once per command.
         self._buffer = b""
+        self._pos = 0
         self._busy_receiving = False
         self._reading_paused = False
+        self._read_closed = False
+        self._gate = OutputGate(self._output_paused, self._output_resumed, self._output_stopped)
+        self._gate_registered = False
+        self._login_timer: Any = None
+        self._next_turn: Any = None
+        self._pending_login: defer.Deferred[Any] | None = None
         self._bad_commands = 0
         self._auth_failures = 0
         self._user: bytes | None = None
@@ -196,6 +155,8 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         self._deleted: bytearray = bytearray()
         self._live_count = 0
         self._live_size = 0
+        # Full LIST and UIDL replies, until a DELE or RSET changes them.
+        self._listings: dict[bytes, bytes] = {}
 
     # -- TimeoutMixin uses our injected clock, never the global reactor.
     def callLater(self, period: float, func: Callable[[], object]) -> Any:  # type: ignore[override]
@@ -210,7 +171,12 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
                 set_nodelay(True)
             except OSError:
                 pass
+        self.transport.registerProducer(self._gate, True)
+        self._gate_registered = True
         self.setTimeout(self.settings.idle_timeout)
+        if self.settings.login_timeout:
+            self._login_timer = self.clock.callLater(self.settings.login_timeout,
+                                                     self._login_timed_out)
         greeting = self.settings.greeting.encode("utf-8", "replace")
         if self._secrets_checkable():
             self._challenge = b"<%d.%d.%d@%s>" % (
@@ -223,21 +189,80 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         self._disconnected = True
         self.setTimeout(None)
+        self._cancel_login_timer()
+        turn, self._next_turn = self._next_turn, None
+        if turn is not None and turn.active():
+            turn.cancel()
+        pending, self._pending_login = self._pending_login, None
+        if pending is not None and not pending.called:
+            # Queued behind the login penalty: leave the queue.  A check
+            # already running finishes; its maildrop is given back.
+            pending.cancel()
         self._release()
 
+    def readConnectionLost(self) -> None:
+        """
+        The client shut down its sending side (C{nc -N}, scripts): answer
+        every complete command it sent, QUIT included, then close.
+        """
+        self._read_closed = True
+        self._reading_paused = False
+        if (self._pending_login is not None and self.penalty is not None
+                and self.penalty.penalty(self.peer_ip()) > 0):
+            # A login waiting out its address's penalty: the end of input
+            # here is a guesser giving up (a close looks the same as a
+            # half-close).  Leaving the queue keeps its place from being
+            # checked after all.
+            self.log.info("client left while its login waited for the penalty")
+            self.transport.abortConnection()
+            return
+        self.dataReceived(b"")
+
+    def writeConnectionLost(self) -> None:
+        self._close()
+
     def timeoutConnection(self) -> None:
-        if self.paused:
-            # A command is still running, most likely a RETR the client
-            # stopped reading: an -ERR would land inside the message, and
-            # loseConnection would wait for the paused sender forever,
+        if self.paused or self._gate.blocked:
+            # A command is still running or the client stopped reading its
+            # answers: an -ERR would land inside a reply, and
+            # loseConnection would wait for the full buffer forever,
             # keeping the maildrop locked.  Drop the connection, as
             # Dovecot does.
-            self.log.info("closing session stuck in a command")
+            self.log.info("closing session stuck in a command or not reading")
             self.transport.abortConnection()
             return
         self.log.info("closing idle session")
         self.transport.write(r.err(b"Disconnected for inactivity."))
+        self._close()
+
+    def _login_timed_out(self) -> None:
+        """No login within C{login_timeout}: CAPA or NOOP do not extend it."""
+        self._login_timer = None
+        if self._disconnected or self.state != _AUTHORIZATION:
+            return
+        self.log.info("closing session: no login within {seconds:g} s",
+                      seconds=self.settings.login_timeout)
+        if self.paused or self._gate.blocked:
+            self.transport.abortConnection()
+            return
+        self.transport.write(r.err(b"Disconnected: no login in time."))
+        self._close()
+
+    def _close(self) -> None:
+        """
+        Close after what was written has been sent.  The output gate is
+        unregistered first: with a producer registered, TCP and TLS
+        transports wait for it to go before they close.
+        """
+        if self._gate_registered:
+            self._gate_registered = False
+            self.transport.unregisterProducer()
         self.transport.loseConnection()
+
+    def _cancel_login_timer(self) -> None:
+        timer, self._login_timer = self._login_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def _release(self) -> None:
         """Give the maildrop back without UPDATE (RFC 1939 section 6)."""
@@ -250,6 +275,46 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             logout, self._logout = self._logout, None
             logout()
 
+    # -- back-pressure (popgate.pop3.output)
+
+    def _output_paused(self) -> None:
+        self._update_reading()
+
+    def _output_resumed(self) -> None:
+        if not self.paused:
+            self.dataReceived(b"")
+        else:
+            self._update_reading()
+
+    def _output_stopped(self) -> None:
+        pass
+
+    def _update_reading(self) -> None:
+        """
+        Stop reading from the socket once more than C{_READ_AHEAD} octets of
+        input wait while nothing is parsed: a command is running, or the
+        transport's write buffer is full (the client does not read its
+        answers).  The rest of the input then waits in the kernel, not in
+        our memory.  (Not at once when the buffer fills: before a TLS
+        handshake completes, the TLS layer reports a full buffer, and must
+        go on reading to finish the handshake.)
+        """
+        if self._disconnected or self._read_closed or self.transport.disconnecting:
+            return
+        stop = ((self.paused or self._gate.blocked or self._next_turn is not None)
+                and len(self._buffer) - self._pos > _READ_AHEAD)
+        if stop and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pauseProducing()
+        elif not stop and self._reading_paused:
+            self._reading_paused = False
+            self.transport.resumeProducing()
+
+    def _take_turn(self) -> None:
+        self._next_turn = None
+        if not self._disconnected:
+            self.dataReceived(b"")
+
     # -- line framing
 
     def dataReceived(self, data: bytes) -> None:
@@ -261,37 +326,56 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         """
         if data:
             self._buffer += data
-            if self.paused and not self._reading_paused and len(self._buffer) > _READ_AHEAD:
-                # A command is in progress and the client keeps sending:
-                # let the kernel's buffers hold the rest.
-                self._reading_paused = True
-                self.transport.pauseProducing()
         if self._busy_receiving:
+            if data:
+                self._update_reading()
             return
         self._busy_receiving = True
         try:
-            while not self.paused and not self._disconnected and self._buffer:
+            handled = 0
+            while (not self.paused and not self._gate.blocked and not self._disconnected
+                   and self._next_turn is None):
+                buf, pos = self._buffer, self._pos
+                if pos >= len(buf):
+                    break
+                if handled == _LINES_PER_TURN:
+                    # Fairness: a client pipelining thousands of cheap
+                    # commands lets the other sessions run in between.
+                    self._next_turn = self.clock.callLater(0, self._take_turn)
+                    break
+                handled += 1
                 if self.transport.disconnecting:
-                    self._buffer = b""
+                    self._buffer, self._pos = b"", 0
                     return
-                buf = self._buffer
-                nl = buf.find(b"\n")
+                nl = buf.find(b"\n", pos)
                 limit = self.line_limit()
                 if nl < 0:
-                    if len(buf) > limit:
+                    if len(buf) - pos > limit:
                         self._line_too_long()
-                    return
-                if nl + 1 > limit:
+                    break
+                if nl + 1 - pos > limit:
                     self._line_too_long()
                     return
-                self._buffer = buf[nl + 1:]
-                line = buf[:nl - 1] if nl and buf[nl - 1] == 13 else buf[:nl]
-                self.lineReceived(line)
+                end = nl - 1 if nl > pos and buf[nl - 1] == 13 else nl
+                self._pos = nl + 1
+                self.lineReceived(buf[pos:end])
         finally:
             self._busy_receiving = False
+            if self._pos:
+                self._buffer, self._pos = self._buffer[self._pos:], 0
+        self._update_reading()
+        if (self._read_closed and not self.paused and not self._gate.blocked
+                and self._next_turn is None
+                and not self._disconnected and self.state != _UPDATE
+                and not self.transport.disconnecting):
+            # Half-closed and every complete command answered: the client
+            # has left without QUIT, so nothing is deleted.
+            self.log.info("client closed its side without QUIT")
+            self._close()
 
     def clearLineBuffer(self) -> bytes:
-        buf, self._buffer = self._buffer, b""
+        buf = self._buffer[self._pos:]
+        self._buffer, self._pos = b"", 0
         return buf
 
     def line_limit(self) -> int:
@@ -304,15 +388,15 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         settings = self.settings
         if self.state != _AUTHORIZATION:
             return settings.max_line_length
-        if self._sasl is not None or self._buffer[:5].upper() == b"AUTH ":
+        if self._sasl is not None or self._buffer[self._pos:self._pos + 5].upper() == b"AUTH ":
             return max(settings.max_sasl_line_length, settings.max_login_line_length)
         return settings.max_login_line_length
 
     def _line_too_long(self) -> None:
         self._sasl = None
-        self._buffer = b""
+        self._buffer, self._pos = b"", 0
         self.transport.write(r.err(b"Input line too long."))
-        self.transport.loseConnection()
+        self._close()
 
     def lineReceived(self, line: bytes) -> None:
         self.resetTimeout()
@@ -381,10 +465,10 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         if self.state == _AUTHORIZATION:
             if self._bad_commands >= self.settings.max_login_bad_commands:
                 self.transport.write(r.err(b"Too many invalid bad commands."))
-                self.transport.loseConnection()
+                self._close()
         elif self._bad_commands > self.settings.max_bad_commands:
             self.transport.write(r.err(b"Too many bad commands."))
-            self.transport.loseConnection()
+            self._close()
 
     def _wait_for(self, result: defer.Deferred[Any]) -> None:
         """Stop reading commands until C{result} fires, then go on."""
@@ -399,16 +483,13 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             if isinstance(passthrough, Failure):
                 self.log.failure("command failed", passthrough)
                 if not self._disconnected:
-                    self.transport.loseConnection()
+                    self._close()
                 return
             if not waiting:
                 return
             if self._disconnected or self.state == _UPDATE or self.transport.disconnecting:
                 return
             self.paused = False
-            if self._reading_paused:
-                self._reading_paused = False
-                self.transport.resumeProducing()
             self.dataReceived(b"")
 
         result.addBoth(resume)
@@ -573,8 +654,10 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             result = mechanism.step(response)
         except sasl.SASLError:
             # Broken or refused credentials: a failed login like any other
-            # (delay, throttle, attempt limit), without asking the portal.
-            return self._login_failed(Failure(cred_error.UnauthorizedLogin()))
+            # (penalty, delay, attempt limit), without asking the portal.
+            if self.penalty is None:
+                return self._login_failed(Failure(cred_error.UnauthorizedLogin()))
+            return self.login(None)
         if isinstance(result, sasl.Challenge):
             self._sasl = mechanism
             self.transport.write(b"+ " + sasl.encode(result.data) + b"\r\n")
@@ -587,10 +670,49 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         return str(getattr(peer, "host", peer))
 
     def login(self, credentials: Any) -> defer.Deferred[None]:
-        """Run C{credentials} through the portal and enter TRANSACTION."""
-        d = self.portal.login(credentials, None, IMaildrop)
+        """
+        Run C{credentials} through the portal and enter TRANSACTION.  With a
+        login penalty, the check waits its turn: one check at a time per
+        client address, each after that address's penalty.  C{None}: a
+        broken SASL exchange, a failed login that still waits its turn.
+        """
+        def check() -> defer.Deferred[Any]:
+            if credentials is None:
+                return defer.fail(cred_error.UnauthorizedLogin())
+            d = self.portal.login(credentials, None, IMaildrop)
+            d.addCallback(self._give_back_if_gone)
+            return d
+
+        if self.penalty is None:
+            d = check()
+        else:
+            username = getattr(credentials, "username", b"") or b""
+            local, at, domain = username.rpartition(b"@")
+            if at:  # domains are case-insensitive (popgate.cred.names)
+                username = local + at + domain.lower()
+            secret = getattr(credentials, "password", None) \
+                if IUsernamePassword.providedBy(credentials) else None
+            d = self.penalty.attempt(self.peer_ip(), username, secret, check)
+            if not d.called:
+                self._pending_login = d
+        d.addBoth(self._login_done)
         d.addCallbacks(self._logged_in, self._login_failed)
         return d
+
+    def _login_done(self, result: Any) -> Any:
+        self._pending_login = None
+        return result
+
+    def _give_back_if_gone(self, result: tuple[Any, Any, Callable[[], object]]) -> Any:
+        """A session that left while its login ran gives the maildrop back
+        at once, even if nobody waits for the result any more."""
+        if self._disconnected:
+            _, maildrop, logout = result
+            defer.maybeDeferred(maildrop.close).addErrback(
+                lambda f: self.log.failure("closing maildrop", f))
+            logout()
+            raise defer.CancelledError("the client left during the login")
+        return result
 
     def _logged_in(self, result: tuple[Any, Any, Callable[[], object]]) -> None:
         _, maildrop, logout = result
@@ -599,8 +721,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         if self._disconnected:
             self._release()
             return
-        if self.throttle is not None:
-            self.throttle.record_success(self.peer_ip())
+        self._cancel_login_timer()
         self._messages = list(maildrop.list_messages())
         self._deleted = bytearray(len(self._messages))
         self._live_count = len(self._messages)
@@ -616,16 +737,23 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
                          cred_error.LoginDenied):
             self._auth_failures += 1
             last = self._auth_failures >= self.settings.max_auth_failures
-            delay = self.settings.auth_failure_delay
-            if self.throttle is not None:
-                ip = self.peer_ip()
-                self.throttle.record_failure(ip)
-                delay = max(delay, self.throttle.delay_for(ip))
-            return self._after_delay(delay, r.err(b"Authentication failed.", r.AUTH), close=last)
+            return self._after_delay(self.settings.auth_failure_delay,
+                                     r.err(b"Authentication failed.", r.AUTH), close=last)
+        if failure.check(PenaltyQueueFull):
+            self.log.info("refusing login from {ip}: too many logins waiting from that address",
+                          ip=self.peer_ip())
+            self._send_and_close(r.err(b"Too many logins in progress from your address.",
+                                       r.SYS_TEMP))
+            return None
+        if failure.check(defer.CancelledError):
+            return None
         if failure.check(errors.MaildropInUse):
             reply = r.err(b"Mailbox is locked by another POP3 session.", r.IN_USE)
         elif failure.check(errors.PermanentFailure):
-            self.log.failure("login failed permanently", failure)
+            # A refused user name, a mailbox that is not one: expected, and
+            # the message says which.
+            self.log.error("login refused: mailbox cannot be opened: {why}",
+                           why=failure.getErrorMessage())
             reply = r.err(b"Mailbox cannot be opened.", r.SYS_PERM)
         else:
             if not failure.check(errors.TemporaryFailure):
@@ -642,7 +770,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
                 return
             self.transport.write(reply)
             if close:
-                self.transport.loseConnection()
+                self._close()
 
         return deferLater(self.clock, delay, send)
 
@@ -657,7 +785,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
     def pop3_QUIT(self, argument: bytes) -> defer.Deferred[None] | None:
         if self.state == _AUTHORIZATION:
             self.transport.write(r.ok(b"Logging out."))
-            self.transport.loseConnection()
+            self._close()
             return None
         self.state = _UPDATE
         deleted = [i for i, flag in enumerate(self._deleted) if flag]
@@ -676,7 +804,12 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             self._send_and_close(r.ok(text))
 
         def failed(failure: Failure) -> None:
-            self.log.failure("UPDATE failed", failure)
+            if failure.check(OSError, errors.TemporaryFailure, errors.PermanentFailure):
+                # Disk full, a read-only file system, a store gone away:
+                # nothing was lost, and one line says why.
+                self.log.error("UPDATE failed, nothing deleted: {why}", why=_describe(failure))
+            else:
+                self.log.failure("UPDATE failed", failure)
             self._send_and_close(r.err(b"Some deleted messages were not removed.", r.SYS_TEMP))
 
         d.addBoth(updated)
@@ -686,7 +819,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
     def _send_and_close(self, reply: bytes) -> None:
         if not self._disconnected:
             self.transport.write(reply)
-            self.transport.loseConnection()
+            self._close()
 
     # -- TRANSACTION
 
@@ -724,30 +857,40 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             index, _ = self._message_number(argument)
             self.transport.write(r.ok(b"%d %d" % (index + 1, self._messages[index].size)))
             return
-        deleted = self._deleted
-        lines = [b"%d %d" % (i + 1, m.size) for i, m in enumerate(self._messages) if not deleted[i]]
-        self.transport.write(r.multiline(b"%d messages:" % self._live_count, lines))
+        reply = self._listings.get(b"LIST")
+        if reply is None:
+            deleted = self._deleted
+            lines = [b"%d %d" % (i + 1, m.size) for i, m in enumerate(self._messages) if not deleted[i]]
+            reply = self._listings[b"LIST"] = r.multiline(b"%d messages:" % self._live_count, lines)
+        self.transport.write(reply)
 
     def pop3_UIDL(self, argument: bytes) -> None:
         if argument:
             index, _ = self._message_number(argument)
             self.transport.write(r.ok(b"%d %s" % (index + 1, self._messages[index].uid)))
             return
-        deleted = self._deleted
-        lines = [b"%d %s" % (i + 1, m.uid) for i, m in enumerate(self._messages) if not deleted[i]]
-        self.transport.write(r.multiline(b"", lines))
+        # Kept until the next DELE or RSET: a client repeating UIDL on a big
+        # maildrop costs one write, not one formatting pass each time.
+        reply = self._listings.get(b"UIDL")
+        if reply is None:
+            deleted = self._deleted
+            lines = [b"%d %s" % (i + 1, m.uid) for i, m in enumerate(self._messages) if not deleted[i]]
+            reply = self._listings[b"UIDL"] = r.multiline(b"", lines)
+        self.transport.write(reply)
 
     def pop3_DELE(self, argument: bytes) -> None:
         index, _ = self._message_number(argument)
         self._deleted[index] = 1
         self._live_count -= 1
         self._live_size -= self._messages[index].size
+        self._listings.clear()
         self.transport.write(r.ok(b"Marked to be deleted."))
 
     def pop3_RSET(self, argument: bytes) -> None:
         self._deleted = bytearray(len(self._messages))
         self._live_count = len(self._messages)
         self._live_size = sum(m.size for m in self._messages)
+        self._listings.clear()
         self.transport.write(r.ok())
 
     def pop3_RETR(self, argument: bytes) -> defer.Deferred[None]:
@@ -775,7 +918,9 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             if self._disconnected:
                 source.close()
                 return None
-            return _MessageSender(self, source, MessageEncoder(body_lines)).start(first)
+            sender = MessageSender(self._gate, source, MessageEncoder(body_lines),
+                                   self.transport.write, self.resetTimeout)
+            return sender.start(first)
 
         def failed(failure: Failure) -> None:
             if self._disconnected:
@@ -783,7 +928,8 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             if failure.check(errors.PermanentFailure, FileNotFoundError):
                 self.log.warn("message {n} vanished: {why}", n=index + 1, why=failure.getErrorMessage())
                 self.transport.write(r.err(b"Message is no longer available.", r.SYS_PERM))
-            elif failure.check(errors.TemporaryFailure) and not failure.check(errors.PermanentFailure):
+            elif failure.check(errors.TemporaryFailure, OSError):
+                self.log.warn("cannot open message {n}: {why}", n=index + 1, why=_describe(failure))
                 self.transport.write(r.err(b"Temporary failure reading the message.", r.SYS_TEMP))
             else:
                 self.log.failure("reading message {n}", failure, n=index + 1)
@@ -799,6 +945,9 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
                 self._disconnected = True
                 if result.check(ConnectionLost):
                     self.log.info("connection lost while sending message {n}", n=index + 1)
+                elif result.check(OSError, errors.TemporaryFailure):
+                    self.log.error("reading message {n} failed while sending it: {why}",
+                                   n=index + 1, why=_describe(result))
                 else:
                     self.log.failure("sending message {n}", result, n=index + 1)
                 self.transport.abortConnection()

@@ -4,7 +4,7 @@ CRAM-MD5 (RFC 2195).
 
 A mechanism is a small state machine that turns the client's decoded
 responses into C{twisted.cred} credentials, so SASL logins go through the
-same portal, checkers, failure delay and throttle as USER/PASS.  The
+same portal, checkers, failure delay and login penalty as USER/PASS.  The
 protocol does the base64 and the line handling; nothing here logs.
 """
 

@@ -39,6 +39,9 @@ class SessionSettings:
         passwords are accepted from there.  UNIX sockets always count.
     @ivar max_sasl_line_length: longest line accepted in a SASL exchange
         (and for C{AUTH} with an initial response), CRLF included.
+    @ivar login_timeout: seconds from connect to a successful login, after
+        which the connection is closed whatever the client does meanwhile
+        (Dovecot's login processes: 180); 0 turns it off.
     """
 
     implementation: str = "popgate"
@@ -54,6 +57,7 @@ class SessionSettings:
     allow_plaintext_auth: bool = False
     trusted_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     max_sasl_line_length: int = 8192
+    login_timeout: float = 180.0
 
     def __post_init__(self) -> None:
         # A typo in a network would otherwise surface at the first login.

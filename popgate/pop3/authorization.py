@@ -1,0 +1,392 @@
+"""
+The AUTHORIZATION state of a POP3 session: USER/PASS, APOP, AUTH (SASL,
+RFC 5034), STLS, UTF8, and the way to a maildrop through the portal.
+
+Security: STLS (RFC 2595) discards everything the client sent after the
+command before TLS starts (the CVE-2011-0411 class of injection), and
+plaintext passwords (USER/PASS, SASL PLAIN and LOGIN) are refused on a
+connection that is neither TLS nor from a trusted network, as Dovecot does.
+Every login goes through the login penalty (L{popgate.cred.penalty}): one
+check at a time per client address, after that address's penalty.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import re
+from typing import Any, Callable
+
+from twisted.cred import error as cred_error
+from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword, UsernamePassword
+from twisted.internet import defer
+from twisted.internet.address import UNIXAddress
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from popgate import errors
+from popgate.cred.penalty import PenaltyQueueFull
+from popgate.interfaces import IMaildrop
+from popgate.pop3 import responses as r
+from popgate.pop3 import sasl
+from popgate.pop3.apop import APOPCredentials
+from popgate.pop3.base import AUTHORIZATION, TRANSACTION, BadArgument
+
+_HEX_DIGEST = re.compile(rb"[0-9a-fA-F]{32}")
+
+_PLAINTEXT_REFUSED = r.err(
+    b"Plaintext authentication disallowed on non-secure (SSL/TLS) connections.", r.AUTH)
+
+
+@functools.lru_cache(maxsize=16)
+def _networks(spec: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(n, strict=False) for n in spec)
+
+
+def peer_is_trusted(peer: Any, networks: tuple[str, ...]) -> bool:
+    """
+    Whether a connection from C{peer} counts as secure without TLS: a UNIX
+    socket, or an address in C{networks} (IPv4-mapped IPv6 addresses count
+    as their IPv4 address).  Behind C{haproxy:} endpoints C{peer} is the
+    real client.
+    """
+    if isinstance(peer, UNIXAddress):
+        return True
+    host = getattr(peer, "host", None)
+    if not isinstance(host, str):
+        return False
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in _networks(tuple(networks)))
+
+
+class AuthorizationCommands:
+    """
+    The AUTHORIZATION commands of L{popgate.pop3.protocol.POP3ServerProtocol}
+    (a mixin: it works on the session's transport, portal and settings).
+    """
+
+    log = Logger()
+    # A shared popgate.cred.penalty.LoginPenalty, set by the factory.
+    penalty: Any = None
+    # The popgate.tls.ServerTLS for STLS, set by the factory; None: no TLS.
+    tls: Any = None
+    portal: Any
+    settings: Any
+    clock: Any
+    state: str
+    transport: Any
+    maildrop: Any
+    _disconnected: bool
+
+    def _init_authorization(self) -> None:
+        self._login_timer: Any = None
+        self._pending_login: defer.Deferred[Any] | None = None
+        self._auth_failures = 0
+        self._user: bytes | None = None
+        self._challenge = b""
+        self._sasl: Any = None
+        self._tls_started = False
+        self.utf8 = False
+
+    def _start_login_timer(self) -> None:
+        if self.settings.login_timeout:
+            self._login_timer = self.clock.callLater(self.settings.login_timeout,
+                                                     self._login_timed_out)
+
+    def _stop_authorization(self) -> None:
+        """At disconnect: no timer, and a login queued behind the penalty
+        leaves the queue (a check already running finishes; its maildrop is
+        given back)."""
+        self._cancel_login_timer()
+        pending, self._pending_login = self._pending_login, None
+        if pending is not None and not pending.called:
+            pending.cancel()
+
+    def _abandoned_login(self) -> bool:
+        """Whether a login waits out its address's penalty: the end of input
+        then is a guesser giving up (a close looks the same as a
+        half-close), and leaving the queue keeps it from being checked."""
+        return (self._pending_login is not None and self.penalty is not None
+                and self.penalty.penalty(self.peer_ip()) > 0)
+
+    def _login_timed_out(self) -> None:
+        """No login within C{login_timeout}: CAPA or NOOP do not extend it."""
+        self._login_timer = None
+        if self._disconnected or self.state != AUTHORIZATION:
+            return
+        self.log.info("closing session: no login within {seconds:g} s",
+                      seconds=self.settings.login_timeout)
+        if self.paused or self._gate.blocked:
+            self.transport.abortConnection()
+            return
+        self.transport.write(r.err(b"Disconnected: no login in time."))
+        self._close()
+
+    def _cancel_login_timer(self) -> None:
+        timer, self._login_timer = self._login_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def authorization_capabilities(self) -> list[bytes]:
+        """What a client may do before login, on this connection: STLS until
+        TLS is on, USER and the plaintext SASL mechanisms only where
+        plaintext passwords are allowed (Dovecot's rules)."""
+        caps = []
+        if self._stls_available():
+            caps.append(b"STLS")
+        if self.plaintext_allowed():
+            caps.append(b"USER")
+        mechanisms = self._usable_mechanisms()
+        if mechanisms:
+            caps.append(b"SASL " + b" ".join(m.name for m in mechanisms))
+        caps.append(b"UTF8")
+        return caps
+
+    def tls_active(self) -> bool:
+        """Whether this connection is TLS: POP3S, or after STLS."""
+        return self._tls_started or ISSLTransport.providedBy(self.transport)
+
+    def is_secure(self) -> bool:
+        """TLS, or a client in the trusted networks (loopback by default)."""
+        return self.tls_active() or peer_is_trusted(self.transport.getPeer(),
+                                                    self.settings.trusted_networks)
+
+    def plaintext_allowed(self) -> bool:
+        """Whether a password may be sent as is (USER/PASS, PLAIN, LOGIN)."""
+        return self.settings.allow_plaintext_auth or self.is_secure()
+
+    def _stls_available(self) -> bool:
+        return (self.tls is not None and not self.tls_active()
+                and getattr(self.transport, "startTLS", None) is not None)
+
+    def pop3_STLS(self, argument: bytes) -> None:
+        if self.tls_active():
+            self.transport.write(r.err(b"TLS is already active."))
+            return
+        if not self._stls_available():
+            self.transport.write(r.err(b"TLS support isn't enabled."))
+            return
+        # Whatever the client sent after STLS arrived in plaintext and must
+        # not be run as if it came over TLS (CVE-2011-0411): drop it.
+        self.clearLineBuffer()
+        self.transport.write(r.ok(b"Begin TLS negotiation now."))
+        self.transport.startTLS(self.tls)
+        self._tls_started = True
+        # RFC 2595 section 4: forget what the client said before.
+        self._user = None
+        self.utf8 = False
+
+    def pop3_UTF8(self, argument: bytes) -> None:
+        # RFC 6856: user names and passwords are UTF-8 from now on; popgate
+        # passes them to the user stores as bytes either way.
+        self.utf8 = True
+        self.transport.write(r.ok(b"UTF8 enabled."))
+
+    def pop3_USER(self, argument: bytes) -> None:
+        if not self.plaintext_allowed():
+            self.transport.write(_PLAINTEXT_REFUSED)
+            return
+        # As Dovecot: the name is the rest of the line, as it is (an empty
+        # or wrong one fails at PASS, like an unknown user).
+        self._user = argument
+        self.transport.write(r.ok())
+
+    def pop3_PASS(self, argument: bytes) -> defer.Deferred[None] | None:
+        # RFC 1939: the password is the rest of the line, spaces included.
+        if not self.plaintext_allowed():
+            self.transport.write(_PLAINTEXT_REFUSED)
+            return None
+        if self._user is None:
+            raise BadArgument("No username given.")
+        user, self._user = self._user, None
+        return self.login(UsernamePassword(user, argument))
+
+    def pop3_APOP(self, argument: bytes) -> defer.Deferred[None] | None:
+        if not self._challenge:
+            raise BadArgument("APOP not enabled.")
+        # "APOP name digest": the digest is 32 hex digits (Dovecot's checks).
+        user, sep, digest = argument.partition(b" ")
+        if not sep or len(digest) != 32:
+            raise BadArgument("Invalid parameters.")
+        if not _HEX_DIGEST.fullmatch(digest):
+            raise BadArgument("Invalid characters in MD5 response.")
+        return self.login(APOPCredentials(self._challenge, user, digest))
+
+    def _usable_mechanisms(self) -> list[sasl.MechanismInfo]:
+        return sasl.usable(self.plaintext_allowed(), self._secrets_checkable())
+
+    def pop3_AUTH(self, argument: bytes) -> defer.Deferred[None] | None:
+        # "AUTH mechanism [initial-response]", spaces as Dovecot takes them
+        # (extra ones ignored); its errors carry [AUTH].
+        words = [w for w in argument.split(b" ") if w]
+        if not words:
+            # Not in RFC 5034: the old discovery Outlook uses (and Dovecot
+            # and Twisted answer) -- the usable mechanisms, one a line.
+            names = [m.name for m in self._usable_mechanisms()]
+            self.transport.write(r.multiline(b"", names))
+            return None
+        if len(words) > 2:
+            raise BadArgument("Invalid parameters.", r.AUTH)
+        info = sasl.find(words[0])
+        if info is None or (info.needs_secret and not self._secrets_checkable()):
+            raise BadArgument("Unsupported authentication mechanism.", r.AUTH)
+        if info.plaintext and not self.plaintext_allowed():
+            self.transport.write(_PLAINTEXT_REFUSED)
+            return None
+        response = None
+        if len(words) == 2:
+            try:
+                response = sasl.decode(words[1])
+            except sasl.MalformedResponse:
+                raise BadArgument("Invalid base64 data in initial response.", r.AUTH) from None
+        mechanism = info.make(self.settings.hostname, self.clock.seconds())
+        return self._sasl_step(mechanism, response)
+
+    def _sasl_response(self, line: bytes) -> defer.Deferred[None] | None:
+        """One client line inside a SASL exchange (never logged)."""
+        mechanism, self._sasl = self._sasl, None
+        line = line.strip()
+        if line == b"*":
+            self.transport.write(r.err(b"Authentication aborted by client."))
+            return None
+        try:
+            response = sasl.decode(line)
+        except sasl.MalformedResponse:
+            self.transport.write(r.err(b"Invalid base64 data in continued response.", r.AUTH))
+            return None
+        return self._sasl_step(mechanism, response)
+
+    def _sasl_step(self, mechanism: Any, response: bytes | None) -> defer.Deferred[None] | None:
+        try:
+            result = mechanism.step(response)
+        except sasl.SASLError:
+            # Broken or refused credentials: a failed login like any other
+            # (penalty, delay, attempt limit), without asking the portal.
+            if self.penalty is None:
+                return self._login_failed(Failure(cred_error.UnauthorizedLogin()))
+            return self.login(None)
+        if isinstance(result, sasl.Challenge):
+            self._sasl = mechanism
+            self.transport.write(b"+ " + sasl.encode(result.data) + b"\r\n")
+            return None
+        return self.login(result)
+
+    def peer_ip(self) -> str:
+        """The client's address, for the per-IP login penalty."""
+        peer = self.transport.getPeer()
+        return str(getattr(peer, "host", peer))
+
+    def login(self, credentials: Any) -> defer.Deferred[None]:
+        """
+        Run C{credentials} through the portal and enter TRANSACTION.  With a
+        login penalty, the check waits its turn: one check at a time per
+        client address, each after that address's penalty.  C{None}: a
+        broken SASL exchange, a failed login that still waits its turn.
+        """
+        def check() -> defer.Deferred[Any]:
+            if credentials is None:
+                return defer.fail(cred_error.UnauthorizedLogin())
+            d = self.portal.login(credentials, None, IMaildrop)
+            d.addCallback(self._give_back_if_gone)
+            return d
+
+        if self.penalty is None:
+            d = check()
+        else:
+            username = getattr(credentials, "username", b"") or b""
+            local, at, domain = username.rpartition(b"@")
+            if at:  # domains are case-insensitive (popgate.cred.names)
+                username = local + at + domain.lower()
+            secret = getattr(credentials, "password", None) \
+                if IUsernamePassword.providedBy(credentials) else None
+            d = self.penalty.attempt(self.peer_ip(), username, secret, check)
+            if not d.called:
+                self._pending_login = d
+        d.addBoth(self._login_done)
+        d.addCallbacks(self._logged_in, self._login_failed)
+        return d
+
+    def _login_done(self, result: Any) -> Any:
+        self._pending_login = None
+        return result
+
+    def _give_back_if_gone(self, result: tuple[Any, Any, Callable[[], object]]) -> Any:
+        """A session that left while its login ran gives the maildrop back
+        at once, even if nobody waits for the result any more."""
+        if self._disconnected:
+            _, maildrop, logout = result
+            defer.maybeDeferred(maildrop.close).addErrback(
+                lambda f: self.log.failure("closing maildrop", f))
+            logout()
+            raise defer.CancelledError("the client left during the login")
+        return result
+
+    def _logged_in(self, result: tuple[Any, Any, Callable[[], object]]) -> None:
+        _, maildrop, logout = result
+        self.maildrop = maildrop
+        self._logout = logout
+        if self._disconnected:
+            self._release()
+            return
+        self._cancel_login_timer()
+        self._enter_transaction(maildrop)
+        self.state = TRANSACTION
+        self._bad_commands = 0
+        self.transport.write(r.ok(b"Logged in."))
+
+    def _login_failed(self, failure: Failure) -> defer.Deferred[None] | None:
+        if self._disconnected:
+            return None
+        if failure.check(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials,
+                         cred_error.LoginDenied):
+            self._auth_failures += 1
+            last = self._auth_failures >= self.settings.max_auth_failures
+            return self._after_delay(self.settings.auth_failure_delay,
+                                     r.err(b"Authentication failed.", r.AUTH), close=last)
+        if failure.check(PenaltyQueueFull):
+            self.log.info("refusing login from {ip}: too many logins waiting from that address",
+                          ip=self.peer_ip())
+            self._send_and_close(r.err(b"Too many logins in progress from your address.",
+                                       r.SYS_TEMP))
+            return None
+        if failure.check(defer.CancelledError):
+            return None
+        if failure.check(errors.MaildropInUse):
+            reply = r.err(b"Mailbox is locked by another POP3 session.", r.IN_USE)
+        elif failure.check(errors.PermanentFailure):
+            # A refused user name, a mailbox that is not one: expected, and
+            # the message says which.
+            self.log.error("login refused: mailbox cannot be opened: {why}",
+                           why=failure.getErrorMessage())
+            reply = r.err(b"Mailbox cannot be opened.", r.SYS_PERM)
+        else:
+            if not failure.check(errors.TemporaryFailure):
+                self.log.failure("login failed", failure)
+            else:
+                self.log.warn("temporary login failure: {why}", why=failure.getErrorMessage())
+            reply = r.err(b"Temporary server failure, try again later.", r.SYS_TEMP)
+        self.transport.write(reply)
+        return None
+
+    def _after_delay(self, delay: float, reply: bytes, close: bool) -> defer.Deferred[None]:
+        def send() -> None:
+            if self._disconnected:
+                return
+            self.transport.write(reply)
+            if close:
+                self._close()
+
+        return deferLater(self.clock, delay, send)
+
+    def _secrets_checkable(self) -> bool:
+        """Whether the user stores can check a proof of the secret (APOP,
+        CRAM-MD5): a checker for C{IUsernameHashedPassword} is registered."""
+        interfaces = getattr(self.portal, "listCredentialsInterfaces", lambda: [])()
+        return IUsernameHashedPassword in interfaces

@@ -1,0 +1,244 @@
+"""
+The TRANSACTION and UPDATE states of a POP3 session: the commands on an
+open maildrop, and QUIT, the only way deletions become real (RFC 1939
+section 6).  Messages are streamed with back-pressure by
+L{popgate.pop3.output.MessageSender}.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+from twisted.internet import defer
+from twisted.internet.error import ConnectionLost
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from popgate import errors
+from popgate.pop3 import responses as r
+from popgate.pop3.base import AUTHORIZATION, UPDATE, BadArgument, describe
+from popgate.pop3.encoder import MessageEncoder
+from popgate.pop3.output import MessageSender, OutputGate
+
+# Message numbers are 32-bit and TOP line counts 64-bit, as in Dovecot:
+# larger values are an error, not "all lines".
+_MAX_MESSAGE_NUMBER = 2**32 - 1
+_MAX_LINE_COUNT = 2**64 - 1
+_DIGITS = re.compile(rb"[0-9]+")
+
+
+class TransactionCommands:
+    """
+    The commands on an open maildrop, for
+    L{popgate.pop3.protocol.POP3ServerProtocol} (a mixin).  Deletion marks
+    live here, in the session; the maildrop sees them only at QUIT.
+    """
+
+    log = Logger()
+    state: str
+    transport: Any
+    _gate: OutputGate
+    _disconnected: bool
+
+    def _init_transaction(self) -> None:
+        self.maildrop: Any = None
+        self._committed = False
+        self._updating = False
+        self._logout: Callable[[], object] | None = None
+        self._messages: list[Any] = []
+        self._deleted: bytearray = bytearray()
+        self._live_count = 0
+        self._live_size = 0
+        # Full LIST and UIDL replies, until a DELE or RSET changes them.
+        self._listings: dict[bytes, bytes] = {}
+
+    def _enter_transaction(self, maildrop: Any) -> None:
+        """Take the maildrop's message list: the numbers the session uses."""
+        self._messages = list(maildrop.list_messages())
+        self._deleted = bytearray(len(self._messages))
+        self._live_count = len(self._messages)
+        self._live_size = sum(m.size for m in self._messages)
+
+    def _release(self) -> None:
+        """Give the maildrop back without UPDATE (RFC 1939 section 6)."""
+        if self.maildrop is not None and not self._committed:
+            self._committed = True
+            defer.maybeDeferred(self.maildrop.close).addErrback(
+                lambda f: self.log.failure("closing maildrop", f))
+        # While UPDATE runs the maildrop stays locked: the commit releases it.
+        if self._logout is not None and not self._updating:
+            logout, self._logout = self._logout, None
+            logout()
+
+    def pop3_QUIT(self, argument: bytes) -> defer.Deferred[None] | None:
+        if self.state == AUTHORIZATION:
+            self.transport.write(r.ok(b"Logging out."))
+            self._close()
+            return None
+        self.state = UPDATE
+        deleted = [i for i, flag in enumerate(self._deleted) if flag]
+        self._committed = True
+        self._updating = True
+        d = defer.maybeDeferred(self.maildrop.commit, deleted)
+
+        def updated(result: object) -> object:
+            self._updating = False
+            if self._disconnected:
+                self._release()
+            return result
+
+        def done(_: object) -> None:
+            text = b"Logging out, messages deleted." if deleted else b"Logging out."
+            self._send_and_close(r.ok(text))
+
+        def failed(failure: Failure) -> None:
+            if failure.check(OSError, errors.TemporaryFailure, errors.PermanentFailure):
+                # Disk full, a read-only file system, a store gone away:
+                # nothing was lost, and one line says why.
+                self.log.error("UPDATE failed, nothing deleted: {why}", why=describe(failure))
+            else:
+                self.log.failure("UPDATE failed", failure)
+            self._send_and_close(r.err(b"Some deleted messages were not removed.", r.SYS_TEMP))
+
+        d.addBoth(updated)
+        d.addCallbacks(done, failed)
+        return d
+
+    def _send_and_close(self, reply: bytes) -> None:
+        if not self._disconnected:
+            self.transport.write(reply)
+            self._close()
+
+    def _message_number(self, argument: bytes, then_space: bool = False) -> tuple[int, bytes]:
+        """
+        Parse a message number naming a live message, as Dovecot does:
+        digits (a 32-bit number), then the end of the line -- or, with
+        C{then_space}, a space and more arguments.  Return its index and
+        what follows, spaces skipped.
+        """
+        match = _DIGITS.match(argument)
+        if match is None:
+            raise BadArgument("Invalid message number.")
+        number = int(match.group())
+        if number > _MAX_MESSAGE_NUMBER:
+            raise BadArgument("Message number too large.")
+        rest = argument[match.end():]
+        if rest[:1] != (b" " if then_space else b""):
+            raise BadArgument("Noise after message number.")
+        if number < 1 or number > len(self._messages):
+            raise BadArgument("There's no message %d." % number)
+        index = number - 1
+        if self._deleted[index]:
+            raise BadArgument("Message is deleted.")
+        return index, rest.lstrip(b" ")
+
+    def pop3_STAT(self, argument: bytes) -> None:
+        self.transport.write(r.ok(b"%d %d" % (self._live_count, self._live_size)))
+
+    def pop3_NOOP(self, argument: bytes) -> None:
+        self.transport.write(r.ok())
+
+    def pop3_LIST(self, argument: bytes) -> None:
+        if argument:
+            index, _ = self._message_number(argument)
+            self.transport.write(r.ok(b"%d %d" % (index + 1, self._messages[index].size)))
+            return
+        reply = self._listings.get(b"LIST")
+        if reply is None:
+            deleted = self._deleted
+            lines = [b"%d %d" % (i + 1, m.size) for i, m in enumerate(self._messages) if not deleted[i]]
+            reply = self._listings[b"LIST"] = r.multiline(b"%d messages:" % self._live_count, lines)
+        self.transport.write(reply)
+
+    def pop3_UIDL(self, argument: bytes) -> None:
+        if argument:
+            index, _ = self._message_number(argument)
+            self.transport.write(r.ok(b"%d %s" % (index + 1, self._messages[index].uid)))
+            return
+        # Kept until the next DELE or RSET: a client repeating UIDL on a big
+        # maildrop costs one write, not one formatting pass each time.
+        reply = self._listings.get(b"UIDL")
+        if reply is None:
+            deleted = self._deleted
+            lines = [b"%d %s" % (i + 1, m.uid) for i, m in enumerate(self._messages) if not deleted[i]]
+            reply = self._listings[b"UIDL"] = r.multiline(b"", lines)
+        self.transport.write(reply)
+
+    def pop3_DELE(self, argument: bytes) -> None:
+        index, _ = self._message_number(argument)
+        self._deleted[index] = 1
+        self._live_count -= 1
+        self._live_size -= self._messages[index].size
+        self._listings.clear()
+        self.transport.write(r.ok(b"Marked to be deleted."))
+
+    def pop3_RSET(self, argument: bytes) -> None:
+        self._deleted = bytearray(len(self._messages))
+        self._live_count = len(self._messages)
+        self._live_size = sum(m.size for m in self._messages)
+        self._listings.clear()
+        self.transport.write(r.ok())
+
+    def pop3_RETR(self, argument: bytes) -> defer.Deferred[None]:
+        index, _ = self._message_number(argument)
+        first = r.ok(b"%d octets" % self._messages[index].size)
+        return self._send_message(index, first, None)
+
+    def pop3_TOP(self, argument: bytes) -> defer.Deferred[None]:
+        # "TOP msg n": n is a 64-bit count; more is an error, as in Dovecot.
+        index, lines = self._message_number(argument, then_space=True)
+        match = _DIGITS.match(lines)
+        if match is None:
+            raise BadArgument("Invalid size.")
+        count = int(match.group())
+        if count > _MAX_LINE_COUNT:
+            raise BadArgument("Size too large.")
+        if match.end() != len(lines):
+            raise BadArgument("Noise after size.")
+        return self._send_message(index, r.ok(), count)
+
+    def _send_message(self, index: int, first: bytes, body_lines: int | None) -> defer.Deferred[None]:
+        d = defer.maybeDeferred(self.maildrop.open_message, index)
+
+        def opened(source: Any) -> defer.Deferred[None] | None:
+            if self._disconnected:
+                source.close()
+                return None
+            sender = MessageSender(self._gate, source, MessageEncoder(body_lines),
+                                   self.transport.write, self.resetTimeout)
+            return sender.start(first)
+
+        def failed(failure: Failure) -> None:
+            if self._disconnected:
+                return
+            if failure.check(errors.PermanentFailure, FileNotFoundError):
+                self.log.warn("message {n} vanished: {why}", n=index + 1, why=failure.getErrorMessage())
+                self.transport.write(r.err(b"Message is no longer available.", r.SYS_PERM))
+            elif failure.check(errors.TemporaryFailure, OSError):
+                self.log.warn("cannot open message {n}: {why}", n=index + 1, why=describe(failure))
+                self.transport.write(r.err(b"Temporary failure reading the message.", r.SYS_TEMP))
+            else:
+                self.log.failure("reading message {n}", failure, n=index + 1)
+                self.transport.write(r.err(b"Temporary failure reading the message.", r.SYS_TEMP))
+
+        def sent_or_failed(result: object) -> None:
+            # A failure after the +OK line was sent cannot become an -ERR:
+            # the only honest thing left is to drop the connection, and to
+            # run none of the commands pipelined after this one (a TCP
+            # transport stops its producer before connectionLost, so
+            # "RETR 1, DELE 1, QUIT" must not go on to delete).
+            if isinstance(result, Failure) and not self._disconnected:
+                self._disconnected = True
+                if result.check(ConnectionLost):
+                    self.log.info("connection lost while sending message {n}", n=index + 1)
+                elif result.check(OSError, errors.TemporaryFailure):
+                    self.log.error("reading message {n} failed while sending it: {why}",
+                                   n=index + 1, why=describe(result))
+                else:
+                    self.log.failure("sending message {n}", result, n=index + 1)
+                self.transport.abortConnection()
+
+        d.addCallbacks(opened, failed)
+        d.addErrback(lambda f: sent_or_failed(f))
+        return d

@@ -143,7 +143,10 @@ class Popgate(Server):
         return [self.twistd, "-n", "--pidfile=", "--logfile", str(self.log), "popgate",
                 "--pop3", f"tcp:{port}:interface=127.0.0.1",
                 "--auth", f"passwd-file:{self.passwd}",
-                "--store", f"maildir:{self.root}/%n", *self.extra]
+                "--store", f"maildir:{self.root}/%n",
+                # The load comes from one address; Dovecot has no per-IP
+                # connection limit either.
+                "--max-connections-per-ip", "0", *self.extra]
 
     def start(self) -> None:
         self.port = free_port()

@@ -16,6 +16,12 @@ import sys
 import time
 from typing import Sequence
 
+from twisted.scripts import twistd
+
+from popgate.cred.schemes import hash_password
+from popgate.delivery import deliver
+from popgate.stores.maildir import ensure_maildir
+
 DEMO_USER = "demo"
 DEMO_PASSWORD = "demo"
 
@@ -48,9 +54,6 @@ def prepare_demo(root: str) -> tuple[str, str]:
 
     @return: the htpasswd path and the Maildir template.
     """
-    from popgate.cred.schemes import hash_password
-    from popgate.stores.maildir import ensure_maildir
-
     root = os.path.abspath(root)
     os.makedirs(root, exist_ok=True)
     htpasswd = os.path.join(root, "htpasswd")
@@ -95,17 +98,13 @@ Stop with Ctrl-C.
 
 def run_twistd(argv: list[str]) -> int:
     """Run twistd in this process with C{argv}."""
-    from twisted.scripts.twistd import run
-
     sys.argv = argv
-    run()
+    twistd.run()
     return 0
 
 
 def passwd(args: argparse.Namespace) -> int:
     """Add or replace C{user}'s line in an htpasswd file, atomically."""
-    from popgate.cred.schemes import hash_password
-
     password = args.password if args.password is not None else getpass.getpass()
     entry = f"{args.user}:{hash_password(password, prefix=False)}\n"
     lines: list[str] = []
@@ -132,12 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("user")
     p.add_argument("--password", help="the password (default: ask)")
     p.set_defaults(func=passwd)
-    try:
-        from popgate.delivery.deliver import add_subcommand
-    except ImportError:
-        pass
-    else:
-        add_subcommand(sub)
+    deliver.add_subcommand(sub)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -1,8 +1,9 @@
 """
-The TOML configuration file: every command-line option has a twin here,
-spelled with underscores (C{--idle-timeout} is C{idle_timeout}).  The
-command line wins over the file; lists (C{pop3}, C{auth}, ...) given on the
-command line replace the file's list.
+The TOML configuration file: every setting of L{popgate.settings} that
+the file may give is a key, spelled with underscores (C{--idle-timeout} is
+C{idle_timeout}), in a C{[popgate]} table or at the top level.  Unknown
+keys and tables are an error, so a typo never goes unnoticed; how the
+file and the command line combine is L{popgate.settings.resolve}.
 """
 
 from __future__ import annotations
@@ -12,32 +13,50 @@ from typing import Any
 
 from twisted.python import usage
 
-# key -> (type, repeatable)
-LIST_KEYS = {"pop3", "pop3s", "auth", "lmtp", "exempt_networks"}
-SCALAR_KEYS: dict[str, type | tuple[type, ...]] = {
-    "store": str,
-    "implementation": str,
-    "greeting": str,
-    "hostname": str,
-    "idle_timeout": (int, float),
-    "login_timeout": (int, float),
-    "auth_failure_delay": (int, float),
-    "max_auth_failures": int,
-    "max_bad_commands": int,
-    "tls_cert": str,
-    "tls_key": str,
-    "allow_plaintext_auth": bool,
-    "auth_cache_ttl": (int, float),
-    "auth_cache_negative_ttl": (int, float),
-    "workers": int,
-    "max_connections": int,
-    "max_connections_per_ip": int,
-}
+from popgate.settings import SETTINGS, Setting
+
+KEYS: dict[str, Setting] = {s.key: s for s in SETTINGS if s.toml}
+
+
+def _section(data: dict[str, Any], path: str) -> dict[str, Any]:
+    """The table that holds the settings: C{[popgate]} when there is one
+    (and then nothing else may be there), else the top level."""
+    if "popgate" not in data:
+        for key, value in data.items():
+            if isinstance(value, dict):
+                raise usage.UsageError(f"config file {path}: unknown table [{key}]")
+        return data
+    section = data["popgate"]
+    if not isinstance(section, dict):
+        raise usage.UsageError(f"config file {path}: [popgate] must be a table")
+    for key, value in data.items():
+        if key == "popgate":
+            continue
+        if isinstance(value, dict):
+            raise usage.UsageError(f"config file {path}: unknown table [{key}]")
+        raise usage.UsageError(f"config file {path}: {key!r} is outside the [popgate] table")
+    return section
+
+
+def _check(setting: Setting, value: Any, path: str) -> Any:
+    """C{value}, if TOML gave it the type the setting takes."""
+    key = setting.key
+    if setting.kind == "list":
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise usage.UsageError(f"config file {path}: {key} must be a list of strings")
+        return value
+    wanted: tuple[type, ...] = {"text": (str,), "int": (int,), "float": (int, float),
+                                "flag": (bool,)}[setting.kind]
+    if isinstance(value, bool) != (setting.kind == "flag") or not isinstance(value, wanted):
+        raise usage.UsageError(f"config file {path}: {key} has the wrong type")
+    return value
 
 
 def load(path: str) -> dict[str, Any]:
     """
-    Read and check C{path}.
+    Read and check C{path}: the values it gives, by key.
 
     @raise usage.UsageError: naming the file and the offending key.
     """
@@ -48,23 +67,10 @@ def load(path: str) -> dict[str, Any]:
         raise usage.UsageError(f"cannot read config file {path}: {e.strerror}")
     except tomllib.TOMLDecodeError as e:
         raise usage.UsageError(f"config file {path}: {e}")
-    section = data.get("popgate", data)
-    if not isinstance(section, dict):
-        raise usage.UsageError(f"config file {path}: [popgate] must be a table")
     checked: dict[str, Any] = {}
-    for key, value in section.items():
-        if key in LIST_KEYS:
-            if isinstance(value, str):
-                value = [value]
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise usage.UsageError(f"config file {path}: {key} must be a list of strings")
-        elif key in SCALAR_KEYS:
-            wanted = SCALAR_KEYS[key]
-            if isinstance(value, bool) and wanted is not bool:
-                raise usage.UsageError(f"config file {path}: {key} has the wrong type")
-            if not isinstance(value, wanted):
-                raise usage.UsageError(f"config file {path}: {key} has the wrong type")
-        else:
+    for key, value in _section(data, path).items():
+        setting = KEYS.get(key)
+        if setting is None:
             raise usage.UsageError(f"config file {path}: unknown key {key!r}")
-        checked[key] = value
+        checked[key] = _check(setting, value, path)
     return checked

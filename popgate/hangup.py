@@ -129,14 +129,3 @@ class HangupHook(service.Service):
             done.append(f"{getattr(callback, '__qualname__', callback)} failed (see above)")
         return True
 
-
-def hangup_hook(reactor: Any, tls: Any = None) -> HangupHook:
-    """The hook every server gets: it reloads the certificate when there is
-    one, and says so when there is none."""
-    hook = HangupHook(reactor, why_idle="no TLS certificate configured")
-    if tls is not None:
-        from popgate.tls import reload_on_hangup
-
-        reload, description = reload_on_hangup(tls)
-        hook.register(reload, description)
-    return hook

@@ -33,11 +33,15 @@ class IMaildrop(Interface):
 
     def open_message(index):  # type: ignore[misc]
         """
-        Open message C{index} (0-based) for reading.
+        Open message C{index} (0-based) for reading.  Called in the reactor
+        thread, so it must not block: a store whose open may wait for a
+        disk does it in a thread (or only when the kernel can promise it
+        will not wait, see L{popgate.stores.nowait}).
 
-        @return: a L{Deferred} firing with a binary file-like object that
-            yields the message as stored (LF or CRLF line ends); the protocol
-            converts line ends and dot-stuffs.  The caller closes it.
+        @return: an L{IMessageSource}, or a L{Deferred} firing with one.  It
+            yields the message as stored (LF or CRLF line ends); the
+            protocol converts line ends and dot-stuffs, and closes it.  (Any
+            binary file object is accepted too, and read in a thread.)
         """
 
     def commit(deleted):  # type: ignore[misc]
@@ -53,6 +57,66 @@ class IMaildrop(Interface):
         """
         Release the maildrop without changing it (the session ended without
         QUIT).  Idempotent; may return a L{Deferred}.
+        """
+
+
+class ILoadingMaildrop(IMaildrop):
+    """
+    A maildrop that takes its snapshot after it was created: an adapter
+    cannot return a L{Deferred}, so it does the reading here.
+    """
+
+    def load():  # type: ignore[misc]
+        """
+        Take the snapshot.  Called once, before any other method.
+
+        @return: a L{Deferred} that fires once C{list_messages} can
+            answer; on failure the realm closes the maildrop.
+        """
+
+
+class IMessageSource(Interface):
+    """
+    One message being sent by RETR or TOP: what L{IMaildrop.open_message}
+    gives.  The sender (L{popgate.pop3.output.MessageSender}) reads it a
+    chunk at a time, never two reads at once, and only while the client
+    keeps up; it closes it once, never while a read is running.
+    """
+
+    blocking = Attribute(
+        "True if read() may wait for a disk or the network: the sender then "
+        "calls it in the reactor's thread pool.  False if it returns at once "
+        "(the message is in memory): it is called in the reactor thread.")
+
+    def read(size):  # type: ignore[misc]
+        """
+        The next octets of the message as stored: at least one and at most
+        C{size}, or C{b""} at the end.  Called in a pool thread when
+        C{blocking}, else in the reactor thread.
+
+        @raise OSError: or L{popgate.errors.TemporaryFailure}: the message
+            cannot be read (the client, already sent C{+OK}, is dropped).
+        """
+
+    def close():  # type: ignore[misc]
+        """Release what the source holds.  Called once, in the reactor
+        thread."""
+
+
+class ICachedMessageSource(IMessageSource):
+    """
+    A blocking source that can tell, without waiting, whether its next
+    octets are in memory (the page cache): the sender reads those in the
+    reactor thread, which costs less than a trip to a pool thread, and
+    sends only the reads that would wait for the disk to the pool.
+    """
+
+    def read_cached(size):  # type: ignore[misc]
+        """
+        Like L{IMessageSource.read}, but only what can be had without
+        waiting: C{None} when the next octets would have to come from the
+        disk (then the sender calls C{read} in a thread).  Called in the
+        reactor thread; never while a C{read} is running.
         """
 
 

@@ -34,6 +34,8 @@ from twisted.logger import ILogObserver, Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from zope.interface import alsoProvides, directlyProvides, implementer, providedBy
 
+from popgate.proxy_protocol import ProxyHeaderFactory
+
 log = Logger()
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -540,7 +542,8 @@ class _WatchedEndpoint:
 
 def watch_listener(listener: Any, watch: AcceptErrorWatch) -> None:
     """Have C{watch} see the port of C{listener}: a
-    C{StreamServerEndpointService} or a L{popgate.workers.ReusePortListener}."""
+    C{StreamServerEndpointService} or a
+    L{popgate.workers.reuseport.ReusePortListener}."""
     if hasattr(listener, "on_port"):
         listener.on_port = watch.watch
     elif getattr(listener, "endpoint", None) is not None:
@@ -556,8 +559,6 @@ def prepare_listener(description: str, factory: Any, clock: Any) -> tuple[str, A
     """
     description = with_backlog(description, listen_backlog())
     if description.startswith("haproxy:"):
-        from popgate.proxy_protocol import ProxyHeaderFactory
-
         return description[len("haproxy:"):], ProxyHeaderFactory(factory, clock)
     return description, factory
 
@@ -573,30 +574,28 @@ class ProcessLimits:
         watch_listener(listener, self.accept_errors)
 
 
-def build_limits(options: Any, clock: Any,
+def build_limits(clock: Any, max_connections: int = 0, max_per_ip: int = 20,
+                 exempt: Sequence[Network] = (),
                  nofile: Callable[[], tuple[int, int]] | None = None) -> ProcessLimits:
     """
-    The limits the options ask for (C{max-connections}: 0 or unset for the
-    L{derived_limit}; C{max-connections-per-ip}; C{exempt-networks}), after
+    The limits of one process (C{max_connections} 0 for the
+    L{derived_limit}; C{max_per_ip} 0 for none; C{exempt} networks), after
     raising the soft descriptor limit; one line says what they are.
     """
     before, now = (raise_nofile_limit if nofile is None else nofile)()
     derived, reserve = derived_limit(now)
-    wanted = options.get("max-connections") or 0
+    wanted = max_connections
     ceiling = max(1, now - reserve)
     if wanted > ceiling:
         log.warn("--max-connections {wanted} is more than {nofile} file descriptors allow: "
                  "using {ceiling}", wanted=wanted, nofile=now, ceiling=ceiling)
         wanted = ceiling
-    per_ip = options.get("max-connections-per-ip")
-    per_ip = 20 if per_ip is None else per_ip
-    exempt = parse_networks(options.get("exempt-networks") or ())
-    connections = ConnectionLimits(clock, wanted or derived, per_ip, exempt)
+    connections = ConnectionLimits(clock, wanted or derived, max_per_ip, exempt)
     log.info("file descriptors: {nofile}{raised}; connection limit {limit}{how}, {per_ip} per "
              "address{exempt}", nofile=now,
              raised=f" (soft limit raised from {before})" if now != before else "",
              limit=connections.max_connections,
              how="" if wanted else f" ({FDS_PER_SESSION} per session, {reserve} kept in reserve)",
-             per_ip=per_ip or "no limit",
+             per_ip=max_per_ip or "no limit",
              exempt=f" (exempt: {', '.join(map(str, exempt))})" if exempt else "")
     return ProcessLimits(connections, AcceptErrorWatch(clock, connections.reports))

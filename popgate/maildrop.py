@@ -7,6 +7,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from popgate.wire import wire_size
+
+__all__ = ["MessageInfo", "is_valid_uid", "wire_size"]  # wire_size: the old home of popgate.wire.wire_size
+
 _UID_OK = re.compile(rb"^[\x21-\x7e]{1,70}\Z")
 
 
@@ -44,11 +48,3 @@ class MessageInfo:
 def is_valid_uid(uid: bytes) -> bool:
     """True when C{uid} may be sent as a UIDL value as is."""
     return _UID_OK.match(uid) is not None
-
-
-def wire_size(data: bytes) -> int:
-    """
-    The octet count of C{data} once every bare LF is sent as CRLF (bare CR
-    is sent as is, the way Dovecot does).
-    """
-    return len(data) + data.count(b"\n") - data.count(b"\r\n")

@@ -5,7 +5,8 @@ Stores may return any object; the realm adapts it to L{IMaildrop} through
 the adapters registered in L{popgate.stores.adapters}, so a store written
 for another interface (a Twisted C{IMailbox}, say) plugs in unchanged.
 Adapters are synchronous, so an adapter that must do I/O before it can list
-messages provides L{ILoadingMaildrop}, and the realm waits for its C{load}.
+messages provides L{popgate.interfaces.ILoadingMaildrop} (re-exported here),
+and the realm waits for its C{load}.
 """
 
 from __future__ import annotations
@@ -19,25 +20,12 @@ from zope.interface import implementer
 
 from popgate import errors
 from popgate.cred.names import normalize_user
-from popgate.interfaces import IMaildrop, IMailStore
+from popgate.interfaces import ILoadingMaildrop, IMaildrop, IMailStore
 from popgate.stores import adapters
 
+__all__ = ["ILoadingMaildrop", "MaildropRealm", "avatar_name", "ready_maildrop"]
+
 log = Logger()
-
-
-class ILoadingMaildrop(IMaildrop):
-    """
-    A maildrop that takes its snapshot after it was created: an adapter
-    cannot return a L{defer.Deferred}, so it does the reading here.
-    """
-
-    def load():  # type: ignore[misc]
-        """
-        Take the snapshot.  Called once, before any other method.
-
-        @return: a L{defer.Deferred} that fires once C{list_messages} can
-            answer; on failure the realm closes the maildrop.
-        """
 
 
 def avatar_name(avatar_id: bytes | str) -> str:

@@ -40,6 +40,12 @@ from urllib.parse import unquote, urlsplit
 
 from twisted.python import usage
 
+from popgate.cred._userfile import UserFileChecker
+from popgate.settings import Config, RunAs
+from popgate.stores import mailpath
+from popgate.stores.maildir import MaildirStore
+from popgate.stores.mbox import MboxStore
+
 #: What a path must allow: a file to read; a directory to search or to
 #: write in, or to write in once created under its nearest existing ancestor.
 READ, SEARCH, WRITE, WRITE_OR_CREATE = ("read", "search", "write", "write-or-create")
@@ -62,15 +68,6 @@ class Need:
     access: str
     what: str = ""
     why: str = ""
-
-
-@dataclass(frozen=True)
-class RunAs:
-    """The user twistd will switch to."""
-
-    uid: int
-    gid: int
-    name: str
 
 
 def run_as(options: Any) -> RunAs | None:
@@ -98,26 +95,24 @@ def run_as(options: Any) -> RunAs | None:
     return RunAs(uid, gid, entry.pw_name if entry is not None else str(uid))
 
 
-def needs(options: Any) -> list[Need]:
-    """Every path the options make the running server use, with the access
-    each must allow."""
+def needs(config: Config, store: Any, checkers: Iterable[Any], tls: Any) -> list[Need]:
+    """Every path the server built from C{config} (its C{store},
+    C{checkers} and C{tls}) will use, with the access each must allow."""
     found: list[Need] = []
-    found += _checker_needs(options.get("credCheckers") or [])
-    tls = options.get("tls_object")
+    found += _checker_needs(checkers)
     if tls is not None:
         reread = "; SIGHUP could not re-read it"
         found.append(Need("--tls-cert", tls.cert_path, READ, "the certificate", reread))
         found.append(Need("--tls-key", tls.key_path, READ, "the key", reread))
-    found += _store_needs(options.get("store"), options.get("store_object"))
-    for kind in ("pop3", "pop3s", "lmtp"):
-        for endpoint in options.get(kind) or []:
+    found += _store_needs(config.store, store)
+    for kind, endpoints in (("pop3", config.pop3), ("pop3s", config.pop3s),
+                            ("lmtp", config.lmtp)):
+        for endpoint in endpoints:
             found += _socket_needs(f"--{kind} {endpoint}", endpoint)
     return found
 
 
 def _checker_needs(checkers: Iterable[Any]) -> list[Need]:
-    from popgate.cred._userfile import UserFileChecker
-
     found = []
     for checker in checkers:
         if isinstance(checker, UserFileChecker):
@@ -134,10 +129,6 @@ def _checker_needs(checkers: Iterable[Any]) -> list[Need]:
 
 
 def _store_needs(description: str | None, store: Any) -> list[Need]:
-    from popgate.stores import mailpath
-    from popgate.stores.maildir import MaildirStore
-    from popgate.stores.mbox import MboxStore
-
     option = f"--store {(description or '').partition(':')[0]}"
     if isinstance(store, MaildirStore):
         root = mailpath.fixed_root(store.template)
@@ -325,17 +316,18 @@ def describe(need: Need, real: str, outcome: str, about: str, user: RunAs) -> st
     return f"{need.option}: {label} cannot be opened by user {user.name}: {outcome[6:]}"
 
 
-def check(options: Any) -> None:
+def check(config: Config, store: Any, checkers: Iterable[Any], tls: Any) -> None:
     """
-    Refuse, with one line, options that would fail once twistd runs as its
-    C{--uid}: called once all options are parsed.
+    Refuse, with one line, a configuration that would fail once twistd
+    runs as its C{--uid} (L{Config.run_as}): called by the composition
+    root once the stores and TLS are built, before anything listens.
 
     @raise usage.UsageError: naming the option, the path and what blocks it.
     """
-    user = run_as(options)
+    user = config.run_as
     if user is None:
         return
-    wanted = needs(options)
+    wanted = needs(config, store, checkers, tls)
     if not wanted:
         return
     resolved = [os.path.realpath(need.path) for need in wanted]

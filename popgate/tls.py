@@ -20,6 +20,8 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from popgate.hangup import ReloadFailed
+
 log = Logger()
 
 # TLS 1.2: ECDHE key exchange with AEAD ciphers only (Mozilla's
@@ -109,10 +111,6 @@ class ServerTLS:
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         return SSL.Connection(self._context, None)
 
-    def getContext(self) -> SSL.Context:
-        """The current context (the old-style context factory API)."""
-        return self._context
-
     def reload(self) -> bool:
         """
         Re-read the certificate and key.  A broken new pair is logged and
@@ -147,8 +145,6 @@ def reload_on_hangup(tls: ServerTLS) -> tuple[Callable[[], str], str]:
 
     @return: the reload callback and what it reloads (for the start-up line).
     """
-    from popgate.hangup import ReloadFailed
-
     def reload() -> str:
         try:
             return tls.reload_or_raise()

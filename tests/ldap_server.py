@@ -23,16 +23,15 @@ import ipaddress
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from tests.harness import ServerProcess, accepts, free_port
 from tests.services import need_program
 
 SUFFIX = "dc=example,dc=org"
@@ -247,22 +246,18 @@ def _write_tls_files(directory: Path) -> None:
     key_file.chmod(0o600)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class SlapdProcess(ServerProcess):
+    """Our slapd in the foreground (C{-d 0}), ready once it accepts on C{port}."""
 
+    name = "slapd"
+    start_timeout = 15.0
 
-def _wait_listening(port: int, process: subprocess.Popen[bytes], deadline: float) -> None:
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"slapd exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"slapd did not listen on port {port} in time")
+    def __init__(self, command: list[str], port: int, log_path: Path) -> None:
+        super().__init__(command, log_path=log_path)
+        self.port = port
+
+    def ready(self) -> bool:
+        return accepts(self.port)
 
 
 @dataclass
@@ -278,8 +273,9 @@ class LDAPServer:
     cafile: str | None = None
     local: bool = False
     _slapd: list[str] = field(default_factory=list, repr=False)
-    _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _process: SlapdProcess | None = field(default=None, repr=False)
     _ports: tuple[int, int] = (0, 0)
+    _log: Path | None = field(default=None, repr=False)
 
     def argstring(self, **options: str) -> str:
         """An C{ldap:} argument string for this server; C{options} add or override."""
@@ -289,32 +285,21 @@ class LDAPServer:
 
     def start(self) -> None:
         """Start (or restart, on the same ports) the local slapd."""
-        assert self.local and self._process is None
+        assert self.local and self._process is None and self._log is not None
         plain, tls = self._ports
         urls = f"ldap://127.0.0.1:{plain}/ ldaps://127.0.0.1:{tls}/"
-        self._process = subprocess.Popen(
-            [*self._slapd, "-h", urls, "-d", "0"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        self._process = SlapdProcess([*self._slapd, "-h", urls, "-d", "0"], plain, self._log)
         try:
-            _wait_listening(plain, self._process, time.monotonic() + 15)
-        except Exception:
-            self.stop()
+            self._process.start()
+        except BaseException:
+            self._process = None
             raise
 
     def stop(self) -> None:
         """Stop the local slapd, waiting until it has gone."""
         process, self._process = self._process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        if process is not None:
+            process.stop()
 
 
 def _local_server(directory: Path) -> LDAPServer:
@@ -330,7 +315,7 @@ def _local_server(directory: Path) -> LDAPServer:
     top = ["objectClass: dcObject", "objectClass: organization", "dc: example", "o: Example"]
     ldif.write_text(make_ldif(SUFFIX, top, "mailMessageStore", service_dn), encoding="utf-8")
     _checked([slapadd, "-f", str(conf), "-l", str(ldif)])
-    plain, tls = _free_port(), _free_port()
+    plain, tls = free_port(), free_port()
     server = LDAPServer(
         url=f"ldap://127.0.0.1:{plain}/",
         ldaps_url=f"ldaps://127.0.0.1:{tls}/",
@@ -342,6 +327,7 @@ def _local_server(directory: Path) -> LDAPServer:
         local=True,
         _slapd=[slapd, "-f", str(conf)],
         _ports=(plain, tls),
+        _log=directory / "slapd.log",
     )
     server.start()
     return server

@@ -10,16 +10,14 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import sysconfig
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.popgate_server import REPO, free_port
+from tests.harness import ServerProcess, alive, free_port, greets
+from tests.popgate_server import REPO
 
 PIPE_USER = "nobody"
 
@@ -40,11 +38,17 @@ def runs_as(user: str, argv: list[str]) -> bool:
 class PipePython:
     """How a user other than root runs popgate: an interpreter, the site
     directory holding popgate's dependencies, the directory holding the
-    C{popgate} package (and its C{twisted/plugins} dropin)."""
+    C{popgate} package (and its C{twisted/plugins} dropin).  The
+    interpreter runs with C{-S}: a system python would otherwise put
+    Debian's dist-packages (older cryptography, say) before C{site}."""
 
     python: str
     site: str
     source: str
+
+    def argv(self, statement: str) -> list[str]:
+        """The command line that runs C{statement}."""
+        return [self.python, "-S", "-c", self.code(statement)]
 
     def code(self, statement: str) -> str:
         return (f"import site, sys; site.addsitedir({self.site!r}); "
@@ -66,7 +70,7 @@ def find_pipe_python(user: str, scratch: Path) -> PipePython | None:
         site_dir, source = layout()
         for python in pythons:
             candidate = PipePython(python, site_dir, source)
-            if runs_as(user, [python, "-c", candidate.code(probe)]):
+            if runs_as(user, candidate.argv(probe)):
                 return candidate
     return None
 
@@ -88,8 +92,8 @@ def _copy_for(scratch: Path) -> tuple[str, str]:
 def write_popgate_wrapper(path: Path, how: PipePython) -> Path:
     """C{path}: an executable C{popgate} command, as an install would put
     one in /usr/local/bin, that any user can run."""
-    code = how.code("from popgate.cli import main; sys.exit(main())")
-    path.write_text(f'#!/bin/sh\nexec {shlex.quote(how.python)} -c {shlex.quote(code)} "$@"\n')
+    argv = shlex.join(how.argv("from popgate.cli import main; sys.exit(main())"))
+    path.write_text(f'#!/bin/sh\nexec {argv} "$@"\n')
     path.chmod(0o755)
     return path
 
@@ -122,20 +126,30 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
 
-class PostfixServer:
+class PostfixServer(ServerProcess):
     """
-    One Postfix instance under C{root}; use as a context manager.
+    One Postfix instance under C{root}; use as a context manager.  Its
+    master is no child of ours (C{postfix start} detaches it): its PID
+    comes from the pid file, and a SIGKILL goes to its whole group, as
+    C{postfix stop} does when SIGTERM is not enough.
 
     @param main_cf: settings added to (or overriding) the base main.cf.
     @param master_cf: extra master.cf lines (transports).
     """
 
+    name = "postfix"
+    stop_timeout = 20.0
+    kill_group = True
+    log_tail = 6000
+
     def __init__(self, root: Path, main_cf: dict[str, str], master_cf: str = "") -> None:
+        super().__init__()
         self.root = root
         self.config = root / "etc"
         self.queue = root / "queue"
         self.data = root / "data"
         self.maillog = root / "maillog"
+        self.log_path = str(self.maillog)
         self.port = free_port()
         self.main_cf = {
             "compatibility_level": "3.6",
@@ -168,7 +182,7 @@ class PostfixServer:
         }
         self.master_cf = MASTER_CF.format(smtp_listen=f"127.0.0.1:{self.port}") + master_cf
 
-    def __enter__(self) -> "PostfixServer":
+    def launch(self) -> None:
         self.config.mkdir(parents=True)
         (self.config / "main.cf").write_text(
             "".join(f"{k} = {v}\n" for k, v in self.main_cf.items()))
@@ -179,39 +193,21 @@ class PostfixServer:
         for step in (["set-permissions"], ["check"], ["start"]):
             result = _run(["postfix", "-c", str(self.config), *step], timeout=120)
             if result.returncode != 0:
-                self.stop()
                 raise RuntimeError(f"postfix {step[0]} failed: {result.stdout}{result.stderr}{self.log()}")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
-                    if s.recv(100).startswith(b"220"):
-                        return self
-            except OSError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("postfix did not start: " + self.log())
 
-    def log(self) -> str:
+    def ready(self) -> bool:
+        return greets(self.port, b"220")
+
+    def pid(self) -> int | None:
         try:
-            return self.maillog.read_text(errors="replace")[-6000:]
-        except OSError:
-            return ""
+            pid = int((self.queue / "pid" / "master.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if alive(pid) else None
 
-    def stop(self) -> None:
-        try:
-            _run(["postfix", "-c", str(self.config), "stop"], timeout=60)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-        pid_file = self.queue / "pid" / "master.pid"
-        deadline = time.monotonic() + 20
-        while pid_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if pid_file.exists():  # still up: end our master (and with it its children)
-            try:
-                os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
-            except (OSError, ValueError, IndexError):
-                pass
+    def exit_status(self) -> int | None:
+        return None  # a master that died shows as "not ready" until the deadline
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def __enter__(self) -> "PostfixServer":
+        self.start()
+        return self

@@ -288,11 +288,11 @@ def test_text_mode_files_are_read_as_bytes(tmp_path):
     path.write_bytes(data)
     with open(path, encoding="utf-8") as text:  # would fail to decode \xff
         reader = BinaryReader(text)
-        assert reader.blocking()
+        assert reader.blocking
         assert reader.read() == data
     assert measure(BinaryReader(io.StringIO("a\nb\r\n"))) == 6
     assert BinaryReader(io.StringIO("\u00e9")).read() == "\u00e9".encode()
-    assert not BinaryReader(io.BytesIO(b"")).blocking()
+    assert not BinaryReader(io.BytesIO(b"")).blocking
 
 
 def test_real_files_are_measured_in_the_thread_pool(tmp_path):

@@ -6,7 +6,6 @@ penalty, while a user on another address logs in without delay.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Iterator
 
 import pytest
 
+from tests.pop3_oracle import RawClient
 from tests.popgate_server import PopgateProcess
 
 pytestmark = pytest.mark.integration
@@ -36,30 +36,18 @@ def server(tmp_path: Path) -> Iterator[PopgateProcess]:
         yield process
 
 
-def read_line(sock: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\r\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            raise ConnectionError("closed")
-        data += chunk
-    return data
-
-
 def guess(port: int, password: bytes, patience: float, source: str = ATTACKER) -> bytes | None:
     """One guess on a fresh connection: the answer, or None if none came
     within C{patience} seconds of PASS."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10,
-                                  source_address=(source, 0)) as sock:
-        if not read_line(sock).startswith(b"+OK"):
+    with RawClient(port, timeout=10, source=source) as client:
+        assert client.greeting is not None
+        if not client.greeting.startswith(b"+OK"):
             return None  # over the per-address connection limit
-        sock.sendall(b"USER victim\r\n")
-        read_line(sock)
-        sock.sendall(b"PASS " + password + b"\r\n")
-        sock.settimeout(patience)
+        client.cmd(b"USER victim")
+        client.send(b"PASS " + password + b"\r\n")
         try:
-            return read_line(sock)
-        except (socket.timeout, ConnectionError):
+            return client.line(timeout=patience)
+        except (TimeoutError, EOFError, ConnectionError):
             return None
 
 
@@ -79,7 +67,7 @@ def attack(port: int, seconds: float, patience: float, threads: int = 20) -> lis
             try:
                 answer = guess(port, b"guess %d" % n,
                                min(patience, max(0.05, stop - time.monotonic())))
-            except (ConnectionError, OSError):
+            except (ConnectionError, OSError, EOFError):
                 answer = None
             if answer is not None:
                 with lock:
@@ -134,15 +122,12 @@ def test_another_address_logs_in_at_once_during_an_attack(tmp_path: Path) -> Non
         timings = []
         for _ in range(5):
             started = time.monotonic()
-            with socket.create_connection(("127.0.0.1", server.port), timeout=10,
-                                          source_address=(USER_ADDRESS, 0)) as sock:
-                read_line(sock)
-                sock.sendall(b"USER alice\r\nPASS alicepw\r\n")
-                read_line(sock)
-                assert read_line(sock) == b"+OK Logged in.\r\n"
+            with RawClient(server.port, timeout=10, source=USER_ADDRESS) as client:
+                client.send(b"USER alice\r\nPASS alicepw\r\n")
+                client.line()
+                assert client.line() == b"+OK Logged in."
                 timings.append(time.monotonic() - started)
-                sock.sendall(b"QUIT\r\n")
-                read_line(sock)
+                client.cmd(b"QUIT")
             time.sleep(0.2)
         attacker.join(60)
         assert max(timings) < 0.1, timings

@@ -203,14 +203,6 @@ def test_no_lookup_when_wrapped_has_none() -> None:
     assert not IUserLookup.providedBy(CachingChecker(Plain(), clock=Clock()))
 
 
-def test_clear() -> None:
-    _, fake, cache = make()
-    login(cache, b"alice", b"secret")
-    cache.clear()
-    login(cache, b"alice", b"secret")
-    assert fake.calls == 2
-
-
 @pytest.mark.parametrize("kw", [{"positive_ttl": -1}, {"max_entries": 0}])
 def test_bad_parameters(kw: dict[str, float]) -> None:
     with pytest.raises(ValueError):

@@ -21,7 +21,9 @@ import pytest
 
 from popgate.cred.schemes import hash_password
 from popgate.limits import derived_limit
-from tests.popgate_server import PopgateProcess, free_port
+from tests.harness import free_port
+from tests.pop3_oracle import RawClient
+from tests.popgate_server import PopgateProcess
 from tests.tlscerts import make_pki
 
 pytestmark = pytest.mark.integration
@@ -135,30 +137,16 @@ def log_lines(tmp_path: Path) -> list[str]:
     return (tmp_path / "popgate.log").read_text(errors="replace").splitlines()
 
 
-def login(port: int, source: str = "127.0.0.1", timeout: float = 5) -> tuple[socket.socket, float]:
-    """Connect from C{source} and log in as alice; (socket, seconds from
+def login(port: int, source: str = "127.0.0.1", timeout: float = 5) -> tuple[RawClient, float]:
+    """Connect from C{source} and log in as alice; (client, seconds from
     connect to C{+OK Logged in})."""
-    s = socket.socket()
-    s.settimeout(timeout)
-    s.bind((source, 0))
     start = time.monotonic()
-    s.connect(("127.0.0.1", port))
-    reader = s.makefile("rb")
-    assert reader.readline().startswith(b"+OK")
-    s.sendall(b"USER alice\r\nPASS pw\r\n")
-    assert reader.readline() == b"+OK\r\n"
-    assert reader.readline() == b"+OK Logged in.\r\n"
-    return s, time.monotonic() - start
-
-
-def command(s: socket.socket, line: bytes) -> bytes:
-    s.sendall(line + b"\r\n")
-    data = b""
-    while not data.endswith(b"\r\n"):
-        chunk = s.recv(1000)
-        assert chunk, data
-        data += chunk
-    return data
+    client = RawClient(port, timeout=timeout, source=source)
+    assert client.greeting is not None and client.greeting.startswith(b"+OK")
+    client.send(b"USER alice\r\nPASS pw\r\n")
+    assert client.line() == b"+OK"
+    assert client.line() == b"+OK Logged in."
+    return client, time.monotonic() - start
 
 
 def descriptors(pid: int) -> int:
@@ -185,7 +173,7 @@ def test_a_flood_from_one_address_leaves_the_others_served(site: list[str], tmp_
             assert descriptors(popgate.process.pid) < 60
             session, seconds = login(popgate.port, source="127.0.0.2")
             assert seconds < 0.1, seconds
-            assert command(session, b"STAT").startswith(b"+OK 1 ")
+            assert session.cmd(b"STAT").startswith(b"+OK 1 ")
             session.close()
         finally:
             close_all(held)
@@ -262,7 +250,7 @@ def test_when_accept_fails_sessions_go_on_one_line_is_logged_and_it_recovers(
             time.sleep(2)
             assert cpu_seconds(pid) - before < 0.5  # paused, not spinning on the listener
             started = time.monotonic()
-            assert command(session, b"STAT").startswith(b"+OK 1 ")
+            assert session.cmd(b"STAT").startswith(b"+OK 1 ")
             assert time.monotonic() - started < 0.1
         finally:
             close_all(burst)
@@ -277,7 +265,7 @@ def test_when_accept_fails_sessions_go_on_one_line_is_logged_and_it_recovers(
                     pass
             assert time.monotonic() < deadline, "accepting did not resume"
             time.sleep(0.1)
-        assert command(session, b"QUIT") == b"+OK Logging out.\r\n"
+        assert session.cmd(b"QUIT") == b"+OK Logging out."
         session.close()
     finally:
         popgate.stop()

@@ -47,9 +47,9 @@ def htpasswd(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def checker(htpasswd: Path) -> Any:
-    from popgate.cred.htpasswd import make_checker
+    from popgate.cred.htpasswd import HtpasswdChecker
 
-    return make_checker(str(htpasswd))
+    return HtpasswdChecker(str(htpasswd), InlineReactor())
 
 
 def test_delivers_with_trace_headers(checker):

@@ -20,22 +20,25 @@ import base64
 import hashlib
 import hmac
 import os
+import pwd
 import re
 import shutil
-import signal
-import socket
 import ssl
-import subprocess
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import pytest
 
-from tests.popgate_server import PopgateProcess, free_port
+from tests.harness import ServerProcess, free_port, greets
+from tests.pop3_oracle import RawClient
+from tests.popgate_server import PopgateProcess
+from tests.services import need_program
+from tests.tlscerts import make_pki
+
+pytestmark = pytest.mark.integration
 
 USERS = {"alice": "alicepw", "bob": "bobpw", "empty": "emptypw"}
 
@@ -123,8 +126,6 @@ def _mail_owner(mail: Path) -> tuple[int, int]:
     Maildirs to nobody; otherwise they are ours already."""
     if os.getuid() != 0:
         return os.getuid(), os.getgid()
-    import pwd
-
     nobody = pwd.getpwnam("nobody")
     for directory, _, files in os.walk(mail):
         os.chown(directory, nobody.pw_uid, nobody.pw_gid)
@@ -133,14 +134,20 @@ def _mail_owner(mail: Path) -> tuple[int, int]:
     return nobody.pw_uid, nobody.pw_gid
 
 
-class DovecotProcess:
+class DovecotProcess(ServerProcess):
+    """C{dovecot -F} on a free port with its own base directory."""
+
+    name = "dovecot"
+    start_timeout = 20.0
+    log_tail = 3000
+
     def __init__(self, base: Path, cert: Path | None, key: Path | None) -> None:
+        super().__init__(log_path=base / "dovecot.out")
         self.base = base
         self.port = free_port()
         self.cert, self.key = cert, key
-        self.process: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> "DovecotProcess":
+    def command_line(self) -> list[str]:
         binary = shutil.which("dovecot") or "/usr/sbin/dovecot"
         ssl_files = ""
         if self.cert:
@@ -149,36 +156,16 @@ class DovecotProcess:
         uid, gid = _mail_owner(self.base / "mail")
         conf.write_text(DOVECOT_CONF.format(base=self.base, port=self.port, uid=uid, gid=gid,
                                             ssl="yes" if self.cert else "no", ssl_files=ssl_files))
-        self.process = subprocess.Popen([binary, "-c", str(conf), "-F"],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError("dovecot exited: " + self.log())
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
-                    if s.recv(100).startswith(b"+OK"):
-                        return self
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("dovecot did not start: " + self.log())
+        return [binary, "-c", str(conf), "-F"]
+
+    def ready(self) -> bool:
+        return greets(self.port, b"+OK")
 
     def log(self) -> str:
-        p = self.base / "dovecot.log"
-        return p.read_text(errors="replace")[-3000:] if p.exists() else ""
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        """Its own log (C{log_path} in its configuration), then what it printed."""
+        own = self.base / "dovecot.log"
+        text = own.read_text(errors="replace") if own.exists() else ""
+        return (text + super().log())[-self.log_tail:]
 
 
 # -- talking to a server
@@ -188,7 +175,8 @@ _MULTILINE_NO_ARG = {b"LIST", b"UIDL", b"AUTH"}
 
 
 class Session:
-    """One connection; L{send} returns the reply as a list of lines."""
+    """One connection (a L{RawClient}); L{send} returns the reply as a list
+    of lines, with a timeout or a close as a line of its own."""
 
     _next_source = 2
 
@@ -198,35 +186,20 @@ class Session:
         # from its own loopback address.
         source = "127.0.%d.%d" % divmod(Session._next_source, 254)
         Session._next_source = Session._next_source % 60000 + 1
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10,
-                                             source_address=(source, 0))
-        self.buf = b""
+        self.client = RawClient(port, timeout=10, source=source, read_greeting=False)
         self.closed = False
         self.greeting = self._line()
 
-    def _fill(self, timeout: float) -> bool:
-        self.sock.settimeout(timeout)
-        try:
-            data = self.sock.recv(65536)
-        except (socket.timeout, TimeoutError):
-            return False
-        except (ConnectionResetError, ssl.SSLError, OSError):
-            data = b""
-        if not data:
-            self.closed = True
-            return False
-        self.buf += data
-        return True
-
     def _line(self, timeout: float = 8) -> bytes | None:
-        while b"\r\n" not in self.buf:
-            if self.closed or not self._fill(timeout):
-                if self.buf:
-                    line, self.buf = self.buf, b""
-                    return line + b" <no CRLF>"
-                return None
-        line, _, self.buf = self.buf.partition(b"\r\n")
-        return line
+        """The next line; at a timeout or close, what came of it, else None."""
+        try:
+            return self.client.line(timeout)
+        except TimeoutError:
+            pass
+        except (EOFError, OSError):  # a reset, a TLS alert: closed as well
+            self.closed = True
+        partial, self.client.buf = self.client.buf, b""
+        return partial + b" <no CRLF>" if partial else None
 
     def reply(self, command: bytes) -> list[bytes]:
         first = self._line()
@@ -248,14 +221,14 @@ class Session:
         return lines
 
     def send(self, command: bytes, raw: bool = False) -> list[bytes]:
-        self.sock.sendall(command if raw else command + b"\r\n")
+        self.client.send(command if raw else command + b"\r\n")
         return self.reply(command)
 
     def starttls(self) -> None:
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-        self.sock = ctx.wrap_socket(self.sock, server_hostname="localhost")
+        self.client.starttls(ctx)
 
     def finish(self) -> list[bytes]:
         """What the server sends after the last command: extra lines, EOF."""
@@ -266,9 +239,14 @@ class Session:
                 break
             extra.append(line)
         if not self.closed:
-            self._fill(0.1)
+            try:
+                self.closed = not self.client.recv(0.1)
+            except TimeoutError:
+                pass
+            except OSError:
+                self.closed = True
         extra.append(b"<closed>" if self.closed else b"<open>")
-        self.sock.close()
+        self.client.close()
         return extra
 
 
@@ -410,7 +388,7 @@ def run_sequence(port: int, commands: Sequence[object]) -> list[list[bytes]]:
                 s.starttls()
                 out.append([b"<tls>"])
             elif command[0] == "raw":
-                s.sock.sendall(command[1])
+                s.client.send(command[1])
                 out.append(s.reply(command[1]))
             elif command[0] == "read":
                 out.append(s.reply(command[1]))
@@ -496,8 +474,6 @@ DELIBERATE: dict[str, str] = {
 
 @pytest.fixture(scope="module")
 def servers() -> Iterator[tuple[int, int]]:
-    from tests.services import need_program
-
     if not os.path.exists("/usr/sbin/dovecot"):  # Debian's place, often not on PATH
         need_program("dovecot", "dovecot-pop3d")
     with servers_running() as ports:
@@ -506,8 +482,6 @@ def servers() -> Iterator[tuple[int, int]]:
 
 class servers_running:
     def __enter__(self) -> tuple[int, int]:
-        from tests.tlscerts import make_pki
-
         self.tmp = Path(tempfile.mkdtemp(prefix="popgate-parity-"))
         os.chmod(self.tmp, 0o755)
         pki = make_pki(self.tmp / "pki")
@@ -515,7 +489,7 @@ class servers_running:
             base = self.tmp / name
             make_maildirs(base / "mail")
             write_passwd(base / "passwd")
-        self.dovecot = DovecotProcess(self.tmp / "dovecot", pki.cert, pki.key).__enter__()
+        self.dovecot = DovecotProcess(self.tmp / "dovecot", pki.cert, pki.key).start()
         try:
             self.popgate = PopgateProcess(
                 ["--auth", f"passwd-file:{self.tmp / 'popgate' / 'passwd'}",

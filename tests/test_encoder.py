@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from popgate.maildrop import wire_size
+from popgate.wire import wire_size
 from popgate.pop3.encoder import MessageEncoder, encode_message
 
 

@@ -20,8 +20,10 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from popgate.cred.schemes import hash_password
-from popgate.hangup import HangupHook, ReloadFailed, hangup_hook
-from popgate.workers import HANGUP_LINE, ParentWatcher, WorkerPool
+from popgate.build import hangup_hook
+from popgate.hangup import HangupHook, ReloadFailed
+from popgate.workers.child import ParentWatcher
+from popgate.workers.pool import HANGUP_LINE, WorkerPool
 from tests.pop3_oracle import RawClient
 from tests.popgate_server import PopgateProcess
 from tests.tlscerts import make_pki

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -59,15 +58,8 @@ def server(tmp_path) -> Iterator[PopgateProcess]:
     with start(tmp_path) as server:
         yield server
         # A server still busy with a flood may not get to SIGTERM for a
-        # while: give it 3 s, then SIGKILL (the harness would wait 10 s).
-        process = server.process
-        assert process is not None
-        process.terminate()
-        try:
-            process.wait(3)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        # while: give it 3 s, then SIGKILL (not the usual 10 s).
+        server.stop(timeout=3)
 
 
 def rss(server: PopgateProcess) -> int:
@@ -83,16 +75,14 @@ def timed_login(port: int, user: str = "victim", timeout: float = 1.0) -> float:
     """Seconds from connect to C{+OK} after PASS (inf if it never came)."""
     began = time.monotonic()
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-            f = sock.makefile("rb")
-            assert f.readline().startswith(b"+OK")
-            sock.sendall(b"USER %s\r\nPASS %s\r\n" % (user.encode(), password(user).encode()))
-            assert f.readline().startswith(b"+OK")
-            reply = f.readline()
+        with RawClient(port, timeout=timeout) as client:
+            assert client.greeting is not None and client.greeting.startswith(b"+OK")
+            client.send(b"USER %s\r\nPASS %s\r\n" % (user.encode(), password(user).encode()))
+            assert client.line().startswith(b"+OK")
+            reply = client.line()
             elapsed = time.monotonic() - began
             assert reply.startswith(b"+OK"), reply
-            sock.sendall(b"QUIT\r\n")
-            f.readline()
+            client.cmd(b"QUIT")
             return elapsed
     except (TimeoutError, OSError):
         return float("inf")
@@ -169,21 +159,6 @@ def shared_server(tmp_path_factory) -> Iterator[PopgateProcess]:
         yield server
 
 
-def read_all(sock: socket.socket, limit: float = 10.0) -> list[bytes]:
-    """Every line until the server closes (bounded in time)."""
-    sock.settimeout(limit)
-    data = b""
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    else:
-        raise AssertionError(f"no EOF in {limit}s: {data!r}")
-    return data.split(b"\r\n")
-
-
 def messages(server: PopgateProcess, user: str) -> list[str]:
     root = server.mail / user  # type: ignore[attr-defined]
     return sorted(name.split(":")[0] for sub in ("new", "cur") for name in os.listdir(root / sub))
@@ -191,18 +166,12 @@ def messages(server: PopgateProcess, user: str) -> list[str]:
 
 def half_closed(server: PopgateProcess, user: str, commands: bytes, wait_greeting: bool) -> list[bytes]:
     """Send C{commands} in one write, shut the write side, read to EOF."""
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        if wait_greeting:
-            greeting = b""
-            while not greeting.endswith(b"\r\n"):
-                greeting += sock.recv(1)
-        else:
-            greeting = b""
-        sock.sendall(commands)
-        sock.shutdown(socket.SHUT_WR)
-        lines = read_all(sock)
-    if wait_greeting:
-        lines.insert(0, greeting[:-2])
+    with RawClient(server.port, timeout=10, read_greeting=wait_greeting) as client:
+        client.send(commands)
+        client.half_close()
+        lines = client.until_eof(10.0).split(b"\r\n")
+    if client.greeting is not None:
+        lines.insert(0, client.greeting)
     return lines
 
 

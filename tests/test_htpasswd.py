@@ -22,7 +22,7 @@ from popgate.cred.userinfo import UserInfo
 from popgate.errors import PermanentFailure, TemporaryFailure
 from popgate.interfaces import IUserLookup
 from tests.services import need_program
-from tests.test_schemes import InlineReactor, result_of
+from tests.test_schemes import InlineReactor, QueueingReactor, result_of
 
 # htpasswd flag -> (user, password); DES crypt only looks at 8 characters.
 USERS = {
@@ -77,10 +77,12 @@ def test_every_format_logs_in(users_file: Path, reactor: InlineReactor, flag: st
         login(checker, user, "x" + password)
 
 
-def test_hashing_runs_in_the_thread_pool(users_file: Path, reactor: InlineReactor) -> None:
+def test_the_file_and_the_hashing_are_off_the_reactor(users_file: Path, reactor: InlineReactor) -> None:
     checker = HtpasswdChecker(str(users_file), reactor)
     login(checker, "bcrypt", "bcrypt pässword")
-    assert reactor.pool.calls == ["verify_password"]
+    assert reactor.pool.calls == ["_read_if_changed", "verify_password"]
+    assert result_of(checker.lookup_user("bcrypt")) == UserInfo("bcrypt")
+    assert reactor.pool.calls[2:] == ["_read_if_changed"]
 
 
 def test_unknown_user_and_wrong_password_look_alike(
@@ -91,8 +93,11 @@ def test_unknown_user_and_wrong_password_look_alike(
         login(checker, "nobody", "bcrypt pässword")
     with pytest.raises(UnauthorizedLogin):
         login(checker, "bcrypt", "wrong")
-    # The unknown user still cost a hash check, in the thread pool.
-    assert reactor.pool.calls == ["dummy_verify", "verify_password"]
+    # The unknown user cost the same steps: a hash check (against the
+    # file's first hash, bcrypt) in the thread pool.
+    assert reactor.pool.calls == ["_read_if_changed", "dummy_verify", "_read_if_changed", "verify_password"]
+    stand_in = reactor.pool.args[1][1]
+    assert stand_in.startswith("$2y$") and stand_in in users_file.read_text()
 
 
 def test_undecodable_user_name(users_file: Path, reactor: InlineReactor) -> None:
@@ -137,8 +142,21 @@ def test_reload_by_atomic_rename(tmp_path: Path, reactor: InlineReactor) -> None
 
 def test_parse_only_on_change(users_file: Path, reactor: InlineReactor) -> None:
     checker = HtpasswdChecker(str(users_file), reactor)
-    first = checker._file.users()
-    assert checker._file.users() is first
+    first = result_of(checker._file.users())
+    assert result_of(checker._file.users()) is first
+
+
+def test_two_logins_reading_one_change_report_it_once(users_file: Path) -> None:
+    """Both logins read the changed file in the pool; the second reading changes nothing."""
+    reactor = QueueingReactor()
+    checker = HtpasswdChecker(str(users_file), reactor)
+    with capturedLogs() as events:
+        first = checker.requestAvatarId(UsernamePassword(b"sha1", b"sha1 password"))
+        second = checker.requestAvatarId(UsernamePassword(b"apr1", b"apr1 password"))
+        assert not first.called and not second.called  # nothing ran on the reactor
+        reactor.run_queued()
+    assert (result_of(first), result_of(second)) == ("sha1", "apr1")
+    assert [formatEvent(e) for e in events].count(f"{users_file}: 6 users") == 1
 
 
 def test_comments_blank_lines_crlf_and_extra_fields(

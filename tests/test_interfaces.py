@@ -19,6 +19,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernameHashedPassword
 from twisted.cred.portal import IRealm
 from twisted.cred.strcred import ICheckerFactory, findCheckerFactories
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (IHalfCloseableProtocol, ILoggingContext,
                                          IStreamServerEndpoint,
                                          IOpenSSLServerConnectionCreator, IProtocol, IPushProducer)
@@ -28,8 +29,8 @@ from zope.interface import Interface, implementedBy
 from zope.interface.verify import verifyObject
 
 import popgate
-from popgate.interfaces import IDeliveryTarget, IMaildrop, IMailStore, IMailStoreFactory, IUserLookup
-from popgate.realm import ILoadingMaildrop
+from popgate.interfaces import (ICachedMessageSource, IDeliveryTarget, ILoadingMaildrop, IMaildrop,
+                                IMailStore, IMailStoreFactory, IMessageSource, IUserLookup)
 from tests.helpers import InlineReactor
 
 Case = Callable[[Any], Any]
@@ -82,6 +83,37 @@ def _faulty_maildrop(tmp: Any) -> Any:
     return FaultyMaildrop(_memory_maildrop(tmp), Faults())
 
 
+def _bytes_source(tmp: Any) -> Any:
+    return _memory_maildrop(tmp).open_message(0)
+
+
+def _file_source(tmp: Any) -> Any:
+    drop = _maildir_maildrop(tmp)
+    (tmp / "alice" / "new" / "1.M1P1.h").write_bytes(b"a\n")
+    drop.close()
+    # Inline when the kernel has the file cached, else a (fired) Deferred.
+    source = _maildir_maildrop(tmp).open_message(0)
+    return source.result if isinstance(source, Deferred) else source
+
+
+def _mbox_source(tmp: Any) -> Any:
+    return _mbox_maildrop(tmp).open_message(0)
+
+
+def _mailbox_source(tmp: Any) -> Any:
+    d = _mailbox_maildrop(tmp).open_message(0)
+    assert d.called
+    return d.result
+
+
+def _dropping_source(tmp: Any) -> Any:
+    from popgate.testing.faults import Faults, FaultyMaildrop
+
+    d = FaultyMaildrop(_memory_maildrop(tmp), Faults(drop_during_retr=True)).open_message(0)
+    assert d.called
+    return d.result
+
+
 def _faulty_store(tmp: Any) -> Any:
     from popgate.stores.memory import MemoryStore
     from popgate.testing.faults import Faults, FaultyStore
@@ -126,7 +158,7 @@ def _ldap(tmp: Any) -> Any:
 def _sql(tmp: Any) -> Any:
     from popgate.cred.sql import SQLChecker
 
-    return SQLChecker(f"sqlite:///{tmp / 'users.db'}")
+    return SQLChecker(f"sqlite:///{tmp / 'users.db'}", reactor=InlineReactor())
 
 
 def _chain(tmp: Any) -> Any:
@@ -136,9 +168,11 @@ def _chain(tmp: Any) -> Any:
 
 
 def _cache(tmp: Any) -> Any:
+    from twisted.internet.task import Clock
+
     from popgate.cred.cache import CachingChecker
 
-    return CachingChecker(_htpasswd(tmp))
+    return CachingChecker(_htpasswd(tmp), clock=Clock())
 
 
 def _realm(tmp: Any) -> Any:
@@ -206,6 +240,11 @@ CASES: list[tuple[Case, str, tuple[Any, ...]]] = [
     (_mailbox_maildrop, "popgate.stores.twistedmailbox.MailboxMaildrop", (IMaildrop, ILoadingMaildrop)),
     (_mbox_maildrop, "popgate.stores.mbox.MboxMaildrop", (IMaildrop,)),
     (_faulty_maildrop, "popgate.testing.faults.FaultyMaildrop", (IMaildrop, ILoadingMaildrop)),
+    (_bytes_source, "popgate.stores.sources.BytesSource", (IMessageSource,)),
+    (_file_source, "popgate.stores.sources.FileSource", (IMessageSource, ICachedMessageSource)),
+    (_mbox_source, "popgate.stores.mboxfile.MessageReader", (IMessageSource, ICachedMessageSource)),
+    (_mailbox_source, "popgate.stores.twistedmailbox.BinaryReader", (IMessageSource,)),
+    (_dropping_source, "popgate.testing.faults._DroppingSource", (IMessageSource,)),
     (_memory_store, "popgate.stores.memory.MemoryStore", (IMailStore, IDeliveryTarget)),
     (_maildir_store, "popgate.stores.maildir.MaildirStore", (IMailStore,)),
     (_mbox_store, "popgate.stores.mbox.MboxStore", (IMailStore, IDeliveryTarget)),

@@ -16,14 +16,12 @@ from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from zope.interface.verify import verifyObject
 
-from popgate.cred.ldap import (
+from popgate.cred.ldap import LDAPChecker, make_checker, parse_args
+from popgate.cred.ldap_filter import (
     DEFAULT_FILTER,
-    LDAPChecker,
     escape_filter_value,
     expand_filter,
-    make_checker,
     name_attributes,
-    parse_args,
 )
 from popgate.cred.userinfo import UserInfo
 from popgate.errors import TemporaryFailure
@@ -124,7 +122,10 @@ def test_parse_args_bindpw_file(tmp_path: Any) -> None:
 @pytest.mark.parametrize(
     "argstring, message",
     [
-        ("", "known key"),
+        ("", "url= is required"),
+        ("url=ldap://h/,base=dc=x,bogus=1", None),  # in the DN: base=dc=x,bogus=1
+        ("url=ldap://h/,bogus=1,base=dc=x", "unknown key bogus="),
+        ("url=ldap://h/,base=dc=x,timeout=5,bogus=1", "unknown key bogus="),
         ("base=dc=x", "url= is required"),
         ("url=ldap://h/", "base= is required"),
         ("host=h,url=ldap://h/,base=dc=x", "known key"),
@@ -146,10 +147,18 @@ def test_parse_args_bindpw_file(tmp_path: Any) -> None:
         ("url=ldap://h/,base=dc=x,cafile=/nonexistent/ca.pem", "cannot read"),
     ],
 )
-def test_parse_args_errors(argstring: str, message: str) -> None:
+def test_parse_args_errors(argstring: str, message: str | None) -> None:
+    if message is None:
+        assert parse_args(argstring).base == "dc=x,bogus=1"
+        return
     with pytest.raises(ValueError, match=message) as info:
         make_checker(argstring)
-    assert "\n" not in str(info.value)
+    assert str(info.value).startswith("ldap: ") and "\n" not in str(info.value)
+
+
+def test_parse_args_tolerates_whitespace() -> None:
+    settings = parse_args(" url = ldap://h/ , base = ou=people, dc=x , starttls = yes ")
+    assert (settings.host, settings.base, settings.starttls) == ("h", "ou=people, dc=x", True)
 
 
 def test_interfaces() -> None:
@@ -168,6 +177,26 @@ def test_empty_password_rejected_without_network(password: bytes | str) -> None:
     assert failures and failures[0].check(UnauthorizedLogin)
 
 
+def test_entries_that_are_not_text() -> None:
+    """A DN that is not UTF-8 leaves the entry out; a value that is not drops that value; each logged once."""
+    from ldaptor.protocols import pureldap
+    from twisted.logger import capturedLogs, formatEvent
+
+    directory = LDAPChecker(parse_args("url=ldap://127.0.0.1/,base=dc=x"), reactor=object()).directory
+
+    def entry(dn: bytes, **attributes: list[bytes]) -> Any:
+        return directory._entry(pureldap.LDAPSearchResultEntry(dn, [(k.encode(), v) for k, v in attributes.items()]))
+
+    with capturedLogs() as events:
+        for _ in range(2):
+            assert entry(b"uid=\xff,dc=x", uid=[b"bob"]) is None
+            found = entry(b"uid=bob,dc=x", uid=[b"bob", b"b\xffb"], mail=[b"\xff"])
+            assert found.dn == "uid=bob,dc=x" and found.values("uid") == ["bob"] and found.first("mail") is None
+    errors = [formatEvent(e) for e in events if e["log_level"].name == "error"]
+    assert len(errors) == 3
+    assert errors[0].startswith("LDAP: configuration error: the DN of 'uid=") and "not UTF-8" in errors[0]
+
+
 # -- against real servers ----------------------------------------------------------
 
 
@@ -183,7 +212,14 @@ def checkers() -> Iterator[Any]:
 
     yield make
     for checker in made:
-        run(checker.close)
+        run(_hang_up, checker)
+
+
+def _hang_up(checker: LDAPChecker) -> None:
+    """Close the service connection (the reactor outlives each test)."""
+    client = checker.directory.service
+    if client is not None and client.connected:
+        client.transport.loseConnection()
 
 
 def login(checker: LDAPChecker, user: bytes | str, password: bytes | str) -> Any:
@@ -277,10 +313,10 @@ def test_anonymous_search(local_slapd: LDAPServer, checkers: Any) -> None:
 def test_service_connection_is_reused(ldap_server: LDAPServer, checkers: Any) -> None:
     checker = checkers(ldap_server.argstring())
     login(checker, "alice", USERS["alice"][0])
-    first = checker._service
+    first = checker.directory.service
     login(checker, "bob", USERS["bob"][0])
     run(checker.lookup_user, "carol")
-    assert first is not None and checker._service is first
+    assert first is not None and checker.directory.service is first
 
 
 @integration

@@ -506,16 +506,16 @@ def test_options_and_their_toml_twins(tmp_path: Path) -> None:
     options = parse(base_args(tmp_path) + ["--max-connections", "500",
                                            "--max-connections-per-ip", "5",
                                            "--exempt-networks", "10.0.0.0/8,2001:db8::/32"])
-    assert options["max-connections"] == 500 and options["max-connections-per-ip"] == 5
-    assert options["exempt-networks"] == ["10.0.0.0/8", "2001:db8::/32"]
+    assert options.config.max_connections == 500 and options.config.max_connections_per_ip == 5
+    assert options.config.exempt_networks == ("10.0.0.0/8", "2001:db8::/32")
     config = tmp_path / "popgate.toml"
     config.write_text('max_connections = 100\nmax_connections_per_ip = 0\n'
                       'exempt_networks = ["192.0.2.0/24"]\n')
     options = parse(base_args(tmp_path) + ["--config", str(config)])
-    assert options["max-connections"] == 100 and options["max-connections-per-ip"] == 0
-    assert options["exempt-networks"] == ["192.0.2.0/24"]
+    assert options.config.max_connections == 100 and options.config.max_connections_per_ip == 0
+    assert options.config.exempt_networks == ("192.0.2.0/24",)
     options = parse(base_args(tmp_path))
-    assert options["max-connections"] is None and options["exempt-networks"] == []
+    assert options.config.max_connections == 0 and options.config.exempt_networks == ()
 
 
 @pytest.mark.parametrize("args, toml, message", [
@@ -537,32 +537,32 @@ def test_option_errors(tmp_path: Path, args: list[str], toml: str | None, messag
 def test_build_limits_derives_clamps_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     captured = Captured()
     monkeypatch.setattr(limits, "log", captured.log)
-    built = build_limits({}, Clock(), nofile=lambda: (1024, 1024))
+    built = build_limits(Clock(), nofile=lambda: (1024, 1024))
     assert built.connections.max_connections == 277 and built.connections.max_per_ip == 20
     assert captured.texts() == [("file descriptors: 1024; connection limit 277 (3 per session, "
                                 "192 kept in reserve), 20 per address")]
-    built = build_limits({"max-connections": 5000, "max-connections-per-ip": 0,
-                          "exempt-networks": ["10.0.0.0/8"]}, Clock(), nofile=lambda: (1024, 4096))
+    built = build_limits(Clock(), 5000, 0, limits.parse_networks(["10.0.0.0/8"]),
+                         nofile=lambda: (1024, 4096))
     assert built.connections.max_connections == 4096 - 192
     assert captured.texts()[1:] == [
         "--max-connections 5000 is more than 4096 file descriptors allow: using 3904",
         ("file descriptors: 4096 (soft limit raised from 1024); connection limit 3904, "
         "no limit per address (exempt: 10.0.0.0/8)")]
-    assert build_limits({"max-connections": 50}, Clock(),
+    assert build_limits(Clock(), 50,
                         nofile=lambda: (1024, 1024)).connections.max_connections == 50
 
 
-def test_build_service_wraps_every_listener(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from twisted.internet import reactor
+def test_build_server_wraps_every_listener(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from twisted.internet.testing import MemoryReactorClock
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
-    from popgate.service import build_service
+    from popgate.build import build_server
 
     monkeypatch.setattr(limits, "raise_nofile_limit", lambda: (1024, 1024))
     options = parse(base_args(tmp_path) + ["--pop3", "tcp:0:interface=127.0.0.1",
                                            "--pop3", "haproxy:tcp:0:interface=127.0.0.1",
                                            "--lmtp", "tcp:0:interface=127.0.0.1:backlog=7"])
-    top = build_service(options, reactor)
+    top = build_server(options.config, MemoryReactorClock())
     listeners = {s.name: s for s in top if s.name.startswith(("pop3 ", "lmtp "))}
     plain = listeners["pop3 tcp:0:interface=127.0.0.1"]
     assert isinstance(plain.factory, LimitedFactory)

@@ -31,7 +31,7 @@ from popgate import errors
 from popgate.cred.userinfo import UserInfo
 from popgate.delivery import message as trace
 from popgate.delivery.lmtp import MAX_BAD_COMMANDS, LMTPFactory, LMTPServerProtocol
-from popgate.delivery.service import check_lmtp_options, lmtp_services
+from popgate.delivery.service import lmtp_factory
 from popgate.delivery.users import UserResolver, candidate_names
 from popgate.interfaces import IDeliveryTarget, IUserLookup
 from popgate.maildrop import wire_size
@@ -445,12 +445,12 @@ def test_delivery_into_a_maildir_has_the_right_name_and_size(tmp_path: Path, use
 
 
 def test_users_from_a_real_htpasswd_checker(tmp_path: Path, clock):
-    from popgate.cred.htpasswd import make_checker
+    from popgate.cred.htpasswd import HtpasswdChecker
 
     path = tmp_path / "users"
     path.write_text("alice:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\ncarol@example.org:{SHA}x\n")
     store = MemoryStore()
-    factory = LMTPFactory(store, [make_checker(str(path))], "mx.test", clock=clock)
+    factory = LMTPFactory(store, [HtpasswdChecker(str(path), InlineReactor())], "mx.test", clock=clock)
     session = Session(factory)
     reply = session.send(b"LHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<Alice@Example.Test>\r\n"
                          b"RCPT TO:<carol@example.org>\r\nRCPT TO:<dave@example.test>\r\n")
@@ -505,16 +505,13 @@ def test_from_wire():
 # -- the service
 
 
-class _Options(dict):  # type: ignore[type-arg]
-    pass
-
-
-def test_lmtp_services(tmp_path: Path):
+def test_the_lmtp_factory_delivers_into_the_store_and_checks_with_the_user_stores(tmp_path: Path):
     store = MaildirStore(str(tmp_path / "%n"))
-    assert lmtp_services(_Options(lmtp=[]), store, [], InlineReactor()) == []
-    services = lmtp_services(_Options(lmtp=["tcp:0:interface=127.0.0.1", "unix:" + str(tmp_path / "s")]),
-                             store, [Users("alice")], Clock())
-    assert [s.name for s in services] == ["lmtp tcp:0:interface=127.0.0.1", f"lmtp unix:{tmp_path / 's'}"]
+    users = Users("alice")
+    factory = lmtp_factory(store, [users], "mx.test", Clock())
+    assert factory.hostname_bytes == b"mx.test"
+    assert factory.target.store is store
+    assert factory.resolver.lookups == [users]
 
 
 def test_lmtp_with_a_store_that_cannot_deliver_is_a_usage_error():
@@ -522,10 +519,8 @@ def test_lmtp_with_a_store_that_cannot_deliver_is_a_usage_error():
         pass
 
     with pytest.raises(usage.UsageError, match="--lmtp: the ReadOnly mail store cannot accept"):
-        lmtp_services(_Options(lmtp=["tcp:2424"]), ReadOnly(), [], Clock())
-    with pytest.raises(usage.UsageError):
-        check_lmtp_options(_Options(lmtp=["tcp:2424"], store_object=ReadOnly()))
-    check_lmtp_options(_Options(lmtp=["tcp:2424"], store_object=MemoryStore()))
+        lmtp_factory(ReadOnly(), [], "mx.test", Clock())
+    lmtp_factory(MemoryStore(), [], "mx.test", Clock())
 
 
 @settings(max_examples=150, deadline=None)

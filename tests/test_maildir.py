@@ -18,12 +18,13 @@ from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from popgate import errors
+from popgate import errors, wire
 from popgate.interfaces import IMaildrop, IMailStore
-from popgate.maildrop import is_valid_uid, wire_size
+from popgate.maildrop import is_valid_uid
 from popgate.pop3.encoder import encode_message
 from popgate.stores import maildir
 from popgate.stores.maildir import MaildirMaildrop, MaildirStore, make_store
+from popgate.wire import wire_size
 
 from .helpers import InlineReactor, connect, make_portal
 
@@ -179,12 +180,12 @@ def test_sizes_are_crlf_octets(store: MaildirStore, root: Path) -> None:
 def test_file_wire_size_across_read_chunks(tmp_path_factory: Any, data: bytes, chunk: int) -> None:
     path = tmp_path_factory.mktemp("sizes") / "m"
     path.write_bytes(data)
-    original = maildir._READ_CHUNK
-    maildir._READ_CHUNK = chunk
+    original = wire._READ_CHUNK
+    wire._READ_CHUNK = chunk
     try:
         assert maildir.file_wire_size(str(path)) == wire_size(data)
     finally:
-        maildir._READ_CHUNK = original
+        wire._READ_CHUNK = original
 
 
 def no_reading(path: str) -> int:
@@ -512,4 +513,45 @@ def test_open_with_a_kept_snapshot_needs_no_thread(tmp_path):
     (root / "new" / "1700000001.M1P1.h").write_bytes(b"b\n")
     drop = successResultOf(store.open_maildrop("alice"))
     assert reactor.calls == 2 and len(drop.list_messages()) == 2
+    drop.close()
+
+
+def test_what_the_kernel_has_not_cached_is_opened_in_a_thread(tmp_path, monkeypatch):
+    """When an open could wait for the disk (nowait says None), the login
+    with a kept snapshot and the RETR open both go to the thread pool."""
+    from popgate.stores import nowait
+    from tests.test_output import CountingReactor
+
+    reactor = CountingReactor()
+    store = MaildirStore(str(tmp_path / "%n"), reactor=reactor)
+    root = tmp_path / "alice"
+    for sub in ("cur", "new", "tmp"):
+        (root / sub).mkdir(parents=True)
+    (root / "new" / "1700000000.M1P1.h").write_bytes(b"a\n")
+    old = 1_600_000_000
+    for sub in ("cur", "new"):
+        os.utime(root / sub, (old, old))
+    successResultOf(successResultOf(store.open_maildrop("alice")).commit([]))
+    assert reactor.pool.calls == 1
+    monkeypatch.setattr(nowait, "open_cached", lambda path, flags: None)
+    drop = successResultOf(store.open_maildrop("alice"))
+    assert reactor.pool.calls == 2  # the kept snapshot, checked in a thread
+    source = successResultOf(defer.maybeDeferred(drop.open_message, 0))
+    assert reactor.pool.calls == 3
+    assert source.read(10) == b"a\n"
+    source.close()
+    drop.close()
+
+
+def test_a_message_is_read_from_the_page_cache_or_by_offset(store: MaildirStore, root: Path) -> None:
+    deliver(root, "1.M1P1.h", b"0123456789")
+    drop = open_drop(store)
+    source = successResultOf(defer.maybeDeferred(drop.open_message, 0))
+    assert source.blocking
+    first = source.read_cached(4)
+    assert first in (None, b"0123")  # None: the kernel would have waited
+    rest = source.read(100) if first is None else b"0123" + source.read(100)
+    assert rest == b"0123456789"
+    assert source.read(100) == b"" and source.read_cached(100) in (None, b"")
+    source.close()
     drop.close()

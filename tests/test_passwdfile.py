@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 import bcrypt
 import pytest
@@ -24,6 +25,7 @@ from twisted.logger import capturedLogs, formatEvent
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from popgate.cred import schemes
 from popgate.cred.passwdfile import PasswdFileChecker, make_checker
 from popgate.cred.userinfo import UserInfo
 from popgate.errors import PermanentFailure, TemporaryFailure
@@ -143,20 +145,44 @@ def test_unknown_user_costs_a_hash_check(passwd_file: Path, reactor: InlineReact
         login(checker, "zed", "alice pw")
     with pytest.raises(UnauthorizedLogin):
         login(checker, "alice", "zed pw")
-    assert reactor.pool.calls == ["dummy_verify", "verify_password"]
+    assert reactor.pool.calls == ["_read_if_changed", "dummy_verify", "_read_if_changed", "verify_password"]
 
 
 def test_unknown_user_is_checked_against_a_hash_from_the_file(
-    tmp_path: Path, reactor: InlineReactor
+    tmp_path: Path, reactor: InlineReactor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    checked: list[tuple[bytes, str]] = []
+    real = schemes.dummy_verify
+
+    def spy(password: bytes, stored: str, **kw: Any) -> bool:
+        checked.append((password, stored))
+        return real(password, stored, **kw)
+
+    monkeypatch.setattr(schemes, "dummy_verify", spy)
     ssha = "{SSHA}" + passlib_hash.ldap_salted_sha1.hash("alice pw")[6:]
     path = tmp_path / "passwd"
     path.write_text(f"bob:{{PLAIN}}bob pw\nalice:{ssha}\n")
     checker = PasswdFileChecker(str(path), reactor)
     with pytest.raises(UnauthorizedLogin):
         login(checker, "zed", "zed pw")
-    # Never bob's clear-text password: alice's hash costs what a real check does.
-    assert reactor.pool.args == [(b"zed pw", ssha)]
+    # Never bob's clear-text password: alice's hash costs what a real check
+    # does, inline as a real SSHA check is (no thread hop to tell them apart).
+    assert checked == [(b"zed pw", ssha)]
+    assert reactor.pool.calls == ["_read_if_changed"]
+
+
+def test_a_file_of_clear_text_passwords_has_a_clear_text_stand_in(
+    tmp_path: Path, reactor: InlineReactor
+) -> None:
+    path = tmp_path / "passwd"
+    path.write_text("bob:{PLAIN}bob pw\n")
+    checker = PasswdFileChecker(str(path), reactor)
+    with pytest.raises(UnauthorizedLogin):
+        login(checker, "zed", "bob pw")
+    # Not bcrypt (that would make unknown users slow), never bob's password.
+    stand_in = checker._timing.stand_in
+    assert stand_in.startswith("{PLAIN}") and "bob pw" not in stand_in
+    assert reactor.pool.calls == ["_read_if_changed"]
 
 
 # -- APOP and CRAM-MD5 --------------------------------------------------------
@@ -169,7 +195,7 @@ def test_apop_with_plain_password(passwd_file: Path, reactor: InlineReactor, use
     assert result_of(checker.requestAvatarId(apop(user.encode(), password))) == user
     with pytest.raises(UnauthorizedLogin):
         result_of(checker.requestAvatarId(apop(user.encode(), b"wrong")))
-    assert reactor.pool.calls == []  # a cheap MD5: no thread needed
+    assert set(reactor.pool.calls) == {"_read_if_changed"}  # a cheap MD5: no hash in a thread
 
 
 def test_apop_needs_a_plain_password(passwd_file: Path, reactor: InlineReactor) -> None:

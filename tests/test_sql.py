@@ -20,12 +20,14 @@ import pytest
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 
-from popgate.cred import schemes
-from popgate.cred.sql import SQLChecker, _connect_args, _redact, compile_query, make_checker, parse_args
+from popgate.cred import schemes, timing
+from popgate.cred.sql import SQLChecker, compile_query, make_checker, parse_args
+from popgate.cred.sql_query import Row
+from popgate.cred.sql_settings import connect_args, redact
 from popgate.cred.userinfo import UserInfo
 from popgate.errors import TemporaryFailure
 from popgate.pop3.apop import APOPCredentials
-from tests.reactor_thread import run
+from tests.reactor_thread import run, start_reactor
 from tests.services import need
 
 PG_DSN = os.environ.get("POPGATE_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -56,7 +58,7 @@ class Backend:
     def checker(self, query: str | None = None, **kw: Any) -> SQLChecker:
         if query is None:
             query = f"SELECT password, maildir FROM {self.table} WHERE userid = %(user)s"
-        checker = SQLChecker(self.dsn, query.replace("{table}", self.table), **kw)
+        checker = SQLChecker(self.dsn, query.replace("{table}", self.table), reactor=start_reactor(), **kw)
         self.checkers.append(checker)
         return checker
 
@@ -80,7 +82,7 @@ def _postgresql(_: Path) -> tuple[str, Callable[[str], list[tuple[Any, ...]]], C
     try:
         conn = psycopg.connect(PG_DSN, autocommit=True, connect_timeout=3)
     except psycopg.Error as e:
-        need(False, f"PostgreSQL unreachable at {_redact(PG_DSN)} (set POPGATE_PG_DSN): {e}")
+        need(False, f"PostgreSQL unreachable at {redact(PG_DSN)} (set POPGATE_PG_DSN): {e}")
         raise
 
     def execute(sql: str) -> list[tuple[Any, ...]]:
@@ -93,11 +95,11 @@ def _postgresql(_: Path) -> tuple[str, Callable[[str], list[tuple[Any, ...]]], C
 def _mysql(_: Path) -> tuple[str, Callable[[str], list[tuple[Any, ...]]], Callable[[], None]]:
     import pymysql
 
-    args, kwargs = _connect_args("mysql", MYSQL_DSN, 3)
+    args, kwargs = connect_args("mysql", MYSQL_DSN, 3)
     try:
         conn = pymysql.connect(*args, **kwargs)
     except pymysql.Error as e:
-        need(False, f"MySQL/MariaDB unreachable at {_redact(MYSQL_DSN)} (set POPGATE_MYSQL_DSN): {e}")
+        need(False, f"MySQL/MariaDB unreachable at {redact(MYSQL_DSN)} (set POPGATE_MYSQL_DSN): {e}")
         raise
 
     def execute(sql: str) -> list[tuple[Any, ...]]:
@@ -126,9 +128,15 @@ def _make_backend(kind: str, tmp_path: Path) -> Iterator[Backend]:
         yield backend
     finally:
         for checker in backend.checkers:
-            run(checker.close)
+            run(_close_pool, checker)
         execute(f"DROP TABLE IF EXISTS {table}")
         close()
+
+
+def _close_pool(checker: SQLChecker) -> None:
+    """Close the checker's connections (the reactor outlives each test)."""
+    if checker.database.pool is not None:
+        checker.database.pool.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mysql"])
@@ -281,7 +289,7 @@ def test_query_error_is_temporary(backend: Backend) -> None:
 @pytest.mark.integration
 def test_server_down_is_temporary(server_backend: Backend) -> None:
     dead = "postgresql://postgres@127.0.0.1:1/test" if server_backend.kind == "postgresql" else "mysql://root@127.0.0.1:1/test"
-    checker = SQLChecker(dead, timeout=2)
+    checker = SQLChecker(dead, timeout=2, reactor=start_reactor())
     server_backend.checkers.append(checker)
     for _ in range(2):
         with pytest.raises(TemporaryFailure):
@@ -328,7 +336,7 @@ def test_slow_query_times_out(server_backend: Backend) -> None:
 
 def test_sqlite_missing_file_then_created(tmp_path: Path) -> None:
     path = tmp_path / "later.db"
-    checker = SQLChecker(f"sqlite://{path}")
+    checker = SQLChecker(f"sqlite://{path}", reactor=start_reactor())
     try:
         with pytest.raises(TemporaryFailure):
             login(checker, "alice", "alice-pw")
@@ -340,7 +348,7 @@ def test_sqlite_missing_file_then_created(tmp_path: Path) -> None:
         conn.close()
         assert login(checker, "alice", "alice-pw") == "alice"
     finally:
-        run(checker.close)
+        run(_close_pool, checker)
 
 
 def test_several_rows_are_refused(sqlite_backend: Backend) -> None:
@@ -354,13 +362,13 @@ def test_unknown_user_costs_a_check_against_a_real_hash(
     sqlite_backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     checked: list[str] = []
-    real = schemes.verify_in_thread
+    real = timing.dummy_verify_in_thread
 
     def spy(reactor: Any, password: bytes, stored: str, **kw: Any) -> Any:
         checked.append(stored)
         return real(reactor, password, stored, **kw)
 
-    monkeypatch.setattr(schemes, "verify_in_thread", spy)
+    monkeypatch.setattr(timing, "dummy_verify_in_thread", spy)
     checker = sqlite_backend.checker()
     assert refused(checker, "nobody", "x")
     assert checked == [schemes.DUMMY_HASH]
@@ -443,8 +451,8 @@ def test_compile_query() -> None:
 
 
 def test_redact() -> None:
-    assert _redact("mysql://root:s3cret@db:3306/mail") == "mysql://root:***@db:3306/mail"
-    assert _redact("postgresql://postgres@db/test") == "postgresql://postgres@db/test"
+    assert redact("mysql://root:s3cret@db:3306/mail") == "mysql://root:***@db:3306/mail"
+    assert redact("postgresql://postgres@db/test") == "postgresql://postgres@db/test"
 
 
 # -- case in user names --------------------------------------------------------
@@ -508,15 +516,13 @@ def test_without_a_user_column_the_domain_is_still_lower_cased(backend: Backend)
 def test_mysql_without_a_user_column_is_hinted_once(monkeypatch: pytest.MonkeyPatch) -> None:
     from twisted.logger import capturedLogs, formatEvent
 
-    from popgate.cred.sql import _Row
-
-    checker = SQLChecker("mysql://root@127.0.0.1:1/test")
+    checker = SQLChecker("mysql://root@127.0.0.1:1/test", reactor=start_reactor())
     with capturedLogs() as events:
-        assert checker._canonical(_Row(("{PLAIN}x",)), "BOB") == "BOB"
-        assert checker._canonical(_Row(("{PLAIN}x",)), "BOB") == "BOB"
+        assert checker._canonical(Row(("{PLAIN}x",)), "BOB") == "BOB"
+        assert checker._canonical(Row(("{PLAIN}x",)), "BOB") == "BOB"
     hints = [formatEvent(e) for e in events if "userid AS user" in formatEvent(e)]
     assert len(hints) == 1
-    assert checker._canonical(_Row(("{PLAIN}x",), "bob@Example.org", True), "BOB@x") == "bob@example.org"
+    assert checker._canonical(Row(("{PLAIN}x",), "bob@Example.org", True), "BOB@x") == "bob@example.org"
 
 
 def test_an_unusable_user_column_falls_back_to_the_given_name(sqlite_backend: Backend) -> None:
@@ -524,3 +530,22 @@ def test_an_unusable_user_column_falls_back_to_the_given_name(sqlite_backend: Ba
     assert login(checker, "alice", "alice-pw") == "alice"
     checker = sqlite_backend.checker("SELECT password, ' bad' AS user FROM {table} WHERE userid = %(user)s")
     assert login(checker, "alice", "alice-pw") == "alice"
+
+
+def test_stored_values_that_are_not_text_are_a_configuration_error_logged_once(sqlite_backend: Backend) -> None:
+    """Not UTF-8: the password makes the user unable to log in, the mail location falls back."""
+    from twisted.logger import capturedLogs, formatEvent
+
+    table = sqlite_backend.table
+    sqlite_backend.execute(f"INSERT INTO {table} VALUES ('blob', X'FFFE', NULL)")
+    sqlite_backend.execute(f"INSERT INTO {table} VALUES ('gil', '{{PLAIN}}gil-pw', X'FF2F')")
+    checker = sqlite_backend.checker()
+    with capturedLogs() as events:
+        for _ in range(3):
+            assert refused(checker, "blob", "x")
+            assert login(checker, "gil", "gil-pw").mail_location is None
+        assert run(checker.lookup_user, "gil") == UserInfo("gil", None)
+    errors = [formatEvent(e) for e in events if e["log_level"].name == "error"]
+    assert len(errors) == 2
+    assert "the password of 'blob' is not UTF-8" in errors[0]
+    assert "the mail location of 'gil' is not UTF-8" in errors[1]

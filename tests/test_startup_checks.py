@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
 from popgate import startup_checks, tap
+from popgate.backends import build_checkers, build_store
+from popgate.build import build_server, build_tls
 from popgate.cred.userinfo import AvatarId
 from popgate.startup_checks import READ, SEARCH, WRITE, WRITE_OR_CREATE, RunAs
 from popgate.stores import mailpath
@@ -62,6 +65,17 @@ def parse(args: list[str], parent: dict[str, Any] | None = None) -> tap.Options:
     return options
 
 
+def build(args: list[str], parent: dict[str, Any] | None = None) -> Any:
+    """What makeService does (the checks run there), on a fake reactor."""
+    return build_server(parse(args, parent).config, MemoryReactorClock())
+
+
+def needs(args: list[str]) -> list[startup_checks.Need]:
+    config = parse(args).config
+    return startup_checks.needs(config, build_store(config), build_checkers(config),
+                                build_tls(config))
+
+
 # -- shared=yes
 
 
@@ -71,7 +85,7 @@ def test_a_template_without_a_user_is_refused(description: str) -> None:
     kind, _, rest = description.partition(":")
     template = rest.split(",")[0]
     with pytest.raises(usage.UsageError) as e:
-        parse(["--store", description, "--auth", "memory:alice:pw"])
+        build_store(parse(["--store", description, "--auth", "memory:alice:pw"]).config)
     assert str(e.value) == f"--store: {kind}: the path {template} {SHARED}"
 
 
@@ -150,12 +164,12 @@ def test_no_check_without_a_uid_or_as_non_root(monkeypatch: pytest.MonkeyPatch) 
 def test_the_paths_the_options_need(tmp_path: Path) -> None:
     users = write(tmp_path / "users", "alice:{PLAIN}pw\n", 0o600)
     pki = make_pki(tmp_path / "pki")
-    options = parse(["--auth", f"htpasswd:{users}", "--auth", f"passwd-file:{users}",
-                     "--store", "maildir:/srv/mail/%d/%n",
-                     "--tls-cert", str(pki.cert), "--tls-key", str(pki.key),
-                     "--lmtp", "unix:/run/popgate/lmtp.sock:mode=660",
-                     "--lmtp", "unix:/run/other/lmtp.sock:lockfile=1"])
-    assert [(n.option, n.path, n.access) for n in startup_checks.needs(options)] == [
+    found = needs(["--auth", f"htpasswd:{users}", "--auth", f"passwd-file:{users}",
+                   "--store", "maildir:/srv/mail/%d/%n",
+                   "--tls-cert", str(pki.cert), "--tls-key", str(pki.key),
+                   "--lmtp", "unix:/run/popgate/lmtp.sock:mode=660",
+                   "--lmtp", "unix:/run/other/lmtp.sock:lockfile=1"])
+    assert [(n.option, n.path, n.access) for n in found] == [
         ("--auth htpasswd", str(users), READ),
         ("--auth passwd-file", str(users), READ),
         ("--tls-cert", str(pki.cert), READ),
@@ -163,11 +177,11 @@ def test_the_paths_the_options_need(tmp_path: Path) -> None:
         ("--store maildir", "/srv/mail", SEARCH),
         ("--lmtp unix:/run/popgate/lmtp.sock:mode=660", "/run/popgate", WRITE),
     ]
-    mbox = parse(["--auth", f"htpasswd:{users}", "--store", "mbox:/var/mail/%u,lockdir=/run/pl"])
-    assert [(n.path, n.access) for n in startup_checks.needs(mbox)][1:] == [
+    mbox = needs(["--auth", f"htpasswd:{users}", "--store", "mbox:/var/mail/%u,lockdir=/run/pl"])
+    assert [(n.path, n.access) for n in mbox][1:] == [
         ("/var/mail", WRITE), ("/run/pl", WRITE)]
-    virtual = parse(["--auth", f"htpasswd:{users}", "--store", "mbox:/var/mail/%d/%n"])
-    assert [(n.path, n.access) for n in startup_checks.needs(virtual)][1:] == [
+    virtual = needs(["--auth", f"htpasswd:{users}", "--store", "mbox:/var/mail/%d/%n"])
+    assert [(n.path, n.access) for n in virtual][1:] == [
         ("/var/mail", SEARCH)]
 
 
@@ -226,7 +240,7 @@ def test_check_raises_one_line_naming_the_file(base: Path) -> None:
     users = write(base / "users", "alice:{PLAIN}pw\n", 0o600)
     parent = {"uid": nobody().uid, "gid": None}
     with pytest.raises(usage.UsageError) as e:
-        parse(["--auth", f"htpasswd:{users}", "--store", f"maildir:{base}/%n"], parent)
+        build(["--auth", f"htpasswd:{users}", "--store", f"maildir:{base}/%n"], parent)
     assert str(e.value) == (f"--auth htpasswd: {users} is not readable by user nobody "
                             "(mode 0600, owner root, group root)")
     users.chmod(0o644)
@@ -234,14 +248,14 @@ def test_check_raises_one_line_naming_the_file(base: Path) -> None:
     mail.mkdir(mode=0o700)
     mail.chmod(0o700)
     with pytest.raises(usage.UsageError) as e:
-        parse(["--auth", f"htpasswd:{users}", "--store", f"maildir:{mail}/%n"], parent)
+        build(["--auth", f"htpasswd:{users}", "--store", f"maildir:{mail}/%n"], parent)
     assert str(e.value) == (f"--store maildir: the mail root {mail} is not searchable by user "
                             "nobody (mode 0700, owner root, group root)")
     # A root-owned mail root the user can enter is fine: its Maildirs may
     # be made by the admin.
     mail.chmod(0o755)
-    parse(["--auth", f"htpasswd:{users}", "--store", f"maildir:{mail}/%n"], parent)
-    parse(["--auth", f"htpasswd:{users}", "--store", f"maildir:{base}/%n"], parent)  # fine now
+    build(["--auth", f"htpasswd:{users}", "--store", f"maildir:{mail}/%n"], parent)
+    build(["--auth", f"htpasswd:{users}", "--store", f"maildir:{base}/%n"], parent)  # fine now
 
 
 # -- real twistd (root only)

@@ -1,46 +1,31 @@
 """
-TLS: STLS (RFC 2595) in memory, including the plaintext-injection guard;
-the certificate loader and its errors; the TLS settings, certificate chain,
-reload and plaintext policy over real loopback sockets against popgate
-listeners in this process; the options and the service they build.
+TLS in memory: STLS (RFC 2595), including the plaintext-injection guard;
+the certificate loader and its errors; the options and the service they
+build.  The same over real sockets: L{tests.test_tls_listeners}.
 """
 
 from __future__ import annotations
 
-import poplib
-import select
 import shutil
-import socket
-import ssl
-import subprocess
-import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from OpenSSL import SSL
-from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordDatabaseDontUse
-from twisted.cred.credentials import IUsernamePassword
-from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python import usage
-from zope.interface import alsoProvides, implementer
+from zope.interface import alsoProvides
 
 from popgate import tap
+from popgate.build import build_server, build_tls, session_settings
 from popgate.pop3.factory import POP3ServerFactory
 from popgate.pop3.settings import SessionSettings
-from popgate.realm import MaildropRealm
-from popgate.service import build_service
 from popgate.stores.memory import MemoryStore
-from popgate.tls import CIPHERS, ServerTLS, TLSConfigError, reload_on_hangup
-from tests import reactor_thread
-from tests.services import need_program
-from tests.tlscerts import PKI, common_name, make_pki, write_encrypted_key
-from tests.pop3_oracle import read_line
+from popgate.tls import ServerTLS, TLSConfigError, load_context, reload_on_hangup
+from tests.tlscerts import PKI, make_pki, write_encrypted_key
 
 from .helpers import LOOPBACK_PEER, Session, make_portal
 
@@ -203,12 +188,13 @@ def test_implicit_tls_session_is_secure() -> None:
 
 
 def test_load_a_certificate_chain(pki: PKI) -> None:
-    tls = ServerTLS(str(pki.cert), str(pki.key))
-    options = tls.getContext().set_options(0)  # adds nothing, returns the options
+    context, expires = load_context(str(pki.cert), str(pki.key))
+    options = context.set_options(0)  # adds nothing, returns the options
     assert options & SSL.OP_NO_COMPRESSION
     assert options & SSL.OP_NO_RENEGOTIATION
     assert options & SSL.OP_NO_TLSv1_1 and options & SSL.OP_NO_TLSv1
-    assert tls.expires is not None
+    assert expires is not None
+    assert ServerTLS(str(pki.cert), str(pki.key)).expires == expires
 
 
 @pytest.mark.parametrize("make, message", [
@@ -230,260 +216,6 @@ def test_unusable_certificate_or_key(pki: PKI, tmp_path: Path, make: Any, messag
     assert "\n" not in str(e.value)
 
 
-# -- real sockets, listeners in this process
-
-
-@implementer(ICredentialsChecker)
-class PasswordsOnly:
-    """A user store that can check passwords only (like htpasswd): no
-    APOP, no CRAM-MD5."""
-
-    credentialInterfaces = (IUsernamePassword,)
-
-    def __init__(self, wrapped: Any) -> None:
-        self.wrapped = wrapped
-
-    def requestAvatarId(self, credentials: Any) -> Any:
-        return self.wrapped.requestAvatarId(credentials)
-
-
-class Listeners:
-    """popgate's POP3 (STLS) and POP3S listeners on loopback, in the
-    reactor thread, with alice/secret and one message."""
-
-    def __init__(self, cert: Path, key: Path, settings: SessionSettings | None = None,
-                 secrets_checkable: bool = True) -> None:
-        self.cert, self.key = cert, key
-        self.secrets_checkable = secrets_checkable
-        self.settings = settings or SessionSettings(auth_failure_delay=0, hostname="localhost")
-        self.ports: list[Any] = []
-
-    def __enter__(self) -> "Listeners":
-        reactor_thread.run(self._start)
-        return self
-
-    def _start(self) -> None:
-        from twisted.internet import reactor
-
-        store = MemoryStore()
-        store.add_message("alice", MESSAGE)
-        checker: Any = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")
-        if not self.secrets_checkable:
-            checker = PasswordsOnly(checker)
-        portal = Portal(MaildropRealm(store), [checker])
-        self.tls = ServerTLS(str(self.cert), str(self.key))
-        factory = POP3ServerFactory(portal, self.settings, reactor, tls=self.tls)
-        plain = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        secure = reactor.listenTCP(0, TLSMemoryBIOFactory(self.tls, False, factory),
-                                   interface="127.0.0.1")
-        self.ports = [plain, secure]
-        self.port, self.tls_port = plain.getHost().port, secure.getHost().port
-
-    def __exit__(self, *exc: object) -> None:
-        for port in self.ports:
-            reactor_thread.run(port.stopListening)
-
-
-@pytest.fixture
-def listeners(pki: PKI) -> Iterator[Listeners]:
-    with Listeners(pki.cert, pki.key) as server:
-        yield server
-
-
-def client_context(pki: PKI) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=str(pki.ca))
-
-
-def pop3s(listeners: Listeners, context: ssl.SSLContext) -> poplib.POP3_SSL:
-    return poplib.POP3_SSL("127.0.0.1", listeners.tls_port, context=context, timeout=10)
-
-
-def peer_cn(client: poplib.POP3) -> str:
-    der = client.sock.getpeercert(binary_form=True)  # type: ignore[attr-defined]
-    return common_name(der)
-
-
-@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
-def test_tls_12_and_13_with_aead_ciphers(pki: PKI, listeners: Listeners,
-                                         version: ssl.TLSVersion) -> None:
-    context = client_context(pki)
-    context.minimum_version = context.maximum_version = version
-    client = pop3s(listeners, context)
-    sock = client.sock  # type: ignore[attr-defined]
-    assert sock.version() == {ssl.TLSVersion.TLSv1_2: "TLSv1.2", ssl.TLSVersion.TLSv1_3: "TLSv1.3"}[version]
-    assert sock.compression() is None
-    name = sock.cipher()[0]
-    assert "GCM" in name or "CHACHA20" in name
-    client.user("alice")
-    client.pass_("secret")
-    assert b"\r\n".join(client.retr(1)[1]) + b"\r\n" == MESSAGE.replace(b"\r\n.dot", b"\r\n.dot")
-    client.quit()
-
-
-def test_tls_11_is_refused(pki: PKI, listeners: Listeners) -> None:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.load_verify_locations(str(pki.ca))
-    context.set_ciphers("ALL:@SECLEVEL=0")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        context.minimum_version = ssl.TLSVersion.TLSv1
-        context.maximum_version = ssl.TLSVersion.TLSv1_1
-    # The client is willing; the server answers with a protocol_version alert.
-    with pytest.raises(ssl.SSLError, match="ALERT_PROTOCOL_VERSION"):
-        pop3s(listeners, context)
-
-
-def test_tls_12_cbc_ciphers_are_refused(pki: PKI, listeners: Listeners) -> None:
-    context = client_context(pki)
-    context.maximum_version = ssl.TLSVersion.TLSv1_2
-    context.set_ciphers("ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA384:ECDHE-ECDSA-AES128-SHA256")
-    with pytest.raises(ssl.SSLError):
-        pop3s(listeners, context)
-
-
-def test_server_cipher_list_is_aead_only() -> None:
-    context = SSL.Context(SSL.TLS_SERVER_METHOD)
-    context.set_cipher_list(CIPHERS)
-    names = [c for c in SSL.Connection(context, None).get_cipher_list() if not c.startswith("TLS_")]
-    assert names and all("GCM" in n or "CHACHA20" in n for n in names)
-    assert all(n.startswith("ECDHE-") for n in names)
-
-
-def _blocking(sock: socket.socket, call: Any) -> Any:
-    """Run a pyOpenSSL call on a socket with a timeout, waiting for input."""
-    while True:
-        try:
-            return call()
-        except SSL.WantReadError:
-            readable, _, _ = select.select([sock], [], [], 10)
-            if not readable:
-                raise TimeoutError("no answer from the server") from None
-
-
-def test_renegotiation_is_refused(pki: PKI, listeners: Listeners) -> None:
-    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
-    context.set_max_proto_version(SSL.TLS1_2_VERSION)
-    context.load_verify_locations(str(pki.ca))
-    sock = socket.create_connection(("127.0.0.1", listeners.tls_port), timeout=10)
-    sock.setblocking(False)
-    connection = SSL.Connection(context, sock)
-    connection.set_connect_state()
-    _blocking(sock, connection.do_handshake)
-    assert _blocking(sock, lambda: connection.recv(100)).startswith(b"+OK")
-    assert connection.renegotiate()
-    with pytest.raises(SSL.Error) as e:
-        _blocking(sock, connection.do_handshake)
-        _blocking(sock, lambda: connection.recv(100))
-    assert "no renegotiation" in str(e.value)  # the server's no_renegotiation alert
-    sock.close()
-
-
-def test_clients_verify_the_chain_against_the_root(pki: PKI, listeners: Listeners) -> None:
-    """The certificate file carries the intermediate; clients know only the root."""
-    client = pop3s(listeners, client_context(pki))
-    assert peer_cn(client) == "localhost"
-    client.quit()
-    with pytest.raises(ssl.SSLCertVerificationError):
-        pop3s(listeners, ssl.create_default_context())  # the system CAs do not know it
-
-
-def test_poplib_stls_and_capa(pki: PKI, listeners: Listeners) -> None:
-    client = poplib.POP3("127.0.0.1", listeners.port, timeout=10)
-    assert "STLS" in client.capa()
-    client.stls(client_context(pki))
-    caps = client.capa()
-    assert "STLS" not in caps and "USER" in caps
-    assert caps["SASL"] == ["PLAIN", "LOGIN", "CRAM-MD5"]
-    client.user("alice")
-    client.pass_("secret")
-    assert client.stat()[0] == 1
-    client.quit()
-
-
-
-
-def test_injection_after_stls_over_a_real_socket(pki: PKI, listeners: Listeners) -> None:
-    """'STLS' and 'CAPA' in one packet: the CAPA is never answered, neither in
-    clear nor over TLS."""
-    sock = socket.create_connection(("127.0.0.1", listeners.port), timeout=10)
-    assert read_line(sock).startswith(b"+OK")
-    sock.sendall(b"STLS\r\nCAPA\r\n")
-    assert read_line(sock) == b"+OK Begin TLS negotiation now.\r\n"
-    sock.settimeout(0.5)
-    with pytest.raises(socket.timeout):
-        sock.recv(100, socket.MSG_PEEK)  # nothing more in clear
-    sock.settimeout(10)
-    tls = client_context(pki).wrap_socket(sock, server_hostname="localhost")
-    tls.sendall(b"QUIT\r\n")
-    received = b""
-    while chunk := tls.recv(1000):
-        received += chunk
-    assert received == b"+OK Logging out.\r\n"
-    tls.close()
-
-
-def test_reload_serves_the_new_certificate_and_keeps_sessions(pki: PKI, tmp_path: Path) -> None:
-    live = tmp_path / "live"
-    live.mkdir()
-    shutil.copy(pki.cert, live / "fullchain.pem")
-    shutil.copy(pki.key, live / "privkey.pem")
-    with Listeners(live / "fullchain.pem", live / "privkey.pem") as server:
-        old = pop3s(server, client_context(pki))
-        old.user("alice")
-        old.pass_("secret")
-        assert peer_cn(old) == "localhost"
-        shutil.copy(pki.other_cert, live / "fullchain.pem")
-        shutil.copy(pki.other_key, live / "privkey.pem")
-        assert reactor_thread.run(server.tls.reload) is True
-        new = pop3s(server, client_context(pki))
-        assert peer_cn(new) == "localhost (renewed)"
-        starttls = poplib.POP3("127.0.0.1", server.port, timeout=10)
-        starttls.stls(client_context(pki))
-        assert peer_cn(starttls) == "localhost (renewed)"
-        # The session opened before the reload goes on.
-        assert old.stat()[0] == 1
-        assert old.retr(1)[0].startswith(b"+OK")
-        old.quit()
-        # A broken renewal keeps the certificate in use.
-        (live / "fullchain.pem").write_text("half-written\n")
-        assert reactor_thread.run(server.tls.reload) is False
-        again = pop3s(server, client_context(pki))
-        assert peer_cn(again) == "localhost (renewed)"
-        for client in (new, starttls, again):
-            client.quit()
-
-
-def test_plaintext_policy_over_real_sockets(pki: PKI) -> None:
-    """Loopback made untrusted (the test hook): USER is refused in clear,
-    accepted after STLS; over POP3S at once."""
-    settings = SessionSettings(auth_failure_delay=0, trusted_networks=())
-    with Listeners(pki.cert, pki.key, settings, secrets_checkable=False) as server:
-        client = poplib.POP3("127.0.0.1", server.port, timeout=10)
-        caps = client.capa()
-        assert "USER" not in caps and "STLS" in caps and "SASL" not in caps
-        with pytest.raises(poplib.error_proto, match="Plaintext authentication disallowed"):
-            client.user("alice")
-        client.stls(client_context(pki))
-        client.user("alice")
-        client.pass_("secret")
-        client.quit()
-        secure = pop3s(server, client_context(pki))
-        secure.user("alice")
-        secure.pass_("secret")
-        secure.quit()
-
-        curl = need_program("curl", "curl")
-        base = ["-sS", "--max-time", "20", "--cacert", str(pki.ca)]
-        refused = subprocess.run([curl, *base, f"pop3://alice:secret@localhost:{server.port}/1"],
-                                 capture_output=True, timeout=60)
-        assert refused.returncode != 0 and b"hello" not in refused.stdout
-        fetched = subprocess.run([curl, *base, "--ssl-reqd",
-                                  f"pop3://alice:secret@localhost:{server.port}/1"],
-                                 capture_output=True, timeout=60)
-        assert fetched.returncode == 0, fetched.stderr
-        assert fetched.stdout == MESSAGE
-
-
 # -- options and service
 
 
@@ -501,49 +233,55 @@ def test_options_build_pop3s_listeners_and_the_reload_service(pki: PKI, tmp_path
     options = parse(base_args(tmp_path) + [
         "--tls-cert", str(pki.cert), "--tls-key", str(pki.key),
         "--pop3s", "tcp:0:interface=127.0.0.1", "--pop3s", "tcp6:0:interface=\\:\\:1"])
-    assert options["pop3"] == []  # no default tcp:110 when POP3S is asked for
-    assert isinstance(options["tls_object"], ServerTLS)
-    from twisted.internet import reactor
-
-    top = build_service(options, reactor)
-    names = [s.name for s in top]
+    assert options.config.pop3 == ()  # no default tcp:110 when POP3S is asked for
+    server = build_server(options.config, MemoryReactorClock())
+    assert isinstance(server.tls, ServerTLS)
+    names = [s.name for s in server]
     assert names == ["hangup", "pop3s tcp:0:interface=127.0.0.1", "pop3s tcp6:0:interface=\\:\\:1"]
-    assert top.getServiceNamed("hangup").hangup().startswith("reloaded TLS certificate")
+    assert server.hangup.hangup().startswith("reloaded TLS certificate")
 
 
 def test_without_tls_options_there_is_no_tls(tmp_path: Path) -> None:
     options = parse(base_args(tmp_path))
-    assert options["tls_object"] is None
-    assert options["pop3"] == ["tcp:110"]
-    from twisted.internet import reactor
-
-    top = build_service(options, reactor)
-    assert [s.name for s in top] == ["hangup", "pop3 tcp:110"]
-    assert top.getServiceNamed("hangup").hangup() == (
-        "nothing to reload (no TLS certificate configured)")
+    assert options.config.pop3 == ("tcp:110",)
+    server = build_server(options.config, MemoryReactorClock())
+    assert server.tls is None and server.pop3.tls is None
+    assert [s.name for s in server] == ["hangup", "pop3 tcp:110"]
+    assert server.hangup.hangup() == "nothing to reload (no TLS certificate configured)"
 
 
 @pytest.mark.parametrize("extra, message", [
     (["--tls-cert", "CERT"], "--tls-cert and --tls-key go together"),
     (["--tls-key", "KEY"], "--tls-cert and --tls-key go together"),
     (["--pop3s", "tcp:995"], "--pop3s needs --tls-cert and --tls-key"),
-    (["--tls-cert", "/nonexistent/cert.pem", "--tls-key", "KEY"],
-     "--tls-cert/--tls-key: cannot read certificate /nonexistent/cert.pem"),
-    (["--tls-cert", "CERT", "--tls-key", "OTHERKEY"], "does not match"),
 ])
 def test_tls_option_errors(pki: PKI, tmp_path: Path, extra: list[str], message: str) -> None:
     swap = {"CERT": str(pki.cert), "KEY": str(pki.key), "OTHERKEY": str(pki.other_key)}
     with pytest.raises(usage.UsageError) as e:
         parse(base_args(tmp_path) + [swap.get(a, a) for a in extra])
-    assert message in str(e.value)
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--tls-cert", "/nonexistent/cert.pem", "--tls-key", "KEY"],
+     "--tls-cert/--tls-key: cannot read certificate /nonexistent/cert.pem"),
+    (["--tls-cert", "CERT", "--tls-key", "OTHERKEY"], "does not match"),
+])
+def test_unusable_tls_files_stop_the_build(pki: PKI, tmp_path: Path, extra: list[str],
+                                           message: str) -> None:
+    swap = {"CERT": str(pki.cert), "KEY": str(pki.key), "OTHERKEY": str(pki.other_key)}
+    options = parse(base_args(tmp_path) + [swap.get(a, a) for a in extra])
+    with pytest.raises(usage.UsageError) as e:
+        build_tls(options.config)
+    assert message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_allow_plaintext_auth_option_and_config(pki: PKI, tmp_path: Path) -> None:
-    from popgate.service import session_settings
+    def allowed(options: tap.Options) -> bool:
+        return session_settings(options.config, "mx.test").allow_plaintext_auth
 
-    assert not session_settings(parse(base_args(tmp_path))).allow_plaintext_auth
-    options = parse(base_args(tmp_path) + ["--allow-plaintext-auth"])
-    assert session_settings(options).allow_plaintext_auth
+    assert not allowed(parse(base_args(tmp_path)))
+    assert allowed(parse(base_args(tmp_path) + ["--allow-plaintext-auth"]))
     config = tmp_path / "popgate.toml"
     config.write_text(f"""
 [popgate]
@@ -553,12 +291,12 @@ pop3s = ["tcp:0:interface=127.0.0.1"]
 allow_plaintext_auth = true
 """)
     options = parse(base_args(tmp_path) + ["--config", str(config)])
-    assert session_settings(options).allow_plaintext_auth
-    assert options["pop3s"] == ["tcp:0:interface=127.0.0.1"] and options["pop3"] == []
-    assert options["tls_object"].cert_path == str(pki.cert)
+    assert allowed(options)
+    assert options.config.pop3s == ("tcp:0:interface=127.0.0.1",) and options.config.pop3 == ()
+    assert options.config.tls_cert == str(pki.cert)
     # The command line wins over the file.
     options = parse(base_args(tmp_path) + ["--config", str(config), "--pop3s", "tcp:1995"])
-    assert options["pop3s"] == ["tcp:1995"]
+    assert options.config.pop3s == ("tcp:1995",)
 
 
 def test_the_hangup_reload_keeps_a_broken_pair_out(pki: PKI, tmp_path: Path) -> None:
@@ -572,58 +310,18 @@ def test_the_hangup_reload_keeps_a_broken_pair_out(pki: PKI, tmp_path: Path) -> 
     tls = ServerTLS(str(cert), str(key))
     reload, description = reload_on_hangup(tls)
     assert description.startswith(f"TLS certificate {cert} (expires ")
-    before = tls.getContext()
+    before = tls.serverConnectionForTLS(None).get_context()
     shutil.copy(pki.other_cert, cert)
     shutil.copy(pki.other_key, key)
     assert reload().startswith(f"reloaded TLS certificate {cert} (expires ")
-    renewed = tls.getContext()
+    renewed = tls.serverConnectionForTLS(None).get_context()
     assert renewed is not before
     key.write_text("not a key")
     with pytest.raises(ReloadFailed) as e:
         reload()
     assert str(e.value) == ("TLS certificate not reloaded, keeping the old one: "
                             f"no usable PEM private key in {key}")
-    assert tls.getContext() is renewed
-
-
-def test_haproxy_client_address_decides_and_stls_works_behind_it(pki: PKI) -> None:
-    """Behind a PROXY-protocol listener the real client's address counts:
-    a remote client is refused plaintext, then STLS (through the wrapper)
-    makes the session secure.  All traffic stays on loopback."""
-    from twisted.internet import endpoints
-
-    def listen() -> Any:
-        from twisted.internet import reactor
-
-        store = MemoryStore()
-        store.add_message("alice", MESSAGE)
-        portal = Portal(MaildropRealm(store),
-                        [PasswordsOnly(InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret"))])
-        factory = POP3ServerFactory(portal, SessionSettings(auth_failure_delay=0), reactor,
-                                    tls=ServerTLS(str(pki.cert), str(pki.key)))
-        endpoint = endpoints.serverFromString(reactor, "haproxy:tcp:0:interface=127.0.0.1")
-        return endpoint.listen(factory)
-
-    port = reactor_thread.run(listen)
-    try:
-        sock = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=10)
-        sock.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 110\r\n")
-        assert read_line(sock).startswith(b"+OK")
-        sock.sendall(b"USER alice\r\n")
-        assert read_line(sock) == (b"-ERR [AUTH] Plaintext authentication disallowed on "
-                                   b"non-secure (SSL/TLS) connections.\r\n")
-        sock.sendall(b"STLS\r\n")
-        assert read_line(sock) == b"+OK Begin TLS negotiation now.\r\n"
-        tls = client_context(pki).wrap_socket(sock, server_hostname="localhost")
-        tls.sendall(b"USER alice\r\nPASS secret\r\nSTAT\r\nQUIT\r\n")
-        received = b""
-        while chunk := tls.recv(1000):
-            received += chunk
-        assert received == (b"+OK\r\n+OK Logged in.\r\n+OK 1 %d\r\n+OK Logging out.\r\n"
-                            % len(MESSAGE))
-        tls.close()
-    finally:
-        reactor_thread.run(port.stopListening)
+    assert tls.serverConnectionForTLS(None).get_context() is renewed
 
 
 def test_server_tls_provides_the_connection_creator_interface(pki: PKI) -> None:

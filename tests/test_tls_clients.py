@@ -27,7 +27,7 @@ import pytest
 from tests.popgate_server import PopgateProcess, run_twistd
 from tests.services import need_program
 from tests.tlscerts import PKI, common_name, make_pki
-from tests.pop3_oracle import read_line
+from tests.pop3_oracle import RawClient
 
 pytestmark = pytest.mark.integration
 
@@ -299,22 +299,15 @@ def test_fetchmail_apop(site: Site) -> None:
 def test_commands_sent_with_stls_are_never_answered(site: Site) -> None:
     """CVE-2011-0411: "STLS\\r\\nCAPA\\r\\n" in one packet, then the
     handshake: the CAPA is answered neither in clear nor over TLS."""
-    sock = socket.create_connection(("127.0.0.1", site.port), timeout=20)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    assert read_line(sock).startswith(b"+OK popgate ready.")
-    sock.sendall(b"STLS\r\nCAPA\r\n")
-    assert read_line(sock) == b"+OK Begin TLS negotiation now.\r\n"
-    sock.settimeout(0.5)
-    with pytest.raises(socket.timeout):
-        sock.recv(100, socket.MSG_PEEK)
-    sock.settimeout(20)
-    tls = site.context().wrap_socket(sock, server_hostname="localhost")
-    tls.sendall(b"QUIT\r\n")
-    received = b""
-    while chunk := tls.recv(1000):
-        received += chunk
-    assert received == b"+OK Logging out.\r\n"
-    tls.close()
+    client = RawClient(site.port, timeout=20, nodelay=True)
+    assert client.greeting is not None and client.greeting.startswith(b"+OK popgate ready.")
+    client.send(b"STLS\r\nCAPA\r\n")
+    assert client.line() == b"+OK Begin TLS negotiation now."
+    assert client.quiet_for(0.5)
+    client.starttls(site.context())
+    client.send(b"QUIT\r\n")
+    assert client.until_eof(20) == b"+OK Logging out.\r\n"
+    client.close()
 
 
 def test_plaintext_login_from_loopback_is_allowed(site: Site) -> None:

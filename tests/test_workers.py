@@ -14,7 +14,7 @@ import pytest
 from twisted.python import usage
 
 from popgate.cred.schemes import hash_password
-from popgate.workers import parse_tcp_endpoint
+from popgate.workers.reuseport import parse_tcp_endpoint
 from tests.popgate_server import PopgateProcess
 from tests.pop3_oracle import RawClient
 

@@ -17,27 +17,27 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ICredentials, IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from popgate.cred.names import normalize_user
-from popgate.cred.schemes import (
-    DUMMY_HASH,
-    UnknownScheme,
-    dummy_verify_in_thread,
-    plaintext_secret,
-    verify_in_thread,
-)
+from popgate.cred.schemes import UnknownScheme, verify_in_thread
+from popgate.cred.text import NotText, stored_text, user_name
+from popgate.cred.timing import TimingEqualiser
 from popgate.cred.userinfo import UserInfo
 from popgate.errors import PermanentFailure, TemporaryFailure
 from popgate.interfaces import IUserLookup
+
+_Key = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -48,84 +48,113 @@ class UserEntry:
     stored: str
 
 
+@dataclass(frozen=True)
+class _Reading:
+    """The file as read in the thread pool: its identity, users and complaints."""
+
+    key: _Key
+    users: dict[str, UserEntry]
+    warnings: tuple[tuple[int, str | None], ...]  # (line, None) malformed, (line, name) listed again
+
+
 class UserFile:
     """
     A user file, parsed again only when its device, inode, size or mtime
-    changes, so a C{stat} is all a login costs and edits (including an
-    atomic rename) take effect without a restart.
+    changes, so edits (including an atomic rename) take effect at the next
+    login without a restart.
+
+    The C{stat} (and, after a change, the read and the parse) runs in the
+    reactor's thread pool, so a slow disk never stalls the reactor; logging
+    and the switch to the new users happen back on the reactor thread.
     """
 
     log = Logger()
 
-    def __init__(self, path: str, parse_line: Callable[[str], UserEntry | None]) -> None:
+    def __init__(
+        self, path: str, parse_line: Callable[[str], UserEntry | None], reactor: IReactorThreads
+    ) -> None:
         self.path = path
         self._parse_line = parse_line
-        self._key: tuple[int, int, int, int] | None = None
+        self._reactor = reactor
+        self._key: _Key | None = None
         self._users: dict[str, UserEntry] = {}
         self._failing = False
 
-    @staticmethod
-    def _stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-    def users(self) -> dict[str, UserEntry]:
+    def users(self) -> Deferred[dict[str, UserEntry]]:
         """
         The users by name (domain lower-cased), from the file as it is now.
 
-        @raise TemporaryFailure: the file is missing or unreadable.
+        @return: a L{Deferred} failing with L{TemporaryFailure} when the
+            file is missing or unreadable.
         """
-        try:
-            if self._stat_key(os.stat(self.path)) != self._key:
-                with open(self.path, "rb") as f:
-                    key = self._stat_key(os.fstat(f.fileno()))
-                    data = f.read()
-                self._users = self._parse(data)
-                self._key = key
-                self.log.info("{path}: {count} users", path=self.path, count=len(self._users))
-        except OSError as e:
-            if not self._failing:  # once per outage, not once per login
-                self.log.error(
-                    "cannot read user file {path}: {error}", path=self.path, error=e.strerror
-                )
-            self._failing = True
-            raise TemporaryFailure(f"cannot read user file {self.path}: {e.strerror}") from e
-        self._failing = False
-        return self._users
+        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self._read_if_changed, self._key)
+        return d.addCallbacks(self._use, self._unreadable)
 
-    def _parse(self, data: bytes) -> dict[str, UserEntry]:
+    # -- in the thread pool --
+
+    @staticmethod
+    def _stat_key(st: os.stat_result) -> _Key:
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _read_if_changed(self, known: _Key | None) -> _Reading | None:
+        if self._stat_key(os.stat(self.path)) == known:
+            return None
+        with open(self.path, "rb") as f:
+            key = self._stat_key(os.fstat(f.fileno()))
+            data = f.read()
+        users, warnings = self._parse(data)
+        return _Reading(key, users, tuple(warnings))
+
+    def _parse(self, data: bytes) -> tuple[dict[str, UserEntry], list[tuple[int, str | None]]]:
         users: dict[str, UserEntry] = {}
+        warnings: list[tuple[int, str | None]] = []
         for number, raw in enumerate(data.splitlines(), 1):
             raw = raw.strip()
             if not raw or raw.startswith(b"#"):
                 continue
             try:
-                entry = self._parse_line(raw.decode("utf-8"))
-            except UnicodeDecodeError:
+                entry = self._parse_line(stored_text(raw) or "")
+            except NotText:
                 entry = None
-            if entry is not None:
-                entry = UserEntry(normalize_user(entry.name), entry.stored)
-            # The line holds a hash: log where it is, never what it says.
             if entry is None:
+                warnings.append((number, None))
+                continue
+            entry = UserEntry(normalize_user(entry.name), entry.stored)
+            if entry.name in users:
+                warnings.append((number, entry.name))
+            else:
+                users[entry.name] = entry
+        return users, warnings
+
+    # -- back on the reactor thread --
+
+    def _use(self, reading: _Reading | None) -> dict[str, UserEntry]:
+        self._failing = False
+        # Two logins may both have read the same change: report it once.
+        if reading is None or reading.key == self._key:
+            return self._users
+        # The line holds a hash: log where it is, never what it says.
+        for number, name in reading.warnings:
+            if name is None:
                 self.log.warn("{path}:{line}: malformed line ignored", path=self.path, line=number)
-            elif entry.name in users:
+            else:
                 self.log.warn(
                     "{path}:{line}: user {user} listed again; the first entry wins",
                     path=self.path,
                     line=number,
-                    user=entry.name,
+                    user=name,
                 )
-            else:
-                users[entry.name] = entry
-        return users
+        self._key, self._users = reading.key, reading.users
+        self.log.info("{path}: {count} users", path=self.path, count=len(self._users))
+        return self._users
 
-
-def _text(value: bytes | str) -> str | None:
-    if isinstance(value, str):
-        return value
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+    def _unreadable(self, failure: Failure) -> NoReturn:
+        failure.trap(OSError)
+        error = failure.value.strerror  # type: ignore[union-attr]
+        if not self._failing:  # once per outage, not once per login
+            self.log.error("cannot read user file {path}: {error}", path=self.path, error=error)
+        self._failing = True
+        raise TemporaryFailure(f"cannot read user file {self.path}: {error}") from failure.value
 
 
 _C = TypeVar("_C", bound="UserFileChecker")
@@ -147,15 +176,11 @@ class UserFileChecker:
 
     log = Logger()
 
-    def __init__(self, path: str, reactor: IReactorThreads | None = None) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as global_reactor
-
-            reactor = global_reactor  # type: ignore[assignment]
-        self._reactor: IReactorThreads = reactor  # type: ignore[assignment]
-        self._file = UserFile(path, self.parse_line)
-        self._sample_of: dict[str, UserEntry] | None = None
-        self._sample = DUMMY_HASH
+    def __init__(self, path: str, reactor: IReactorThreads) -> None:
+        self._reactor = reactor
+        self._file = UserFile(path, self.parse_line, reactor)
+        self._timing = TimingEqualiser(reactor, self.default_scheme)
+        self._sampled: dict[str, UserEntry] | None = None
 
     @property
     def path(self) -> str:
@@ -167,7 +192,7 @@ class UserFileChecker:
         raise NotImplementedError
 
     @classmethod
-    def from_argstring(cls: type[_C], argstring: str) -> _C:
+    def from_argstring(cls: type[_C], argstring: str, reactor: IReactorThreads) -> _C:
         """
         The checker for a strcred argument (the file's path).
 
@@ -178,7 +203,7 @@ class UserFileChecker:
             raise ValueError(f"{cls.kind}: give the file's path: {cls.kind}:/etc/popgate/users")
         if not os.path.isfile(path):
             raise ValueError(f"{cls.kind}: no such file: {path}")
-        return cls(path)
+        return cls(path, reactor)
 
     # ICredentialsChecker
 
@@ -187,31 +212,29 @@ class UserFileChecker:
         return Deferred.fromCoroutine(self._authenticate(credentials))
 
     async def _authenticate(self, credentials: Any) -> str:
-        name = _text(credentials.username)
+        name = user_name(credentials.username)
         if name is None:
             raise UnauthorizedLogin()
-        users = self._file.users()
-        entry = users.get(normalize_user(name))
+        users = await self._users()
+        entry = users.get(name)
         if IUsernamePassword.providedBy(credentials):
-            password = credentials.password
-            if isinstance(password, str):
-                password = password.encode("utf-8")
-            return await self._check_password(entry, password, users)
+            return await self._check_password(entry, credentials.password)
         return await self._check_other(entry, credentials)
 
-    async def _check_password(
-        self, entry: UserEntry | None, password: bytes, users: dict[str, UserEntry]
-    ) -> str:
+    async def _users(self) -> dict[str, UserEntry]:
+        users = await self._file.users()
+        if users is not self._sampled:  # re-read: unknown users cost what these do
+            self._sampled = users
+            self._timing.learn_sample(entry.stored for entry in users.values())
+        return users
+
+    async def _check_password(self, entry: UserEntry | None, password: bytes | str) -> str:
         if entry is None:
-            sample = self._sample_hash(users)
-            await dummy_verify_in_thread(
-                self._reactor, password, sample, default_scheme=self.default_scheme
-            )
-            raise UnauthorizedLogin()
+            return await self._timing.refuse(password)  # type: ignore[no-any-return]
+        if isinstance(password, str):
+            password = password.encode("utf-8")
         try:
-            ok = await verify_in_thread(
-                self._reactor, password, entry.stored, default_scheme=self.default_scheme
-            )
+            ok = await verify_in_thread(self._reactor, password, entry.stored, default_scheme=self.default_scheme)
         except UnknownScheme as e:
             self.log.error(
                 "{path}: configuration error for user {user}: {reason}",
@@ -224,24 +247,6 @@ class UserFileChecker:
             raise UnauthorizedLogin()
         return entry.name
 
-    def _sample_hash(self, users: dict[str, UserEntry]) -> str:
-        """
-        A hash from this file (not a clear-text one), checked for unknown
-        users so that they cost what a known one does.
-        """
-        if users is not self._sample_of:
-            self._sample_of = users
-            self._sample = next(
-                (
-                    entry.stored
-                    for entry in users.values()
-                    if entry.stored
-                    and plaintext_secret(entry.stored, default_scheme=self.default_scheme) is None
-                ),
-                DUMMY_HASH,
-            )
-        return self._sample
-
     async def _check_other(self, entry: UserEntry | None, credentials: Any) -> str:
         """Credentials other than a username and password: none by default."""
         raise UnauthorizedLogin()
@@ -249,10 +254,10 @@ class UserFileChecker:
     # IUserLookup
 
     def lookup_user(self, name: str | bytes) -> Deferred[UserInfo | None]:
-        text = _text(name)
-        try:
-            users = self._file.users()
-        except TemporaryFailure:
-            return fail()
-        entry = users.get(normalize_user(text)) if text is not None else None
-        return succeed(UserInfo(entry.name) if entry is not None else None)
+        return Deferred.fromCoroutine(self._lookup(name))
+
+    async def _lookup(self, name: str | bytes) -> UserInfo | None:
+        users = await self._users()
+        text = user_name(name)
+        entry = users.get(text) if text is not None else None
+        return UserInfo(entry.name) if entry is not None else None

@@ -32,7 +32,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer
 
-from popgate.cred.names import normalize_user
+from popgate.cred.text import user_name
 from popgate.interfaces import IUserLookup
 
 _Key = tuple[Any, Any, bytes]
@@ -54,7 +54,7 @@ class CachingChecker:
     first.  If C{wrapped} provides L{IUserLookup}, so does the cache
     (lookups are passed through uncached).
 
-    @param clock: an L{IReactorTime}; the global reactor when omitted.
+    @param clock: tells the time entries expire.
     """
 
     def __init__(
@@ -62,7 +62,8 @@ class CachingChecker:
         wrapped: ICredentialsChecker,
         positive_ttl: float = 60.0,
         negative_ttl: float = 10.0,
-        clock: IReactorTime | None = None,
+        *,
+        clock: IReactorTime,
         max_entries: int = 10000,
     ) -> None:
         if positive_ttl < 0 or negative_ttl < 0:
@@ -92,16 +93,12 @@ class CachingChecker:
                 return defer.fail(UnauthorizedLogin())
             return defer.succeed(avatar_id)
         d = defer.maybeDeferred(self.wrapped.requestAvatarId, credentials)
-        d.addCallbacks(self._remember_success, self._remember_refusal, (key,), None, (key,))
+        d.addCallbacks(self._remember_success, self._remember_refusal, callbackArgs=(key,), errbackArgs=(key,))
         return d
 
     def lookup_user(self, name: str) -> Any:
         """Pass through to the wrapped checker's L{IUserLookup}."""
         return self.wrapped.lookup_user(name)  # type: ignore[attr-defined]
-
-    def clear(self) -> None:
-        """Forget everything (e.g. after the user store was edited)."""
-        self._entries.clear()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -131,31 +128,23 @@ class CachingChecker:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        if self._now() >= entry[0]:
+        if self._clock.seconds() >= entry[0]:
             del self._entries[key]
             return None
         self._entries.move_to_end(key)
         return entry
 
     def _put(self, key: _Key, ttl: float, avatar_id: Any) -> None:
-        self._entries[key] = (self._now() + ttl, avatar_id)
+        self._entries[key] = (self._clock.seconds() + ttl, avatar_id)
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
-    def _now(self) -> float:
-        if self._clock is None:
-            from twisted.internet import reactor
-
-            self._clock = reactor  # type: ignore[assignment]
-        return self._clock.seconds()  # type: ignore[union-attr]
-
 
 def _name_key(username: Any) -> Any:
     """The user name as cached: text with its domain lower-cased."""
-    if isinstance(username, bytes):
-        try:
-            username = username.decode("utf-8")
-        except UnicodeDecodeError:
-            return username  # no store can find it; kept apart from any text
-    return normalize_user(username) if isinstance(username, str) else username
+    if not isinstance(username, (bytes, str)):
+        return username
+    # A name that names nobody (not UTF-8) keeps its bytes: apart from any text.
+    name = user_name(username)
+    return name if name is not None else username

@@ -11,6 +11,7 @@ from __future__ import annotations
 from twisted.cred.credentials import IUsernamePassword
 
 from popgate.cred._userfile import UserEntry, UserFileChecker
+from popgate.cred.factories import global_reactor
 
 __all__ = ["HtpasswdChecker", "make_checker"]
 
@@ -33,4 +34,4 @@ class HtpasswdChecker(UserFileChecker):
 
 def make_checker(argstring: str) -> HtpasswdChecker:
     """The C{htpasswd} strcred plugin's maker: C{argstring} is the file's path."""
-    return HtpasswdChecker.from_argstring(argstring)
+    return HtpasswdChecker.from_argstring(argstring, global_reactor())

@@ -17,6 +17,7 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import maybeDeferred
 
 from popgate.cred._userfile import UserEntry, UserFileChecker
+from popgate.cred.factories import global_reactor
 from popgate.cred.schemes import plaintext_secret
 
 __all__ = ["PasswdFileChecker", "make_checker"]
@@ -48,4 +49,4 @@ class PasswdFileChecker(UserFileChecker):
 
 def make_checker(argstring: str) -> PasswdFileChecker:
     """The C{passwd-file} strcred plugin's maker: C{argstring} is the file's path."""
-    return PasswdFileChecker.from_argstring(argstring)
+    return PasswdFileChecker.from_argstring(argstring, global_reactor())

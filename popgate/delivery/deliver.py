@@ -24,9 +24,22 @@ import argparse
 import sys
 from typing import Any, Callable, Coroutine
 
-from twisted.cred import strcred
 from twisted.internet import defer
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
+from twisted.python import usage
 from twisted.python.failure import Failure
+
+from popgate import config, errors, settings
+from popgate.backends import build_checkers, build_store
+from popgate.delivery.message import add_trace_headers, split_from_line
+from popgate.delivery.target import delivery_target
+from popgate.delivery.users import UserResolver
 
 EX_OK = 0
 EX_USAGE = 64
@@ -82,38 +95,19 @@ def _fail(message: str) -> None:
 
 def build(args: argparse.Namespace) -> tuple[Any, list[Any]]:
     """
-    The mail store and the checkers the options and config file name.
+    The mail store and the checkers the options and config file name, as
+    twistd popgate builds them.
 
     @raise ConfigError: with a one-line reason.
     """
-    from twisted.python import usage
-
-    from popgate import config
-    from popgate.stores.registry import make_store
-
-    values: dict[str, Any] = {}
-    if args.config:
-        try:
-            values = config.load(args.config)
-        except usage.UsageError as e:
-            raise ConfigError(str(e)) from None
-    store_description = args.store or values.get("store")
-    auth = args.auth or values.get("auth") or []
-    if not store_description:
-        raise ConfigError("no mail store: give --store TYPE:ARGS or --config FILE")
     try:
-        store = make_store(store_description)
-    except (ValueError, OSError) as e:
-        raise ConfigError(f"--store: {e}") from None
-    checkers = []
-    for description in auth:
-        try:
-            checkers.append(strcred.makeChecker(description))
-        except strcred.InvalidAuthType as e:
-            raise ConfigError(f"--auth: unknown user store type {e.args[0]!r}") from None
-        except (ValueError, OSError, strcred.StrcredException) as e:
-            raise ConfigError(f"--auth {description.split(':', 1)[0]}: {e}") from None
-    return store, checkers
+        values = config.load(args.config) if args.config else {}
+        parsed = settings.resolve({"store": args.store, "auth": args.auth}, values)
+        if not parsed.store:
+            raise ConfigError("no mail store: give --store TYPE:ARGS or --config FILE")
+        return build_store(parsed), build_checkers(parsed)
+    except usage.UsageError as e:
+        raise ConfigError(str(e)) from None
 
 
 async def deliver_message(reactor: Any, store: Any, checkers: list[Any], user: str,
@@ -121,11 +115,6 @@ async def deliver_message(reactor: Any, store: Any, checkers: list[Any], user: s
     """
     Deliver C{raw} for C{user}; the sysexits code to exit with.
     """
-    from popgate import errors
-    from popgate.delivery.message import add_trace_headers, split_from_line
-    from popgate.delivery.target import delivery_target
-    from popgate.delivery.users import UserResolver
-
     try:
         target = delivery_target(store, reactor)
     except ValueError as e:
@@ -159,11 +148,10 @@ async def deliver_message(reactor: Any, store: Any, checkers: list[Any], user: s
     return EX_OK
 
 
-def run_in_reactor(work: Callable[[Any], Coroutine[Any, Any, int]], timeout: float) -> int:
-    """Run C{work(reactor)} on the global reactor; its result, or
-    EX_TEMPFAIL for an error or a timeout."""
-    from twisted.internet import reactor
-
+def run_in_reactor(reactor: Any, work: Callable[[Any], Coroutine[Any, Any, int]],
+                   timeout: float) -> int:
+    """Run C{work(reactor)} on C{reactor}; its result, or EX_TEMPFAIL for
+    an error or a timeout."""
     outcome: list[Any] = []
 
     def start() -> None:
@@ -187,14 +175,6 @@ def run_in_reactor(work: Callable[[Any], Coroutine[Any, Any, int]], timeout: flo
 
 def _log_warnings_to_stderr() -> None:
     """Warnings and errors go to stderr, which the MTA puts in its log."""
-    from twisted.logger import (
-        FilteringLogObserver,
-        LogLevel,
-        LogLevelFilterPredicate,
-        globalLogBeginner,
-        textFileLogObserver,
-    )
-
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
     globalLogBeginner.beginLoggingTo(
         [FilteringLogObserver(textFileLogObserver(sys.stderr), [predicate])],
@@ -202,7 +182,10 @@ def _log_warnings_to_stderr() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """The C{popgate deliver} command."""
+    """The C{popgate deliver} command: the entry point, so it takes the
+    global reactor, once."""
+    from twisted.internet import reactor
+
     _log_warnings_to_stderr()
     try:
         store, checkers = build(args)
@@ -215,11 +198,6 @@ def run(args: argparse.Namespace) -> int:
         _fail(f"cannot read the message: {e}")
         return EX_TEMPFAIL
     return run_in_reactor(
-        lambda reactor: deliver_message(reactor, store, checkers, args.user, args.sender, raw),
+        reactor, lambda reactor: deliver_message(reactor, store, checkers, args.user, args.sender, raw),
         args.timeout)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    from popgate.cli import main
-
-    sys.exit(main(["deliver", *sys.argv[1:]]))

@@ -33,10 +33,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from popgate import errors
-from popgate.delivery.message import add_trace_headers, from_wire
+from popgate.delivery.message import add_trace_headers
 from popgate.delivery.target import delivery_target
 from popgate.delivery.users import UserResolver
 from popgate.interfaces import IUserLookup
+from popgate.wire import to_stored
 
 DEFAULT_MAX_MESSAGE_SIZE = 50 * 1024 * 1024
 DEFAULT_IDLE_TIMEOUT = 300.0  # RFC 5321 4.5.3.2.7: at least 5 minutes
@@ -427,7 +428,7 @@ class LMTPServerProtocol(Protocol):
     def _end_data(self) -> None:
         self._mode = _COMMAND
         too_big = self._data_size > self.factory.max_message_size
-        message = b"" if too_big else from_wire(b"".join(self._data_parts))
+        message = b"" if too_big else to_stored(b"".join(self._data_parts))
         self._data_parts = []
         transaction, self._transaction = self._transaction, _Transaction()
         self._busy = True

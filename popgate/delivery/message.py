@@ -1,27 +1,19 @@
 """
 The bytes a store keeps for one delivery: line ends as Unix mail tools
-expect them, and the envelope's trace headers (C{Return-Path},
-C{Delivered-To}) on top, as Dovecot's LMTP and Postfix's local(8) add them.
+expect them (L{popgate.wire.to_stored}, re-exported here as C{from_wire}),
+and the envelope's trace headers (C{Return-Path}, C{Delivered-To}) on top, as Dovecot's LMTP and Postfix's local(8) add them.
 """
 
 from __future__ import annotations
 
 import re
 
+from popgate.wire import to_stored as from_wire
+
+__all__ = ["from_wire", "newline_of", "header_fields", "clean_address", "add_trace_headers",
+           "split_from_line"]
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def from_wire(data: bytes) -> bytes:
-    """
-    LMTP DATA (CRLF line ends, already un-stuffed) in the form a Maildir or
-    mbox keeps: LF line ends.  A message in which a line ends with a bare
-    CR keeps its CRLFs instead, since turning C{\\r\\r\\n} into C{\\r\\n}
-    could not be undone: either way POP3 serves exactly the octets that
-    were received.
-    """
-    if b"\r\r\n" in data:
-        return data
-    return data.replace(b"\r\n", b"\n")
 
 
 def newline_of(message: bytes) -> bytes:

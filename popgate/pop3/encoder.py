@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from popgate.wire import to_crlf
+
 _TERMINATOR = b".\r\n"
 
 
@@ -59,7 +61,7 @@ class MessageEncoder:
             chunk = chunk[:-1]
             if not chunk:
                 return b""
-        return self._emit(_normalize(chunk))
+        return self._emit(to_crlf(chunk))
 
     def finish(self) -> bytes:
         """The last bytes of the reply, including the C{.} line."""
@@ -115,15 +117,6 @@ class MessageEncoder:
         self._lines_left = 0
         self._done = True
         return data[:end]
-
-
-def _normalize(data: bytes) -> bytes:
-    """Every LF not after a CR becomes CRLF; bare CRs stay as they are."""
-    if b"\r" not in data:
-        return data.replace(b"\n", b"\r\n")  # LF-only storage: one pass
-    if b"\n" not in data:
-        return data
-    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 def encode_message(chunks: Iterable[bytes], body_lines: int | None = None) -> bytes:

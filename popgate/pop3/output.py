@@ -9,6 +9,10 @@ socket.  So a client that pipelines thousands of commands and never reads
 the answers makes the server hold at most one reply beyond the bound, for
 single-line and multi-line replies alike, and a RETR being streamed
 (L{MessageSender}) stops at the same signal.
+
+The sender reads through a I{reader} (L{PoolReader} in a server): chunks
+that may wait for a disk are read in the reactor's thread pool, so one slow
+disk never stalls the other sessions.
 """
 
 from __future__ import annotations
@@ -17,13 +21,18 @@ from typing import Any, Callable
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from popgate.interfaces import ICachedMessageSource, IMessageSource
 from popgate.pop3.encoder import MessageEncoder
 
 CHUNK_SIZE = 256 * 1024
+
+log = Logger()
 
 
 @implementer(IPushProducer)
@@ -66,56 +75,96 @@ class OutputGate:
         self._on_stop()
 
 
+Reader = Callable[[Any, int], "defer.Deferred[bytes]"]
+
+
+def read_inline(source: Any, size: int) -> defer.Deferred[bytes]:
+    """Read in the calling thread (the reactor's): for sources that never
+    block, and for tests."""
+    try:
+        return defer.succeed(source.read(size))
+    except Exception:
+        return defer.fail()
+
+
+class PoolReader:
+    """
+    Reads a message source where it says it may be read (see
+    L{IMessageSource}): in the reactor thread if it never blocks, or if the
+    page cache holds what comes next (L{ICachedMessageSource}); otherwise
+    in the reactor's thread pool, so a slow disk stalls only the sessions
+    reading from it.  A source that is no L{IMessageSource} (a file object
+    from a third-party store) is read in the pool.
+
+    @ivar cached_reads: reads served in the reactor thread by C{read_cached}.
+    @ivar pool_reads: reads sent to the thread pool.
+    """
+
+    def __init__(self, reactor: IReactorThreads) -> None:
+        self._reactor = reactor
+        self.cached_reads = 0
+        self.pool_reads = 0
+
+    def __call__(self, source: Any, size: int) -> defer.Deferred[bytes]:
+        if IMessageSource.providedBy(source) and not source.blocking:
+            return read_inline(source, size)
+        if ICachedMessageSource.providedBy(source):
+            try:
+                data = source.read_cached(size)
+            except Exception:
+                return defer.fail()
+            if data is not None:
+                self.cached_reads += 1
+                return defer.succeed(data)
+        self.pool_reads += 1
+        reactor = self._reactor
+        return deferToThreadPool(reactor, reactor.getThreadPool(), source.read, size)
+
+
 @implementer(IPushProducer)
 class MessageSender:
     """
     Streams one message through an L{OutputGate}: it reads and encodes a
     chunk at a time and stops whenever the gate is paused, so a slow client
-    never makes the server hold a whole message.
+    never makes the server hold a whole message.  At most one chunk is
+    being read or waiting to be sent; a read started before a pause is
+    sent on resume.
 
-    @param source: what the maildrop's C{open_message} returned: C{read(n)}
-        and C{close()}.
+    @param source: what the maildrop's C{open_message} gave: an
+        L{IMessageSource} (or any object with C{read(n)} and C{close()}).
     @param write: the transport's C{write}.
     @param progress: called after every chunk (the session's idle timer).
+    @param reader: C{reader(source, n)} reads one chunk, returning a
+        L{defer.Deferred} (fired at once, or later from a thread): a
+        L{PoolReader} in a server; by default the source is read inline.
     """
 
     def __init__(self, gate: OutputGate, source: Any, encoder: MessageEncoder,
-                 write: Callable[[bytes], object], progress: Callable[[], object]) -> None:
+                 write: Callable[[bytes], object], progress: Callable[[], object],
+                 reader: Reader = read_inline) -> None:
         self._gate = gate
         self._source = source
         self._encoder = encoder
         self._write = write
         self._progress = progress
+        self._reader = reader
         self._paused = False
         self._finished = False
+        self._reading = False  # a read is running; the source stays open for it
+        self._pumping = False
+        self._chunk: bytes | None = None  # read, not sent yet
         self.done: defer.Deferred[None] = defer.Deferred()
 
     def start(self, first_line: bytes) -> defer.Deferred[None]:
         self._gate.child = self
         self._write(first_line)
-        if self._gate.blocked:
-            self._paused = True
-        else:
-            self.resumeProducing()
+        self._paused = self._gate.blocked
+        self._pump()
         return self.done
 
     def resumeProducing(self) -> None:
         self._paused = False
-        write = self._write
-        read = self._source.read
-        encoder = self._encoder
-        try:
-            while not self._paused and not self._finished:
-                chunk = read(CHUNK_SIZE)
-                if not chunk or encoder.done:
-                    self._finish(encoder.finish())
-                    return
-                out = encoder.encode(chunk)
-                if out:
-                    write(out)
-                self._progress()
-        except Exception:
-            self._fail(Failure())
+        self._pump()
 
     def pauseProducing(self) -> None:
         self._paused = True
@@ -124,10 +173,68 @@ class MessageSender:
         if not self._finished:
             self._fail(Failure(ConnectionLost("connection lost while sending")))
 
+    def _pump(self) -> None:
+        """Send chunks while the gate is open, reading each first.  Reads
+        that complete at once are looped over here, not recursed into."""
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while not self._finished and not self._paused:
+                chunk, self._chunk = self._chunk, None
+                if chunk is not None:
+                    self._send(chunk)
+                    continue
+                if self._reading:
+                    return  # _read_done pumps again
+                self._reading = True
+                try:
+                    d = self._reader(self._source, CHUNK_SIZE)
+                except Exception:
+                    d = defer.fail()
+                d.addCallbacks(self._read_done, self._read_failed)
+                if self._chunk is None:
+                    return  # still reading (or failed)
+        except Exception:
+            self._fail(Failure())
+        finally:
+            self._pumping = False
+
+    def _read_done(self, chunk: bytes) -> None:
+        self._reading = False
+        if self._finished:
+            self._close_source()  # held back while the read ran
+            return
+        self._chunk = chunk
+        self._pump()
+
+    def _read_failed(self, failure: Failure) -> None:
+        self._reading = False
+        if self._finished:
+            self._close_source()  # the session is gone: nobody to tell
+            return
+        self._fail(failure)
+
+    def _send(self, chunk: bytes) -> None:
+        encoder = self._encoder
+        if chunk:
+            out = encoder.encode(chunk)
+            if out:
+                self._write(out)
+            self._progress()
+        if not chunk or encoder.done:
+            self._finish(encoder.finish())
+
     def _detach(self) -> None:
         self._finished = True
         if self._gate.child is self:
             self._gate.child = None
+
+    def _close_source(self) -> None:
+        try:
+            self._source.close()
+        except Exception:
+            log.failure("closing a message source")
 
     def _finish(self, tail: bytes) -> None:
         self._detach()
@@ -138,6 +245,7 @@ class MessageSender:
     def _fail(self, failure: Failure) -> None:
         self._detach()
         try:
-            self._source.close()
+            if not self._reading:
+                self._source.close()
         finally:
             self.done.errback(failure)

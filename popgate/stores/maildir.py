@@ -16,8 +16,6 @@ never leaves a mailbox locked.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import os
 import re
@@ -25,25 +23,24 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Iterable
+from typing import Any, Iterable
 
 from twisted.internet import defer
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from popgate import errors
+from popgate import errors, wire
 from popgate.interfaces import IMaildrop, IMailStore
 from popgate.maildrop import MessageInfo, is_valid_uid
-from popgate.stores import mailpath
-from popgate.stores.locks import SessionLocks
+from popgate.stores import mailpath, nowait
+from popgate.stores.base import LockedMaildrop, LockingStore, take_flock
 from popgate.stores.durable import fsync_dir
+from popgate.stores.sources import FileSource
 
 LOCK_FILE = "popgate-pop3.lock"
 SIZE_CACHE = "popgate-sizes"
 _W_SIZE = re.compile(r",W=(\d+)")
 _TIME_PREFIX = re.compile(r"^(\d+)(?:\.M(\d+))?")
-_READ_CHUNK = 1 << 16
 # A snapshot is reused only if the directories have not changed since, and
 # had not changed for this long before it was taken (file system time stamps
 # are coarse: a delivery in the same tick must not go unseen).
@@ -81,18 +78,12 @@ def unique_id(base: str) -> bytes:
 
 
 def file_wire_size(path: str) -> int:
-    """Octets of the file once every bare LF is sent as CRLF."""
-    size = 0
-    previous_cr = False
+    """L{popgate.wire.wire_size} of a file, read in pieces.  Blocking."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        while chunk := os.read(fd, _READ_CHUNK):
-            crlf = chunk.count(b"\r\n") + (1 if previous_cr and chunk[:1] == b"\n" else 0)
-            size += len(chunk) + chunk.count(b"\n") - crlf
-            previous_cr = chunk[-1:] == b"\r"
+        return wire.measure(lambda n: os.read(fd, n))
     finally:
         os.close(fd)
-    return size
 
 
 def _order_key(base: str) -> tuple[int, int, str]:
@@ -197,6 +188,19 @@ def _stamp(directory: str) -> tuple[int, int] | None:
         return None
 
 
+def _cached_stamp(directory: str) -> tuple[int, int] | None:
+    """L{_stamp} from the kernel's caches only: C{None} if it would wait
+    for the disk (or a directory is missing)."""
+    try:
+        cur = nowait.stat_cached(os.path.join(directory, "cur"))
+        new = nowait.stat_cached(os.path.join(directory, "new"))
+    except OSError:
+        return None
+    if cur is None or new is None:
+        return None
+    return (cur.st_mtime_ns, new.st_mtime_ns)
+
+
 class SnapshotCache:
     """
     The last snapshot of each Maildir, reused while C{cur/} and C{new/} are
@@ -214,19 +218,29 @@ class SnapshotCache:
         """Whether a snapshot of C{directory} is kept (perhaps stale)."""
         return directory in self._snapshots
 
-    def get(self, directory: str, may_scan: bool = True) -> list[_Entry] | None:
+    def kept(self, directory: str) -> list[_Entry] | None:
         """
-        A snapshot of C{directory}: the kept one if still valid, else a new
-        scan (or C{None} when C{may_scan} is false).
+        The kept snapshot of C{directory} if it is still valid, checked
+        without waiting for the disk (for the reactor thread): C{None} if
+        there is none, it is stale, or checking would mean a disk read.
         """
+        stamp = _cached_stamp(directory)
+        with self._lock:
+            kept = self._snapshots.get(directory)
+            if kept is not None and stamp is not None and kept[0] == stamp:
+                self._snapshots.move_to_end(directory)
+                return kept[1]
+        return None
+
+    def get(self, directory: str) -> list[_Entry]:
+        """A snapshot of C{directory}: the kept one if still valid, else a
+        new scan.  Blocking."""
         stamp = _stamp(directory)
         with self._lock:
             kept = self._snapshots.get(directory)
             if kept is not None and stamp is not None and kept[0] == stamp:
                 self._snapshots.move_to_end(directory)
                 return kept[1]
-        if not may_scan:
-            return None
         started = time.time_ns()
         entries = scan(directory)
         if stamp is not None and _stamp(directory) == stamp \
@@ -275,51 +289,54 @@ def _find_moved(directory: str, entry: _Entry) -> str | None:
 
 
 @implementer(IMaildrop)
-class MaildirMaildrop:
+class MaildirMaildrop(LockedMaildrop):
     """An opened, locked snapshot of one Maildir."""
 
-    def __init__(self, store: "MaildirStore", key: str, directory: str,
-                 lock_fd: int, entries: list[_Entry]) -> None:
+    def __init__(self, store: "MaildirStore", directory: str, lock_fd: int,
+                 entries: list[_Entry]) -> None:
+        super().__init__(store, directory, lock_fd)
         self._store = store
-        self._key = key
         self.directory = directory
-        self._lock_fd: int | None = lock_fd
         self._entries = entries
         self._infos = [e.info for e in entries]
 
     def list_messages(self) -> list[MessageInfo]:
         return self._infos
 
-    def open_message(self, index: int) -> BinaryIO | defer.Deferred[BinaryIO]:
+    def open_message(self, index: int) -> FileSource | defer.Deferred[FileSource]:
         entry = self._entries[index]
         try:
-            return open(os.path.join(self.directory, entry.subdir, entry.name), "rb")
-        except FileNotFoundError:
-            # Renamed by another agent (flags, new/ -> cur/): finding it
-            # means listing a directory that may hold 100,000 names, which
-            # is no job for the reactor thread.
-            return self._store._in_thread(self._open_moved, entry)
+            fd = nowait.open_cached(os.path.join(self.directory, entry.subdir, entry.name),
+                                    os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            fd = None  # renamed by another agent, perhaps: the thread finds out
+        if fd is not None:
+            return FileSource(fd)
+        return self._store.in_thread(self._open_file, entry)
 
-    def _open_moved(self, entry: _Entry) -> BinaryIO:
-        moved = _find_moved(self.directory, entry)
-        if moved is None:
-            raise errors.PermanentFailure(f"message {entry.base} was removed")
-        return open(moved, "rb")
+    def _open_file(self, entry: _Entry) -> FileSource:
+        """Open a message, wherever another agent moved it (flags, new/ ->
+        cur/): finding it means listing a directory that may hold 100,000
+        names.  Blocking."""
+        path = os.path.join(self.directory, entry.subdir, entry.name)
+        try:
+            return FileSource(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+        except FileNotFoundError:
+            moved = _find_moved(self.directory, entry)
+            if moved is None:
+                raise errors.PermanentFailure(f"message {entry.base} was removed") from None
+            return FileSource(os.open(moved, os.O_RDONLY | os.O_CLOEXEC))
 
     def commit(self, deleted: Iterable[int]) -> defer.Deferred[None]:
-        gone = [self._entries[i] for i in deleted]
-        if not gone:
-            self.close()
-            return defer.succeed(None)
-        self._store._snapshots.forget(self.directory)
-        d = self._store._in_thread(self._remove, gone)
-        d.addBoth(self._release_passthrough)
-        return d
+        deleted = list(deleted)
+        if deleted:
+            self._store._snapshots.forget(self.directory)
+        return super().commit(deleted)
 
-    def _remove(self, gone: list[_Entry]) -> None:
+    def apply(self, deleted: list[int]) -> None:
         failed = 0
         touched: set[str] = set()
-        for entry in gone:
+        for entry in (self._entries[i] for i in deleted):
             path = os.path.join(self.directory, entry.subdir, entry.name)
             try:
                 os.unlink(path)
@@ -347,36 +364,19 @@ class MaildirMaildrop:
         if failed:
             raise errors.TemporaryFailure(f"{failed} messages could not be removed")
 
-    def _release_passthrough(self, result: object) -> object:
-        self.close()
-        return result
-
-    def close(self) -> None:
-        if self._lock_fd is not None:
-            fd, self._lock_fd = self._lock_fd, None
-            os.close(fd)  # drops the flock
-            self._store._locks.release(self._key)
-
 
 @implementer(IMailStore)
-class MaildirStore:
+class MaildirStore(LockingStore):
     """
     Users' Maildirs found by a template: C{%u} full user name, C{%n} local
     part, C{%d} domain (C{/var/mail/%d/%n}).
     """
 
     def __init__(self, template: str, reactor: Any = None, create: bool = True) -> None:
+        super().__init__(reactor)
         self.template = mailpath.check_template(template)
         self.create = create
-        self._reactor = reactor
-        self._locks = SessionLocks()
         self._snapshots = SnapshotCache()
-
-    def _in_thread(self, f: Any, *args: Any) -> defer.Deferred[Any]:
-        reactor = self._reactor
-        if reactor is None:
-            from twisted.internet import reactor
-        return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
 
     def maildir_for(self, user: str) -> str:
         """
@@ -396,36 +396,38 @@ class MaildirStore:
     def open_maildrop(self, avatar_id: str) -> defer.Deferred[MaildirMaildrop]:
         try:
             directory = os.path.abspath(self.maildir_for(avatar_id))
-            self._locks.acquire(directory)
-        except (errors.PermanentFailure, errors.MaildropInUse):
-            return defer.fail()  # the interface promises a Deferred
-        if self._snapshots.known(directory):
-            # A kept snapshot: the open is a lock and two stat() calls,
-            # cheaper here than the round trip to a thread and back.
-            try:
-                result = self._open(directory, may_scan=False)
-            except BaseException:
-                self._locks.release(directory)
-                return defer.fail()
-            if result is not None:
-                return defer.succeed(MaildirMaildrop(self, directory, directory, *result))
-        d = self._in_thread(self._open, directory)
+        except errors.PermanentFailure:
+            return defer.fail()
 
-        def opened(result: tuple[int, list[_Entry]]) -> MaildirMaildrop:
-            fd, entries = result
-            return MaildirMaildrop(self, directory, directory, fd, entries)
+        def wrap(opened: tuple[int, list[_Entry]]) -> MaildirMaildrop:
+            return MaildirMaildrop(self, directory, *opened)
 
-        def failed(failure: Any) -> Any:
-            self._locks.release(directory)
-            return failure
+        # A kept snapshot whose lock file and directories are in the
+        # kernel's caches: the open is a lock and two fstat() calls, cheaper
+        # here than the round trip to a thread and back.
+        return self.open_locked(directory, lambda: self._open(directory), wrap,
+                                open_inline=lambda: self._open_kept(directory))
 
-        return d.addCallbacks(opened, failed)
+    def _open_kept(self, directory: str) -> tuple[int, list[_Entry]] | None:
+        """The lock and the kept snapshot, without waiting for the disk;
+        C{None} (and no lock) when that cannot be done."""
+        if not self._snapshots.known(directory):
+            return None
+        try:
+            fd = nowait.open_cached(os.path.join(directory, LOCK_FILE), os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            return None  # the thread will say what is wrong
+        if fd is None:
+            return None
+        take_flock(fd, directory, directory)
+        entries = self._snapshots.kept(directory)
+        if entries is None:
+            os.close(fd)
+            return None
+        return fd, entries
 
-    def _open(self, directory: str, may_scan: bool = True) -> tuple[int, list[_Entry]] | None:
-        """
-        Lock and scan (in a thread).  With C{may_scan=False}, only a kept
-        snapshot will do: C{None} (and no lock) when it is stale.
-        """
+    def _open(self, directory: str) -> tuple[int, list[_Entry]]:
+        """Lock and scan.  Blocking."""
         lock_path = os.path.join(directory, LOCK_FILE)
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
         try:
@@ -442,20 +444,8 @@ class MaildirStore:
             raise errors.PermanentFailure(f"no maildir at {directory}") from e
         except OSError as e:
             raise errors.TemporaryFailure(f"cannot open {directory}: {e}") from e
+        take_flock(fd, directory, directory)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise errors.MaildropInUse(directory) from e
-            raise errors.TemporaryFailure(f"cannot lock {directory}: {e}") from e
-        try:
-            if not may_scan:
-                entries = self._snapshots.get(directory, may_scan=False)
-                if entries is None:
-                    os.close(fd)
-                    return None
-                return fd, entries
             return fd, self._snapshots.get(directory)
         except BaseException as e:
             os.close(fd)

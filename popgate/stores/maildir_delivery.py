@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from popgate import errors
 from popgate.interfaces import IDeliveryTarget
-from popgate.maildrop import wire_size
+from popgate.wire import wire_size
 from popgate.stores.maildir import ensure_maildir
 from popgate.stores.durable import fsync_dir, write_all
 

@@ -4,8 +4,8 @@ on Debian: C{--store mbox:/var/mail/%u}.
 
 Locking, like Dovecot and qpopper:
 
-- a POP3 session holds popgate's own lock for its whole length: the
-  in-process L{SessionLocks} and an C{flock} on C{<spool>.popgate-lock}
+- a POP3 session holds popgate's own lock for its whole length (the
+  sequence of L{popgate.stores.base}): the in-process lock and an C{flock} on C{<spool>.popgate-lock}
   (or a file in C{lockdir=}), so a second session gets C{[IN-USE]} but the
   MTA is never kept waiting by a session;
 - the MTA's locks (dotlock, then fcntl; see L{popgate.stores.mboxlock}) are
@@ -32,17 +32,14 @@ holds it until the new file is in place.  See docs/postfix.md.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import os
 import pwd
 import stat
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -50,7 +47,7 @@ from popgate import errors
 from popgate.interfaces import IDeliveryTarget, IMaildrop, IMailStore
 from popgate.maildrop import MessageInfo
 from popgate.stores import mailpath, mboxfile, mboxlock
-from popgate.stores.locks import SessionLocks
+from popgate.stores.base import LockedMaildrop, LockingStore, take_flock
 from popgate.stores.mboxfile import MboxEntry, MessageReader, NotAnMbox
 from popgate.stores.mboxlock import LockSettings
 from popgate.stores.mboxuidl import DuplicateIds, assign_uids
@@ -327,14 +324,13 @@ def _give_to(fd: int, user: str, directory: str) -> None:
 
 
 @implementer(IMaildrop)
-class MboxMaildrop:
+class MboxMaildrop(LockedMaildrop):
     """One session's snapshot of a spool, holding popgate's session lock."""
 
     def __init__(self, store: "MboxStore", spool: str, opened: "_Opened") -> None:
+        super().__init__(store, spool, opened.lock_fd)
         self._store = store
         self.spool = spool
-        self._lock_fd: int | None = opened.lock_fd
-        self._open = True
         self._snapshot = opened.snapshot
         self._uids = opened.uids
         self._duplicates = opened.duplicates
@@ -348,40 +344,17 @@ class MboxMaildrop:
             raise errors.PermanentFailure("maildrop closed")
         return MessageReader(self._snapshot.fd, self._snapshot.entries[index])
 
-    def commit(self, deleted: Iterable[int]) -> defer.Deferred[None]:
-        gone = set(deleted)
-        if not gone:
-            self.close()
-            return defer.succeed(None)
-        d = self._store._in_thread(self._apply, gone)
-
-        def release(result: object) -> object:
-            self.close()
-            return result
-
-        return d.addBoth(release)
-
-    def _apply(self, gone: set[int]) -> None:
-        """Rewrite the spool, then retire the deleted copies' ids; in a thread."""
-        rewrite_spool(self.spool, self._snapshot, gone, self._store.settings.locks)
-        for index in sorted(gone):
+    def apply(self, deleted: list[int]) -> None:
+        """Rewrite the spool, then retire the deleted copies' ids."""
+        rewrite_spool(self.spool, self._snapshot, set(deleted), self._store.settings.locks)
+        for index in deleted:
             self._duplicates.forget(self._snapshot.entries[index].digest, self._uids[index])
         self._duplicates.save()
 
-    def close(self) -> None:
-        try:
-            if self._snapshot.fd is not None:
-                fd, self._snapshot.fd = self._snapshot.fd, None
-                os.close(fd)
-        finally:
-            if self._open:
-                self._open = False
-                fd, self._lock_fd = self._lock_fd, None
-                try:
-                    if fd is not None:
-                        os.close(fd)  # drops the flock
-                finally:
-                    self._store._sessions.release(self.spool)
+    def release_resources(self) -> None:
+        if self._snapshot.fd is not None:
+            fd, self._snapshot.fd = self._snapshot.fd, None
+            os.close(fd)
 
 
 @dataclass(slots=True)
@@ -393,20 +366,13 @@ class _Opened:
 
 
 @implementer(IMailStore, IDeliveryTarget)
-class MboxStore:
+class MboxStore(LockingStore):
     """Spools found by a template: C{/var/mail/%u}, C{/var/mail/%d/%n}."""
 
     def __init__(self, settings: MboxSettings, reactor: Any = None) -> None:
+        super().__init__(reactor)
         mailpath.check_template(settings.template)
         self.settings = settings
-        self._reactor = reactor
-        self._sessions = SessionLocks()
-
-    def _in_thread(self, f: Any, *args: Any) -> defer.Deferred[Any]:
-        reactor = self._reactor
-        if reactor is None:
-            from twisted.internet import reactor
-        return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
 
     def spool_for(self, user: str) -> str:
         return os.path.abspath(mailpath.expand(self.settings.template, user))
@@ -416,22 +382,13 @@ class MboxStore:
     def open_maildrop(self, avatar_id: str) -> defer.Deferred[MboxMaildrop]:
         try:
             spool = self.spool_for(avatar_id)
-            self._sessions.acquire(spool)
         except Exception:
             return defer.fail()
-        d = self._in_thread(self._open, spool)
-
-        def opened(result: _Opened) -> MboxMaildrop:
-            return MboxMaildrop(self, spool, result)
-
-        def failed(failure: Any) -> Any:
-            self._sessions.release(spool)
-            return failure
-
-        return d.addCallbacks(opened, failed)
+        return self.open_locked(spool, lambda: self._open(spool),
+                                lambda opened: MboxMaildrop(self, spool, opened))
 
     def _open(self, spool: str) -> _Opened:
-        """Take the session lock, read the snapshot; runs in a thread."""
+        """Take the session lock, read the snapshot.  Blocking."""
         path = session_lock_path(spool, self.settings.lockdir)
         if not os.path.isdir(os.path.dirname(path)) and not os.path.lexists(spool):
             # No spool, and nowhere to put a lock (a virtual domain's first
@@ -443,13 +400,8 @@ class MboxStore:
             lock_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as e:
             raise errors.TemporaryFailure(f"cannot open the session lock {path}: {e}") from e
+        take_flock(lock_fd, spool, path)
         try:
-            try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise errors.MaildropInUse(spool) from e
-                raise errors.TemporaryFailure(f"cannot lock {path}: {e}") from e
             try:
                 snapshot = read_snapshot(spool, self.settings.locks)
             except NotAnMbox as e:
@@ -475,7 +427,7 @@ class MboxStore:
         except Exception:
             return defer.fail()
         owner = user if "@" not in user else None  # a system user, as in /var/mail/%u
-        return self._in_thread(append_to_spool, spool, message, sender, self.settings.locks, owner)
+        return self.in_thread(append_to_spool, spool, message, sender, self.settings.locks, owner)
 
 
 _BOOLEAN = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}

@@ -27,9 +27,14 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
+from zope.interface import implementer
+
+from popgate.interfaces import ICachedMessageSource
 from popgate.maildrop import is_valid_uid
+from popgate.stores import nowait
+from popgate.wire import WireSizer
 
 CHUNK = 1 << 16
 _QUOTED = re.compile(rb">+From ")
@@ -66,49 +71,69 @@ class MboxEntry:
     xuidl: bytes | None
 
 
-def pieces(fd: int, start: int, end: int) -> Iterator[tuple[int, bytes, bool]]:
+class LineSplitter:
     """
-    The bytes of C{fd} between C{start} and C{end} as lines, each with its
+    Cuts the bytes of a spool, fed in chunks, into lines, each with its
     offset and whether it starts a line.  A line longer than L{CHUNK} comes
     in several pieces; its first piece holds at least its first L{CHUNK}
     octets and, for a line starting with C{>}, the whole run of C{>} and
     the five octets after it, so quoting is decided the same way wherever
     the reading started.
     """
-    buf = b""
-    buf_start = start
-    pos = start
-    at_line_start = True
-    scanned = 0  # how much of a leading run of ">" in buf was looked at
-    while True:
-        data = os.pread(fd, min(CHUNK, end - pos), pos) if pos < end else b""
-        pos += len(data)
-        if data:
-            buf += data
+
+    def __init__(self, start: int) -> None:
+        self._buf = b""
+        self._buf_start = start
+        self._at_line_start = True
+        self._scanned = 0  # how much of a leading run of ">" in buf was looked at
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes, bool]]:
+        """The pieces complete once C{data} (not empty) is added."""
+        out = []
+        buf = self._buf + data
         i = 0
         while (j := buf.find(b"\n", i)) >= 0:
-            yield buf_start + i, buf[i:j + 1], at_line_start
-            at_line_start = True
+            out.append((self._buf_start + i, buf[i:j + 1], self._at_line_start))
+            self._at_line_start = True
             i = j + 1
         if i:
             buf = buf[i:]
-            buf_start += i
-            scanned = 0
-        if not data:
-            if buf:
-                yield buf_start, buf, at_line_start
-            return
+            self._buf_start += i
+            self._scanned = 0
         if len(buf) >= CHUNK:
-            if at_line_start and buf[:1] == b">":
-                match = _NOT_GT.search(buf, scanned)
+            if self._at_line_start and buf[:1] == b">":
+                match = _NOT_GT.search(buf, self._scanned)
                 if match is None or len(buf) - match.start() < 5:
-                    scanned = len(buf) if match is None else match.start()
-                    continue  # the quoting of this line is not decided yet
-            yield buf_start, buf, at_line_start
-            at_line_start = False
-            buf_start += len(buf)
+                    # The quoting of this line is not decided yet.
+                    self._scanned = len(buf) if match is None else match.start()
+                    self._buf = buf
+                    return out
+            out.append((self._buf_start, buf, self._at_line_start))
+            self._at_line_start = False
+            self._buf_start += len(buf)
             buf = b""
-            scanned = 0
+            self._scanned = 0
+        self._buf = buf
+        return out
+
+    def finish(self) -> list[tuple[int, bytes, bool]]:
+        """The last piece, at the end of the data."""
+        buf, self._buf = self._buf, b""
+        return [(self._buf_start, buf, self._at_line_start)] if buf else []
+
+
+def pieces(fd: int, start: int, end: int) -> Iterator[tuple[int, bytes, bool]]:
+    """The bytes of C{fd} between C{start} and C{end} as the pieces of
+    L{LineSplitter}.  Blocking."""
+    splitter = LineSplitter(start)
+    pos = start
+    while pos < end:
+        data = os.pread(fd, min(CHUNK, end - pos), pos)
+        if not data:
+            break
+        pos += len(data)
+        yield from splitter.feed(data)
+    yield from splitter.finish()
 
 
 def unquote(piece: bytes, at_line_start: bool) -> bytes:
@@ -126,20 +151,6 @@ def _is_separator(piece: bytes, at_line_start: bool) -> bool:
     return at_line_start and piece.startswith(b"From ")
 
 
-class _Sizer:
-    """The CRLF wire size of a stream of pieces (bare LF counts 2)."""
-
-    def __init__(self) -> None:
-        self.size = 0
-        self._previous_cr = False
-
-    def add(self, data: bytes) -> None:
-        crlf = data.count(b"\r\n") + (1 if self._previous_cr and data[:1] == b"\n" else 0)
-        self.size += len(data) + data.count(b"\n") - crlf
-        if data:
-            self._previous_cr = data[-1:] == b"\r"
-
-
 class _Builder:
     """Collects one message while L{parse} walks the spool."""
 
@@ -147,7 +158,7 @@ class _Builder:
         self.start = start
         self.body_start = body_start
         self.body_end = body_start
-        self.sizer = _Sizer()
+        self.sizer = WireSizer()
         self.digest = hashlib.sha1(from_line)
         self.in_header = True
         self.xuidl: bytes | None = None
@@ -251,34 +262,62 @@ def entry_for_append(message: bytes, sender: str | None, tail: bytes,
     return lead + from_line(sender, now) + body + b"\n"
 
 
+@implementer(ICachedMessageSource)
 class MessageReader:
     """
-    A read-only binary file over one message of a spool: un-quoted, read a
-    piece at a time from its own descriptor (a C{dup} of the maildrop's, so
-    closing the maildrop never pulls it out from under a RETR).
+    One message of a spool, un-quoted, read a piece at a time from its own
+    descriptor (a C{dup} of the maildrop's, so closing the maildrop never
+    pulls it out from under a RETR): C{read} in a pool thread, L{read_cached}
+    in the reactor thread for what the page cache holds.
     """
+
+    blocking = True
 
     def __init__(self, fd: int, entry: MboxEntry) -> None:
         self._fd = os.dup(fd)
-        self._pieces = pieces(self._fd, entry.body_start, entry.body_end)
+        self._pos = entry.body_start
+        self._end = entry.body_end
+        self._splitter = LineSplitter(entry.body_start)
         self._buffer = b""
         self._done = False
 
-    def read(self, size: int = -1) -> bytes:
-        if self._fd < 0:
-            raise ValueError("read from a closed message")
+    def _fill(self, size: int, pread: Callable[[int, int, int], bytes | None]) -> None:
+        """Read until C{size} octets are buffered, the message ends, or
+        C{pread} says it would wait (returns C{None})."""
         while not self._done and (size < 0 or len(self._buffer) < size):
-            try:
-                _, piece, at_line_start = next(self._pieces)
-            except StopIteration:
+            data = pread(self._fd, min(CHUNK, self._end - self._pos), self._pos) \
+                if self._pos < self._end else b""
+            if data is None:
+                return
+            if data:
+                self._pos += len(data)
+                found = self._splitter.feed(data)
+            else:
                 self._done = True
-                break
-            self._buffer += unquote(piece, at_line_start)
+                found = self._splitter.finish()
+            if found:
+                self._buffer += b"".join(unquote(piece, at_start) for _, piece, at_start in found)
+
+    def _take(self, size: int) -> bytes:
         if size < 0 or size >= len(self._buffer):
             data, self._buffer = self._buffer, b""
         else:
             data, self._buffer = self._buffer[:size], self._buffer[size:]
         return data
+
+    def read(self, size: int = -1) -> bytes:
+        if self._fd < 0:
+            raise ValueError("read from a closed message")
+        self._fill(size, os.pread)
+        return self._take(size)
+
+    def read_cached(self, size: int) -> bytes | None:
+        if self._fd < 0:
+            raise ValueError("read from a closed message")
+        self._fill(size, nowait.pread_cached)
+        if not self._buffer and not self._done:
+            return None
+        return self._take(size)
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -6,7 +6,6 @@ store.  Contents are lost when the process ends.
 from __future__ import annotations
 
 import hashlib
-import io
 from typing import Iterable
 
 from twisted.internet import defer
@@ -14,8 +13,10 @@ from zope.interface import implementer
 
 from popgate import errors
 from popgate.interfaces import IDeliveryTarget, IMaildrop, IMailStore
-from popgate.maildrop import MessageInfo, wire_size
-from popgate.stores.locks import SessionLocks
+from popgate.maildrop import MessageInfo
+from popgate.wire import wire_size
+from popgate.stores.base import SessionLocks
+from popgate.stores.sources import BytesSource
 
 
 class _StoredMessage:
@@ -81,8 +82,8 @@ class MemoryMaildrop:
     def list_messages(self) -> list[MessageInfo]:
         return self._infos
 
-    def open_message(self, index: int) -> io.BytesIO:
-        return io.BytesIO(self._snapshot[index].data)
+    def open_message(self, index: int) -> BytesSource:
+        return BytesSource(self._snapshot[index].data)
 
     def commit(self, deleted: Iterable[int]) -> None:
         if not self._open:

@@ -34,11 +34,10 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from popgate import errors
+from popgate import errors, wire
+from popgate.interfaces import ILoadingMaildrop, IMessageSource
 from popgate.maildrop import MessageInfo, is_valid_uid
-from popgate.realm import ILoadingMaildrop
 
-_READ_CHUNK = 1 << 16
 # Hand the reactor back after this many in-memory messages while loading.
 _YIELD_EVERY = 64
 
@@ -53,6 +52,7 @@ def uid_bytes(value: object) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
+@implementer(IMessageSource)
 class BinaryReader:
     """
     The bytes of whatever C{getMessage} returned: a binary file, a
@@ -69,6 +69,7 @@ class BinaryReader:
             raw = getattr(source, "buffer", None)
             if raw is not None:
                 self._read = raw.read
+        self.blocking = self._has_descriptor()
 
     def read(self, size: int = -1) -> bytes:
         data = self._read(size)
@@ -76,7 +77,7 @@ class BinaryReader:
             return data.encode("utf-8", "surrogateescape")
         return bytes(data)
 
-    def blocking(self) -> bool:
+    def _has_descriptor(self) -> bool:
         """True when reading may wait for a disk (a real file descriptor)."""
         try:
             self._source.fileno()
@@ -97,15 +98,9 @@ class BinaryReader:
 
 
 def measure(reader: BinaryReader) -> int:
-    """Octets of the message as sent: every bare LF counted as CRLF."""
-    size = 0
-    previous_cr = False
+    """Octets of the message as sent (L{popgate.wire}), then close it."""
     with reader:
-        while chunk := reader.read(_READ_CHUNK):
-            crlf = chunk.count(b"\r\n") + (1 if previous_cr and chunk[:1] == b"\n" else 0)
-            size += len(chunk) + chunk.count(b"\n") - crlf
-            previous_cr = chunk[-1:] == b"\r"
-    return size
+        return wire.measure(reader.read)
 
 
 def _unique(uid: bytes, seen: set[bytes]) -> bytes:
@@ -175,7 +170,7 @@ class MailboxMaildrop:
         self._loaded = True
 
     def _measure(self, reader: BinaryReader) -> defer.Deferred[int]:
-        if not reader.blocking():
+        if not reader.blocking:
             return defer.maybeDeferred(measure, reader)
         reactor = self._get_reactor()
         return deferToThreadPool(reactor, reactor.getThreadPool(), measure, reader)

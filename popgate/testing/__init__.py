@@ -1,6 +1,8 @@
 """
-A POP3 server for other people's tests: a real popgate, in process, on a
-free loopback port, with users and mail in memory and faults on demand.
+POP3 servers for other people's tests: a real popgate with users and mail
+in memory and faults on demand, either on a free loopback port in this
+process (L{POP3TestServer}) or with no sockets and no threads at all
+(L{MemoryPOP3Server}: bytes in, bytes out, time on a fake clock).
 
     from popgate.testing import POP3TestServer
 
@@ -10,11 +12,19 @@ free loopback port, with users and mail in memory and faults on demand.
         ...
         server.faults.login_error = "IN-USE"
 
+    from popgate.testing import MemoryPOP3Server
+
+    session = MemoryPOP3Server(users={"alice": "pw"}).connect()
+    assert session.send(b"USER alice\\r\\n") == b"+OK\\r\\n"
+
 With pytest, the C{pop3_server} fixture (L{popgate.testing.pytest_plugin})
-gives one such server per test.
+gives one socket server per test.
 """
 
 from popgate.testing.faults import LOGIN_ERRORS, Faults, InjectedFault
-from popgate.testing.server import TEST_SETTINGS, POP3TestServer
+from popgate.testing.memory import MemoryPOP3Server, MemorySession
+from popgate.testing.server import POP3TestServer
+from popgate.testing.site import TEST_SETTINGS
 
-__all__ = ["LOGIN_ERRORS", "TEST_SETTINGS", "Faults", "InjectedFault", "POP3TestServer"]
+__all__ = ["LOGIN_ERRORS", "TEST_SETTINGS", "Faults", "InjectedFault", "MemoryPOP3Server",
+           "MemorySession", "POP3TestServer"]

@@ -7,7 +7,6 @@ and TOP.  Packet splitting and slow replies are in L{popgate.testing.shaping}.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, fields
 from typing import Any, Iterable
 
@@ -15,10 +14,10 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from popgate import errors
-from popgate.interfaces import IMailStore
+from popgate.interfaces import ILoadingMaildrop, IMailStore, IMessageSource
 from popgate.pop3.factory import POP3ServerFactory
 from popgate.pop3.protocol import POP3ServerProtocol
-from popgate.realm import ILoadingMaildrop, ready_maildrop
+from popgate.realm import ready_maildrop
 
 #: The C{login_error} values and the response code each one produces.
 LOGIN_ERRORS: dict[str, type[Exception]] = {
@@ -96,28 +95,26 @@ class Faults:
         return error
 
 
-class _DroppingReader:
-    """About half of a message, then an error: the protocol, having sent
-    C{+OK}, can only drop the connection."""
+@implementer(IMessageSource)
+class _DroppingSource:
+    """About the first C{budget} octets of a message, then an error: the
+    protocol, having sent C{+OK}, can only drop the connection.  Read where
+    the wrapped source is read (a thread if it blocks)."""
 
-    def __init__(self, data: bytes) -> None:
-        self._data = io.BytesIO(data[:len(data) // 2])
+    def __init__(self, source: Any, budget: int) -> None:
+        self._source = source
+        self._left = budget
+        self.blocking = getattr(source, "blocking", True)
 
-    def read(self, size: int = -1) -> bytes:
-        chunk = self._data.read(size)
+    def read(self, size: int) -> bytes:
+        chunk = self._source.read(min(size, self._left)) if self._left > 0 else b""
         if not chunk:
             raise InjectedFault("connection dropped during RETR, as asked")
+        self._left -= len(chunk)
         return chunk
 
     def close(self) -> None:
-        self._data.close()
-
-
-def _read_all(source: Any) -> bytes:
-    try:
-        return b"".join(iter(lambda: source.read(1 << 16), b""))
-    finally:
-        source.close()
+        self._source.close()
 
 
 @implementer(ILoadingMaildrop)
@@ -138,7 +135,8 @@ class FaultyMaildrop:
     def open_message(self, index: int) -> defer.Deferred[Any]:
         d = defer.maybeDeferred(self._maildrop.open_message, index)
         if self._faults.drop_during_retr:
-            d.addCallback(lambda source: _DroppingReader(_read_all(source)))
+            half = self._maildrop.list_messages()[index].size // 2
+            d.addCallback(_DroppingSource, half)
         return d
 
     def commit(self, deleted: Iterable[int]) -> Any:

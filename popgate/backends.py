@@ -1,0 +1,58 @@
+"""
+The mail store and the user stores a configuration names: what the
+server (L{popgate.build}) and C{popgate deliver} both build, kept apart
+so delivery does not import the POP3 server.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.cred import strcred
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
+from twisted.python import usage
+
+from popgate.settings import Config
+from popgate.stores.registry import make_store
+
+#: The credentials POP3 logins present.
+CREDENTIALS = (IUsernamePassword, IUsernameHashedPassword)
+
+
+def build_store(config: Config) -> Any:
+    """
+    The mail store of C{--store}.
+
+    @raise usage.UsageError: no store, or one that cannot be built.
+    """
+    if not config.store:
+        raise usage.UsageError("no mail store: give --store TYPE:ARGS (see --help-stores)")
+    try:
+        return make_store(config.store)
+    except (ValueError, OSError) as e:
+        raise usage.UsageError(f"--store: {e}") from None
+
+
+def build_checker(description: str) -> ICredentialsChecker:
+    """
+    The user store of one C{--auth TYPE:ARGS}.
+
+    @raise usage.UsageError: naming the option and the problem.
+    """
+    try:
+        checker = strcred.makeChecker(description)
+    except strcred.InvalidAuthType as e:
+        raise usage.UsageError(f"--auth: unknown user store type {e.args[0]!r} "
+                               "(see --help-auth)") from None
+    except (ValueError, OSError, strcred.StrcredException) as e:
+        raise usage.UsageError(f"--auth {description.split(':', 1)[0]}: {e}") from None
+    if not set(checker.credentialInterfaces) & set(CREDENTIALS):
+        raise usage.UsageError(f"--auth {description}: not usable for POP3: "
+                               f"{checker.credentialInterfaces}")
+    return checker
+
+
+def build_checkers(config: Config) -> list[ICredentialsChecker]:
+    """The user stores of every C{--auth}, in order."""
+    return [build_checker(description) for description in config.auth]

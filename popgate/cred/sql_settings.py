@@ -1,0 +1,129 @@
+"""
+The C{sql:} argument string and the DSN: which driver, and the arguments
+its C{connect()} takes, checked at start-up.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+from popgate.cred.args import ArgSpec
+
+__all__ = ["DEFAULT_TIMEOUT", "Driver", "connect_args", "driver_for", "parse_args", "redact"]
+
+DEFAULT_TIMEOUT = 5.0
+
+ARGS = ArgSpec(
+    "sql",
+    ("dsn", "query", "user_query", "scheme", "pool_min", "pool_max", "timeout"),
+    free_text=("query", "user_query"),  # queries have commas and '='s of their own
+    required=("dsn",),
+)
+
+
+@dataclass(frozen=True)
+class Driver:
+    kind: str  # sqlite, postgresql or mysql
+    module: str
+    paramstyle: str  # "named" (:user) or "pyformat" (%(user)s)
+    install: str
+
+
+_DRIVERS = {
+    "sqlite": Driver("sqlite", "sqlite3", "named", "the Python standard library"),
+    "postgresql": Driver("postgresql", "psycopg", "pyformat", "pip install 'psycopg[binary]'"),
+    "mysql": Driver("mysql", "pymysql", "pyformat", "pip install pymysql"),
+}
+_SCHEME_ALIASES = {
+    "sqlite": "sqlite",
+    "sqlite3": "sqlite",
+    "postgresql": "postgresql",
+    "postgres": "postgresql",
+    "mysql": "mysql",
+    "mariadb": "mysql",
+}
+
+
+def parse_args(argstring: str) -> dict[str, Any]:
+    """
+    Parse C{dsn=...[,query=...][,user_query=...][,scheme=...][,pool_min=1]
+    [,pool_max=4][,timeout=5]} into L{popgate.cred.sql.SQLChecker} keyword
+    arguments (see L{popgate.cred.args}: queries keep their commas).
+
+    @raise ValueError: with a one-line reason.
+    """
+    args = ARGS.parse(argstring)
+    kwargs: dict[str, Any] = {"dsn": args["dsn"]}
+    for key, name in (("query", "query"), ("user_query", "user_query"), ("scheme", "default_scheme")):
+        if args.text(key):
+            kwargs[name] = args[key]
+    for key in ("pool_min", "pool_max"):
+        if key in args:
+            kwargs[key] = args.number(key, int, 0)
+    if "timeout" in args:
+        kwargs["timeout"] = args.number("timeout", float, DEFAULT_TIMEOUT)
+    return kwargs
+
+
+def driver_for(dsn: str) -> Driver:
+    """The driver a DSN's scheme names."""
+    kind = _SCHEME_ALIASES.get(urlsplit(dsn).scheme.lower())
+    if kind is None:
+        raise ARGS.error("dsn= must start with sqlite:, postgresql: or mysql:")
+    return _DRIVERS[kind]
+
+
+def redact(dsn: str) -> str:
+    """The DSN without its password, for logs."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
+
+
+def connect_args(kind: str, dsn: str, timeout: float) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The DB-API C{connect()} arguments for a DSN."""
+    parts = urlsplit(dsn)
+    if kind == "sqlite":
+        path = unquote(parts.netloc + parts.path)
+        if not path or path.lstrip("/") == ":memory:" or parts.query:
+            raise ARGS.error("write sqlite:///path/to/users.db (a file, no options)")
+        # Read-only: a typo in the path must not create an empty database.
+        uri = "file:" + quote(path) + "?mode=ro"
+        return (uri,), {"uri": True, "check_same_thread": False, "timeout": timeout}
+    if kind == "postgresql":
+        if not parts.path.strip("/") and "dbname" not in parts.query:
+            raise ARGS.error("the PostgreSQL DSN needs a database: postgresql://user@host:port/db")
+        # libpq parses the URI itself (sslmode=, options=, ...).
+        return (dsn,), {"autocommit": True, "connect_timeout": max(2, math.ceil(timeout))}
+    options = dict(parse_qsl(parts.query))
+    unknown = set(options) - {"unix_socket", "charset"}
+    if unknown:
+        raise ARGS.error(f"unknown MySQL DSN option {sorted(unknown)[0]}")
+    database = unquote(parts.path.strip("/"))
+    if not database:
+        raise ARGS.error("the MySQL DSN needs a database: mysql://user:pw@host:port/db")
+    try:
+        port = parts.port or 3306
+    except ValueError:
+        raise ARGS.error("bad port in the MySQL DSN") from None
+    kwargs: dict[str, Any] = {
+        "host": parts.hostname or "localhost",
+        "port": port,
+        "user": unquote(parts.username or ""),
+        "password": unquote(parts.password or ""),
+        "database": database,
+        "charset": options.get("charset", "utf8mb4"),
+        "autocommit": True,
+        "connect_timeout": timeout,
+        "read_timeout": timeout,
+        "write_timeout": timeout,
+    }
+    if "unix_socket" in options:
+        kwargs["unix_socket"] = options["unix_socket"]
+    return (), kwargs

@@ -1,0 +1,345 @@
+"""
+Every setting of a popgate server, declared once, as a field of L{Config}.
+
+Each field carries its L{Setting}: help text, kind, the docs section it
+belongs to.  From these come the twistd options (L{popgate.tap}), the keys
+and type checks of the TOML file (L{popgate.config}), the values sessions
+receive (L{popgate.build.session_settings}) and the configuration
+reference, which a test keeps equal to the committed file:
+
+    python -m popgate.settings --markdown > docs/configuration.md
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from twisted.python import usage
+
+from popgate.limits import parse_networks
+from popgate.pop3.settings import SessionSettings
+
+Kind = Literal["text", "int", "float", "flag", "list"]
+_KEY = "popgate.setting"
+
+#: The docs sections, in order: (title, what the section is about).
+SECTIONS = {
+    "Listeners": "Where popgate listens. ENDPOINT is a [Twisted endpoint string]"
+                 "(https://docs.twisted.org/en/stable/core/howto/endpoints.html); "
+                 "a port that cannot be bound stops start-up.",
+    "Stores": "Who the users are and where their mail lives: see "
+              "[User stores](../README.md#user-stores) and "
+              "[Mail stores](../README.md#mail-stores).",
+    "TLS": "See [TLS and authentication](../README.md#tls-and-authentication).",
+    "Sessions": "How a POP3 session behaves.",
+    "Limits": "See [Connection limits](../README.md#connection-limits) and "
+              "[Password guessing](../README.md#password-guessing-slow-and-greedy-clients).",
+    "Processes": "See [Using every core](../README.md#using-every-core).",
+    "Configuration file": "",
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """
+    How one setting is given, checked and documented.
+
+    @ivar kind: C{text}, C{int} and C{float} take a value; C{flag} takes
+        none (TOML: a boolean); C{list} is repeatable on the command line
+        (TOML: a list of strings, or one string) unless C{comma_list}.
+    @ivar minimum: the smallest number accepted.
+    @ivar toml: whether the TOML file may give it.
+    @ivar default_text: how the docs say the default, when the value alone
+        would not.
+    @ivar comma_list: a list given once on the command line, comma-separated.
+    @ivar items: checks and normalises a list's items.
+    @ivar internal: left out of the docs.
+    """
+
+    help: str
+    section: str
+    kind: Kind = "text"
+    metavar: str = ""
+    minimum: int = 0
+    toml: bool = True
+    short: str | None = None
+    default_text: str | None = None
+    comma_list: bool = False
+    items: Callable[[list[str]], tuple[str, ...]] | None = None
+    internal: bool = False
+    # Filled in from the field that declares it.
+    key: str = ""
+    default: Any = None
+
+    @property
+    def option(self) -> str:
+        """The command-line name, without the dashes."""
+        return self.key.replace("_", "-")
+
+    @property
+    def repeatable(self) -> bool:
+        return self.kind == "list" and not self.comma_list
+
+    def describe_default(self) -> str | None:
+        """The default as the docs say it, or None when there is none."""
+        if self.default_text is not None:
+            return self.default_text
+        if self.kind == "flag" or self.default in (None, ()):
+            return None
+        if isinstance(self.default, str):
+            return f'"{self.default}"'
+        return f"{self.default:g}" if isinstance(self.default, float) else str(self.default)
+
+    def help_line(self) -> str:
+        """The text of C{--help}: the help, then the default."""
+        default = self.describe_default()
+        return f"{self.help} (default: {default})" if default else self.help
+
+    def convert(self, value: Any) -> Any:
+        """
+        The typed value of a command-line text (a list of them when
+        repeatable) or of a value from the TOML file (checked for its type
+        there).
+
+        @raise usage.UsageError: naming the option.
+        """
+        if self.kind in ("int", "float"):
+            number = int if self.kind == "int" else float
+            try:
+                converted = number(value)
+            except (TypeError, ValueError):
+                raise usage.UsageError(f"--{self.option} must be a number, not {value!r}") from None
+            if converted < self.minimum:
+                raise usage.UsageError(f"--{self.option} must be at least {self.minimum}")
+            return converted
+        if self.kind == "flag":
+            return bool(value)
+        if self.kind == "list":
+            values = [value] if isinstance(value, str) else list(value)
+            if self.items is None:
+                return tuple(values)
+            try:
+                return self.items(values)
+            except ValueError as e:
+                raise usage.UsageError(f"--{self.option}: {e}") from None
+        return value
+
+
+def _networks(specs: list[str]) -> tuple[str, ...]:
+    """CIDR strings (or comma-separated lists of them), normalised."""
+    return tuple(str(network) for network in parse_networks(specs))
+
+
+def _declare(default: Any, help: str, section: str, **how: Any) -> Any:
+    return field(default=default, metadata={_KEY: Setting(help, section, **how)})
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """The user twistd will switch to (C{--uid}/C{--gid})."""
+
+    uid: int
+    gid: int
+    name: str
+
+
+_SESSION = SessionSettings()
+
+
+@dataclass(frozen=True)
+class Config:
+    """
+    A parsed, typed popgate configuration: what
+    L{popgate.build.build_server} turns into a running server.  Every
+    field but the last two is a setting.
+
+    @ivar argv: the command line, which the C{--workers} processes get too.
+    @ivar run_as: the user twistd switches to, when start-up must check
+        the files as that user (L{popgate.startup_checks}).
+    """
+
+    pop3: tuple[str, ...] = _declare(
+        (), "A plaintext POP3 listener (repeatable); STLS is offered when a certificate is "
+        "configured.", "Listeners", kind="list", metavar="ENDPOINT",
+        default_text="tcp:110, unless --pop3s is given")
+    pop3s: tuple[str, ...] = _declare(
+        (), "An implicit-TLS (POP3S) listener, e.g. tcp:995 (repeatable; needs --tls-cert and "
+        "--tls-key).", "Listeners", kind="list", metavar="ENDPOINT")
+    lmtp: tuple[str, ...] = _declare(
+        (), "An LMTP delivery listener for the SMTP server, e.g. tcp:2424:interface=127.0.0.1 "
+        "(repeatable).", "Listeners", kind="list", metavar="ENDPOINT")
+    auth: tuple[str, ...] = _declare(
+        (), "A user store, TYPE:ARGS in twisted.cred.strcred syntax (repeatable: tried in "
+        "order, and an outage in one is never reported as a wrong password); --help-auth "
+        "lists the types, --help-auth-type TYPE explains one.", "Stores", kind="list",
+        metavar="TYPE:ARGS")
+    store: str | None = _declare(
+        None, "The mail store, TYPE:ARGS (e.g. maildir:/var/mail/%d/%n); --help-stores lists "
+        "the types.", "Stores", metavar="TYPE:ARGS")
+    auth_cache_ttl: float = _declare(
+        60.0, "Seconds a successful login is cached (0 turns the cache off).", "Stores",
+        kind="float", metavar="SECONDS")
+    auth_cache_negative_ttl: float = _declare(
+        10.0, "Seconds a failed login is cached (0 turns it off).", "Stores", kind="float",
+        metavar="SECONDS")
+    tls_cert: str | None = _declare(
+        None, "PEM certificate, followed by its chain (certbot's fullchain.pem): enables STLS "
+        "and --pop3s. Re-read on SIGHUP.", "TLS", metavar="FILE")
+    tls_key: str | None = _declare(
+        None, "PEM private key of --tls-cert, unencrypted (certbot's privkey.pem).", "TLS",
+        metavar="FILE")
+    allow_plaintext_auth: bool = _declare(
+        False, "UNSAFE: accept passwords in clear (USER/PASS, AUTH PLAIN/LOGIN) without TLS "
+        "from non-loopback clients.", "TLS", kind="flag")
+    implementation: str = _declare(
+        _SESSION.implementation, "The CAPA IMPLEMENTATION text (empty hides it).", "Sessions",
+        metavar="TEXT")
+    greeting: str = _declare(
+        _SESSION.greeting, "The text of the +OK greeting.", "Sessions", metavar="TEXT")
+    hostname: str | None = _declare(
+        None, "Host name in the APOP and CRAM-MD5 challenges and the LMTP greeting.",
+        "Sessions", metavar="NAME", default_text="the machine's FQDN")
+    idle_timeout: float = _declare(
+        _SESSION.idle_timeout, "Seconds of silence after which a session is closed, without "
+        "applying deletions (RFC 1939: at least 600).", "Sessions", kind="float",
+        metavar="SECONDS", minimum=1)
+    login_timeout: float = _declare(
+        _SESSION.login_timeout, "Seconds from connect to login after which the connection is "
+        "closed, whatever it sends meanwhile (0: off).", "Sessions", kind="float",
+        metavar="SECONDS")
+    auth_failure_delay: float = _declare(
+        _SESSION.auth_failure_delay, "Seconds before answering a failed login.", "Sessions",
+        kind="float", metavar="SECONDS")
+    max_auth_failures: int = _declare(
+        _SESSION.max_auth_failures, "Failed logins after which the connection is closed.",
+        "Sessions", kind="int", metavar="N", minimum=1)
+    max_bad_commands: int = _declare(
+        _SESSION.max_bad_commands, "After login, bad commands in a row after which the "
+        "connection is closed (before login: 3, as Dovecot).", "Sessions", kind="int",
+        metavar="N", minimum=1)
+    max_connections: int = _declare(
+        0, "Connections at once, POP3, POP3S and LMTP together, per process (0: derived from "
+        "the file descriptor limit).", "Limits", kind="int", metavar="N")
+    max_connections_per_ip: int = _declare(
+        20, "POP3/POP3S connections at once from one address, an IPv6 address counting as "
+        "its /64 (0: no limit).", "Limits", kind="int", metavar="N")
+    exempt_networks: tuple[str, ...] = _declare(
+        (), "Trusted clients (a webmail, a proxy) with no per-address connection limit and no "
+        "login penalty; in TOML a list, exempt_networks = [\"10.0.0.0/8\"].", "Limits",
+        kind="list", comma_list=True, items=_networks, metavar="CIDR[,CIDR...]")
+    workers: int = _declare(
+        1, "Processes sharing the listening ports with SO_REUSEPORT, to use every core "
+        "(tcp: and tcp6: listeners only).", "Processes", kind="int", metavar="N", minimum=1)
+    worker: bool = _declare(
+        False, "Internal: run as one of the --workers processes.", "Processes", kind="flag",
+        toml=False, internal=True)
+    config: str | None = _declare(
+        None, "A TOML file with these settings, keys spelled with underscores, under "
+        "[popgate]; the command line wins, and a list given on the command line replaces "
+        "the file's list.", "Configuration file", metavar="FILE", short="c", toml=False)
+
+    argv: tuple[str, ...] = ()
+    run_as: RunAs | None = None
+
+
+#: Every setting, in declaration order.
+SETTINGS: tuple[Setting, ...] = tuple(
+    dataclasses.replace(f.metadata[_KEY], key=f.name, default=f.default)
+    for f in dataclasses.fields(Config) if _KEY in f.metadata)
+BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
+#: Listening when no listener is configured.
+DEFAULT_POP3 = ("tcp:110",)
+
+
+def _given(setting: Setting, value: Any) -> bool:
+    """Whether a command-line value was given: unset options are None,
+    flags false, repeatable options empty."""
+    if setting.kind == "flag" or setting.repeatable:
+        return bool(value)
+    return value is not None
+
+
+def resolve(command_line: Mapping[str, Any], file_values: Mapping[str, Any] = {},
+            **extra: Any) -> Config:
+    """
+    The L{Config} of command-line values (raw, by key) over the TOML
+    file's (checked by L{popgate.config.load}): the command line wins, a
+    list given there replaces the file's, unset settings keep their
+    defaults.  C{extra} sets L{Config.argv} and L{Config.run_as}.
+
+    @raise usage.UsageError: for a value that does not convert.
+    """
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = command_line.get(setting.key)
+        if _given(setting, raw):
+            values[setting.key] = setting.convert(raw)
+        elif setting.key in file_values:
+            values[setting.key] = setting.convert(file_values[setting.key])
+    if not values.get("pop3") and not values.get("pop3s"):
+        values["pop3"] = DEFAULT_POP3
+    return Config(**values, **extra)
+
+
+def _sections() -> Iterator[tuple[str, str, list[Setting]]]:
+    for title, about in SECTIONS.items():
+        yield title, about, [s for s in SETTINGS if s.section == title and not s.internal]
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown() -> str:
+    """The configuration reference, C{docs/configuration.md}."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "<!-- Generated from popgate/settings.py; do not edit. Regenerate with",
+        "     python -m popgate.settings --markdown > docs/configuration.md -->",
+        "",
+        "Every setting is a `twistd popgate` option and a key of the TOML file given",
+        "with `--config` (the option's name with underscores, in a `[popgate]` table",
+        "or at the top level). The command line wins over the file; a list option",
+        "given on the command line replaces the file's whole list. Unknown keys and",
+        "tables are an error, and so is a key outside the `[popgate]` table when",
+        "there is one. `etc/popgate.toml.example` is a complete, commented example.",
+        "",
+    ]
+    for title, about, settings in _sections():
+        lines += [f"## {title}", ""]
+        if about:
+            lines += [about, ""]
+        lines += ["| option | TOML | default | meaning |", "|---|---|---|---|"]
+        for s in settings:
+            option = f"`--{s.option}`" + (f" `{s.metavar}`" if s.metavar else "")
+            if s.short:
+                option = f"`-{s.short}`, " + option
+            if not s.toml:
+                toml = "—"
+            elif s.kind == "list":
+                toml = f'`{s.key} = ["..."]`'
+            elif s.kind == "flag":
+                toml = f"`{s.key} = true`"
+            else:
+                toml = f"`{s.key}`"
+            default = s.describe_default() or "—"
+            lines.append(f"| {option} | {toml} | {_cell(default)} | {_cell(s.help)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    if argv != ["--markdown"]:
+        sys.stderr.write("usage: python -m popgate.settings --markdown\n")
+        return 2
+    sys.stdout.write(markdown())
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1:]))

@@ -129,7 +129,8 @@ class Popgate(Server):
     kind = "popgate"
 
     def __init__(self, name: str, twistd: str, rundir: Path, passwd: Path, root: Path,
-                 extra: list[str] | None = None) -> None:
+                 extra: list[str] | None = None, store: str | None = None,
+                 env: dict | None = None) -> None:
         super().__init__()
         self.name = name
         self.twistd = twistd
@@ -137,20 +138,22 @@ class Popgate(Server):
         self.passwd = passwd
         self.root = root
         self.extra = extra or []
+        self.store = store or f"maildir:{root}/%n"
+        self.env = env  # None: this process's environment
         self.log = rundir / f"{name}.log"
 
     def command(self, port: int) -> list[str]:
         return [self.twistd, "-n", "--pidfile=", "--logfile", str(self.log), "popgate",
                 "--pop3", f"tcp:{port}:interface=127.0.0.1",
                 "--auth", f"passwd-file:{self.passwd}",
-                "--store", f"maildir:{self.root}/%n",
+                "--store", self.store,
                 # The load comes from one address; Dovecot has no per-IP
                 # connection limit either.
                 "--max-connections-per-ip", "0", *self.extra]
 
     def start(self) -> None:
         self.port = free_port()
-        self._spawn(self.command(self.port), self.rundir / f"{self.name}.stdout")
+        self._spawn(self.command(self.port), self.rundir / f"{self.name}.stdout", self.env)
         wait_greeting(self.port, self.proc, 30, self.log)
 
 

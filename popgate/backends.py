@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.cred import strcred
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.python import usage
 
+from popgate.cred import catalog
 from popgate.settings import Config
 from popgate.stores.registry import make_store
 
@@ -20,16 +20,17 @@ from popgate.stores.registry import make_store
 CREDENTIALS = (IUsernamePassword, IUsernameHashedPassword)
 
 
-def build_store(config: Config) -> Any:
+def build_store(config: Config, reactor: Any) -> Any:
     """
-    The mail store of C{--store}.
+    The mail store of C{--store}, on C{reactor} (its thread pool, its
+    clock).
 
     @raise usage.UsageError: no store, or one that cannot be built.
     """
     if not config.store:
         raise usage.UsageError("no mail store: give --store TYPE:ARGS (see --help-stores)")
     try:
-        return make_store(config.store)
+        return make_store(config.store, reactor)
     except (ValueError, OSError) as e:
         raise usage.UsageError(f"--store: {e}") from None
 
@@ -41,11 +42,10 @@ def build_checker(description: str) -> ICredentialsChecker:
     @raise usage.UsageError: naming the option and the problem.
     """
     try:
-        checker = strcred.makeChecker(description)
-    except strcred.InvalidAuthType as e:
-        raise usage.UsageError(f"--auth: unknown user store type {e.args[0]!r} "
-                               "(see --help-auth)") from None
-    except (ValueError, OSError, strcred.StrcredException) as e:
+        checker = catalog.make_checker(description, CREDENTIALS)
+    except catalog.UnknownStore as e:
+        raise usage.UsageError(f"--auth: {e}") from None
+    except (ValueError, OSError) as e:
         raise usage.UsageError(f"--auth {description.split(':', 1)[0]}: {e}") from None
     if not set(checker.credentialInterfaces) & set(CREDENTIALS):
         raise usage.UsageError(f"--auth {description}: not usable for POP3: "

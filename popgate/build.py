@@ -7,8 +7,9 @@ stores, with L{popgate.backends}.  Nothing below it looks up the reactor.
 
 from __future__ import annotations
 
+import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.application import service
@@ -16,10 +17,14 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import Portal
 from twisted.internet import endpoints
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
+from twisted.python.systemd import ListenFDs
 
 from popgate import startup_checks
+from popgate.admin.server import admin_listener
 from popgate.backends import build_checkers, build_store
 from popgate.cred.cache import CachingChecker
 from popgate.cred.chain import ChainedChecker
@@ -35,17 +40,24 @@ from popgate.limits import (
     parse_networks,
     prepare_listener,
 )
+from popgate.logs import ServerLog, install_on
+from popgate.metrics import Metrics
+from popgate.metrics_web import MetricsService, metrics_site, worker_endpoint
+from popgate.plural import plural
 from popgate.pop3.factory import POP3ServerFactory
 from popgate.pop3.settings import SessionSettings
+from popgate.probes import StartupProbe
 from popgate.realm import MaildropRealm
 from popgate.settings import Config
-from popgate.tls import ServerTLS, TLSConfigError, reload_on_hangup
+from popgate.tls import ServerTLS, TLSConfigError
 from popgate.workers.pool import WorkerPool
 from popgate.workers.reuseport import ReusePortListener
 
 # Dovecot's auth penalty: 2 s after the first failure, doubling to 15 s.
 _PENALTY_BASE = 2.0
 _PENALTY_MAX = 15.0
+
+log = Logger()
 
 #: Makes a listening endpoint of a description (a test passes fakes).
 EndpointMaker = Callable[[Any, str], Any]
@@ -65,16 +77,17 @@ def build_tls(config: Config) -> ServerTLS | None:
         raise usage.UsageError(f"--tls-cert/--tls-key: {e}") from None
 
 
-def build_portal(store: Any, checkers: Sequence[ICredentialsChecker],
-                 cache: tuple[float, float] = (0, 0), clock: Any = None) -> Portal:
+def build_portal(store: Any, checkers: Sequence[ICredentialsChecker], reactor: Any,
+                 cache: tuple[float, float] = (0, 0)) -> Portal:
     """
     A portal with one checker per credentials interface (a chain when
     several user stores handle the same kind of credentials), each behind
-    an auth cache when C{cache} (positive and negative TTLs) is not off.
+    an auth cache when C{cache} (positive and negative TTLs) is not off;
+    C{reactor} is the cache's clock and the realm's.
     """
-    portal = Portal(MaildropRealm(store))
+    portal = Portal(MaildropRealm(store, reactor))
     if any(cache):
-        checkers = [CachingChecker(c, positive_ttl=cache[0], negative_ttl=cache[1], clock=clock)
+        checkers = [CachingChecker(c, positive_ttl=cache[0], negative_ttl=cache[1], clock=reactor)
                     for c in checkers]
     by_interface: dict[Any, list[Any]] = {}
     for checker in checkers:
@@ -96,22 +109,20 @@ def session_settings(config: Config, hostname: str) -> SessionSettings:
         allow_plaintext_auth=config.allow_plaintext_auth)
 
 
-def hangup_hook(reactor: Any, tls: ServerTLS | None = None) -> HangupHook:
-    """The hook every server gets: it reloads the certificate when there is
-    one, and says so when there is none."""
-    hook = HangupHook(reactor, why_idle="no TLS certificate configured")
-    if tls is not None:
-        reload, description = reload_on_hangup(tls)
-        hook.register(reload, description)
-    return hook
+def hangup_hook(reactor: Any) -> HangupHook:
+    """The hook every server gets, so SIGHUP never kills; what it reloads
+    (the configuration, the user stores, the certificate) registers once
+    the server is built: L{popgate.reload.install}, called by twistd's
+    entry point and by each C{--workers} process."""
+    return HangupHook(reactor, why_idle="no reload installed")
 
 
 class Server(service.MultiService):
     """
     The running server: its listeners (and the hangup hook, and the worker
     pool) are its child services, named C{hangup}, C{pop3 ENDPOINT},
-    C{pop3s ENDPOINT}, C{lmtp ENDPOINT}, C{workers}; the parts they share
-    are attributes.
+    C{pop3s ENDPOINT}, C{lmtp ENDPOINT}, C{admin-socket PATH},
+    C{workers}; the parts they share are attributes.
     """
 
     def __init__(self, config: Config, store: Any, checkers: list[ICredentialsChecker],
@@ -130,6 +141,123 @@ class Server(service.MultiService):
         self.limits = limits
         self.lmtp = lmtp
         self.pool: WorkerPool | None = None
+        #: The C{--metrics} counters and their listener, when configured.
+        self.metrics: MetricsService | None = None
+        #: twistd's log observer (L{popgate.logs.ServerLog}), set by
+        #: C{makeService}; a reload changes its level.
+        self.log_observer: ServerLog | None = None
+
+    #: Asks the user stores whether they answer, once started: loud, not
+    #: fatal, since a directory down at boot can come back.
+    probe: StartupProbe | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        if self.probe is not None:
+            self.probe.start()
+
+    #: Set by twistd's entry point (L{popgate.tap.makeService}): a
+    #: listener that cannot listen ends the process with one log line
+    #: (which option, what is wrong) instead of twistd's traceback.
+    exit_on_listen_failure = False
+
+    def privilegedStartService(self) -> None:
+        # MultiService's, one child at a time, so a failure names its listener.
+        service.Service.privilegedStartService(self)
+        for child in self:
+            try:
+                child.privilegedStartService()
+            except (CannotListenError, OSError) as e:
+                if not self.exit_on_listen_failure:
+                    raise
+                log.critical("--{listener}: {why}", listener=child.name,
+                             why=listen_failure(e))
+                raise SystemExit(1) from None
+
+    def setServiceParent(self, parent: Any) -> None:
+        # twistd logs to its application's ILogObserver component, and
+        # hands the application here just after makeService returns.
+        if self.log_observer is not None:
+            install_on(parent, self.log_observer)
+        super().setServiceParent(parent)
+
+
+def listen_failure(error: BaseException) -> str:
+    """C{cannot listen on 127.0.0.1:110: Address already in use}."""
+    if isinstance(error, CannotListenError):
+        where = f"{error.interface or '*'}:{error.port}"
+        cause = error.socketError
+    else:
+        where, cause = "", error
+    why = getattr(cause, "strerror", None) or str(cause)
+    return f"cannot listen on {where}: {why}" if where else f"cannot listen: {why}"
+
+
+def systemd_socket_missing(description: str, passed: ListenFDs | None = None,
+                           environ: Mapping[str, str] | None = None) -> str:
+    """
+    Why the C{systemd:} endpoint C{description} found no socket, which
+    Twisted's parser says with a bare C{IndexError} (C{index=}) or
+    C{KeyError} (C{name=}): C{no socket passed by systemd (LISTEN_FDS
+    unset...)}, or what systemd did pass.
+
+    @param passed: the sockets systemd passed; by default the parser's
+        own, read once at import (Twisted then removes C{LISTEN_FDS} and
+        C{LISTEN_PID} from the environment, so it cannot be read again).
+    """
+    if passed is None:
+        passed = getattr(endpoints._SystemdParser, "_sddaemon", None) or ListenFDs([])
+    env = os.environ if environ is None else environ
+    count = len(passed.inheritedDescriptors())
+    if not count:
+        if "LISTEN_FDS" in env and env.get("LISTEN_PID") != str(os.getpid()):
+            return "no socket passed by systemd (LISTEN_PID is not this process)"
+        return "no socket passed by systemd (LISTEN_FDS unset: not started by a socket unit)"
+    keys = dict(part.partition("=")[::2] for part in description.split(":")[1:] if "=" in part)
+    if "name" in keys:
+        names = ", ".join(passed.inheritedNamedDescriptors()) or "none"
+        return (f"systemd passed {plural(count, 'socket')}, none named {keys['name']!r} "
+                f"(names: {names})")
+    return (f"systemd passed {plural(count, 'socket')}, none with index {keys.get('index', '?')}"
+            " (the first is 0)")
+
+
+def metrics_service(config: Config, reactor: Any, endpoint: EndpointMaker,
+                    limits: ProcessLimits, factory: POP3ServerFactory) -> MetricsService:
+    """
+    C{--metrics}: the counters of this process (counting while the service
+    runs) and their web listener, on this worker's own endpoint (see
+    L{popgate.metrics_web.worker_endpoint}).
+    """
+    assert config.metrics
+    description = config.metrics
+    if config.workers > 1 or config.worker:
+        description = worker_endpoint(description, config.worker_number)
+    metrics = Metrics(connections=limits.connections, sessions=factory.sessions.logged_in)
+    listener = StreamServerEndpointService(
+        make_endpoint(endpoint, reactor, description, f"--metrics {config.metrics}"),
+        metrics_site(metrics.registry, reactor))
+    listener._raiseSynchronously = True  # fail start-up, not just log
+    served = MetricsService(metrics, listener)
+    served.setName(f"metrics {description}")  # a listen failure names it
+    return served
+
+
+def make_endpoint(endpoint: EndpointMaker, reactor: Any, description: str, option: str) -> Any:
+    """
+    C{endpoint(reactor, description)}, for C{option} (C{--pop3 ...}).
+
+    @raise usage.UsageError: naming C{option}, for a description that does
+        not parse or a C{systemd:} socket that was not passed.
+    """
+    try:
+        return endpoint(reactor, description)
+    except ValueError as e:
+        raise usage.UsageError(f"{option}: {e}") from None
+    except (IndexError, KeyError):
+        if not description.startswith("systemd:"):
+            raise
+        raise usage.UsageError(f"{option}: {systemd_socket_missing(description)}") from None
 
 
 def _endpoint(reactor: Any, description: str) -> Any:
@@ -147,7 +275,7 @@ def build_server(config: Config, reactor: Any,
         certificate or endpoint that cannot be used, or a file the C{--uid}
         user could not read.
     """
-    store = build_store(config)
+    store = build_store(config, reactor)
     checkers = build_checkers(config)
     tls = build_tls(config)
     if config.pop3s and tls is None:
@@ -158,9 +286,9 @@ def build_server(config: Config, reactor: Any,
 
     # First, so SIGHUP is handled before anything else starts; in every
     # configuration, since its default action kills the process.
-    hangup = hangup_hook(reactor, tls)
-    portal = build_portal(store, checkers, (config.auth_cache_ttl, config.auth_cache_negative_ttl),
-                          reactor)
+    hangup = hangup_hook(reactor)
+    portal = build_portal(store, checkers, reactor,
+                          (config.auth_cache_ttl, config.auth_cache_negative_ttl))
     # After failed logins from an address, its every login waits (doubling,
     # capped) before it is checked, one check at a time per address.
     penalty = LoginPenalty(reactor, base_delay=_PENALTY_BASE, max_delay=_PENALTY_MAX,
@@ -179,11 +307,9 @@ def build_server(config: Config, reactor: Any,
         if shared:
             listener: Any = ReusePortListener(reactor, inner, listening_factory)
         else:
-            try:
-                listener = StreamServerEndpointService(endpoint(reactor, inner),
-                                                       listening_factory)
-            except ValueError as e:
-                raise usage.UsageError(f"--{kind} {description}: {e}") from None
+            listener = StreamServerEndpointService(
+                make_endpoint(endpoint, reactor, inner, f"--{kind} {description}"),
+                listening_factory)
             listener._raiseSynchronously = True  # fail start-up, not just log
         limits.watch(listener)
         listener.setName(f"{kind} {description}")
@@ -192,16 +318,30 @@ def build_server(config: Config, reactor: Any,
     pop3 = LimitedFactory(factory, limits.connections)
     for description in config.pop3:
         listen("pop3", description, pop3)
-    for description in config.pop3s:
-        # The same protocol behind a TLS layer: it sees an ISSLTransport,
-        # so it knows the session is secure and offers no STLS.
-        # The limits inside TLS, so a refusal is sent over TLS.
-        listen("pop3s", description, TLSMemoryBIOFactory(tls, False, pop3, clock=reactor))
+    if tls is not None:  # (--pop3s without it was refused above)
+        for description in config.pop3s:
+            # The same protocol behind a TLS layer: it sees an ISSLTransport,
+            # so it knows the session is secure and offers no STLS.
+            # The limits inside TLS, so a refusal is sent over TLS.
+            listen("pop3s", description, TLSMemoryBIOFactory(tls, False, pop3, clock=reactor))
     if lmtp is not None:
         delivery = LimitedFactory(lmtp, limits.connections, per_ip=False,
-                                  refusals=LMTP_REFUSALS)
+                                  refusals=LMTP_REFUSALS, protocol="lmtp")
         for description in config.lmtp:
             listen("lmtp", description, delivery)
+    if config.metrics:
+        server.metrics = metrics_service(config, reactor, endpoint, limits, factory)
+        server.metrics.setServiceParent(server)
+    if config.admin_socket:
+        # Each process its own socket: popgate who asks PATH, PATH.1, ...
+        path = config.admin_socket
+        if config.worker:
+            path = f"{path}.{config.worker_number}"
+        admin = admin_listener(reactor, path, factory.sessions)
+        admin.setName(f"admin-socket {path}")
+        admin.setServiceParent(server)
+    if not config.worker:  # once, not once per --workers process
+        server.probe = StartupProbe(reactor, config.auth, checkers)
     if shared and not config.worker:
         server.pool = WorkerPool(reactor, config.workers, config.argv)
         server.pool.setName("workers")

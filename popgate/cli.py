@@ -1,26 +1,40 @@
 """
 The C{popgate} admin command.
 
+  popgate --version                        popgate, Twisted, Python, OpenSSL
   popgate demo [--dir var] [--port 1110]   run on an embedded default
-  popgate passwd FILE USER                 add or change a bcrypt htpasswd entry
+  popgate check-config [server options]    what start-up would refuse, and
+                                           every user store reached
+  popgate auth test|lookup [opts] USER     the user stores, as logins and
+                                           delivery ask them
+  popgate pw [-s SCHEME] [-l]              hash a password (as doveadm pw)
+  popgate passwd FILE USER                 add or change an htpasswd entry
+  popgate who|kick [-s SOCKET] [WHO]       the open sessions, over the
+                                           admin socket
   popgate deliver -u USER [-f SENDER]      local delivery from stdin (see
                                            popgate.delivery.deliver)
+
+Each command's work is in L{popgate.admin}; this module parses and
+dispatches.
 """
 
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from twisted.scripts import twistd
 
-from popgate.cred.schemes import hash_password
+from popgate.admin import run
+from popgate.admin.passwd import PasswdError, ask_password, check_user_name, set_password
+from popgate.admin.version import versions
+from popgate.cred.schemes import HASH_SCHEMES, UnknownScheme, hash_password, verify_password
 from popgate.delivery import deliver
-from popgate.stores.maildir import ensure_maildir
+from popgate.stores.maildir_delivery import ensure_maildir
 
 DEMO_USER = "demo"
 DEMO_PASSWORD = "demo"
@@ -103,37 +117,146 @@ def run_twistd(argv: list[str]) -> int:
     return 0
 
 
+def _fail(command: str, message: object, status: int = 1) -> int:
+    sys.stderr.write(f"popgate {command}: {message}\n")
+    return status
+
+
 def passwd(args: argparse.Namespace) -> int:
-    """Add or replace C{user}'s line in an htpasswd file, atomically."""
-    password = args.password if args.password is not None else getpass.getpass()
-    entry = f"{args.user}:{hash_password(password, prefix=False)}\n"
-    lines: list[str] = []
-    if os.path.exists(args.file):
-        with open(args.file) as f:
-            lines = [line for line in f if line.split(":", 1)[0] != args.user]
-    lines.append(entry)
-    tmp = args.file + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(lines)
-    os.replace(tmp, args.file)
+    """Add or change C{user}'s password in an htpasswd file, atomically."""
+    try:
+        check_user_name(args.user)
+        password = args.password if args.password is not None else ask_password(run.ask)
+        found = set_password(args.file, args.user, password, args.scheme)
+    except PasswdError as e:
+        return _fail("passwd", e)
+    except KeyboardInterrupt:
+        return _fail("passwd", "interrupted: nothing changed", 130)
+    print(f"{'changed' if found else 'added'} {args.user} in {args.file}")
     return 0
 
 
+def pw(args: argparse.Namespace) -> int:
+    """Print a hash of a password, as C{doveadm pw}."""
+    if args.list:
+        width = max(len(name) for name in HASH_SCHEMES)
+        for name, about in HASH_SCHEMES.items():
+            print(f"{name:<{width}}  {about}")
+        return 0
+    scheme = args.scheme.upper()
+    if scheme not in HASH_SCHEMES:
+        return _fail("pw", f"unknown scheme {args.scheme!r} (popgate pw -l lists them)", 2)
+    try:
+        password = args.password if args.password is not None else ask_password(run.ask)
+    except PasswdError as e:
+        return _fail("pw", e)
+    except KeyboardInterrupt:
+        return _fail("pw", "interrupted", 130)
+    if not password:
+        return _fail("pw", "empty password refused")
+    if args.test is not None:
+        try:
+            ok = verify_password(password.encode("utf-8"), args.test, default_scheme=scheme)
+        except UnknownScheme as e:
+            return _fail("pw", e)
+        print(f"{args.test} ({'verified' if ok else 'does not match'})")
+        return 0 if ok else 1
+    try:
+        print(hash_password(password, scheme, rounds=args.rounds))
+    except ValueError as e:
+        return _fail("pw", e)
+    return 0
+
+
+class _Versions(argparse.Action):
+    def __init__(self, option_strings: Sequence[str], dest: str, **kw: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the versions and exit")
+
+    def __call__(self, parser: object, *args: object) -> None:
+        print("\n".join(versions()))
+        raise SystemExit(0)
+
+
+#: Commands that take twistd popgate's options: parsed by popgate.tap, not argparse.
+_SERVER_OPTION_COMMANDS = {
+    "check-config": ("check a configuration: parse, build, reach every user store "
+                     "([--uid USER] [--gid GROUP] [server options])"),
+    "auth": "test a password or look a user up (auth test|lookup [server options] USER)",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "check-config":
+        if argv[1:2] in (["-h"], ["--help"]):
+            print(CHECK_CONFIG_USAGE)
+            return 0
+        return run.run_check_config(argv[1:])
+    if argv and argv[0] == "auth":
+        return run.run_auth(argv[1:])
     parser = argparse.ArgumentParser(prog="popgate", description="popgate admin command")
+    parser.add_argument("--version", action=_Versions)
     sub = parser.add_subparsers(dest="command", required=True)
+    for name, about in _SERVER_OPTION_COMMANDS.items():
+        sub.add_parser(name, help=about, add_help=False)  # listed; parsed above
     p = sub.add_parser("demo", help="run popgate on an embedded default (demo user, 127.0.0.1)")
     p.add_argument("--dir", default="var", help="where the demo keeps its files (default: var)")
     p.add_argument("--port", type=int, default=1110, help="POP3 port on 127.0.0.1 (default: 1110)")
     p.set_defaults(func=demo)
-    p = sub.add_parser("passwd", help="add or change a user in an htpasswd file (bcrypt)")
+    p = sub.add_parser("passwd", help="add or change a user in an htpasswd file (bcrypt)",
+                       description="Add or change a user's password in an htpasswd file: "
+                       "asked twice, written atomically, the file's mode and owner kept "
+                       "(a new file is 0640).")
     p.add_argument("file")
     p.add_argument("user")
-    p.add_argument("--password", help="the password (default: ask)")
+    p.add_argument("--password", help="the password (default: ask twice, without echo)")
+    p.add_argument("-s", "--scheme", default="BLF-CRYPT",
+                   choices=["BLF-CRYPT", "SHA512-CRYPT", "SHA256-CRYPT", "MD5-CRYPT"],
+                   help="the hash (default: BLF-CRYPT, bcrypt as htpasswd -B)")
     p.set_defaults(func=passwd)
+    p = sub.add_parser("pw", help="hash a password for a user store (as doveadm pw)",
+                       description="Print PASSWORD hashed in SCHEME, with its {SCHEME} "
+                       "prefix, for passwd-files, SQL columns and LDAP userPassword.")
+    p.add_argument("-s", "--scheme", default="BLF-CRYPT", help="the scheme (default: BLF-CRYPT)")
+    p.add_argument("-p", "--password", help="the password (default: ask twice, without echo)")
+    p.add_argument("-r", "--rounds", type=int, help="the cost (bcrypt's log2 cost, crypt rounds, "
+                   "Argon2 time cost)")
+    p.add_argument("-t", "--test", metavar="HASH", help="check the password against HASH instead")
+    p.add_argument("-l", "--list", action="store_true", help="list the schemes")
+    p.set_defaults(func=pw)
+    for name, about in (("who", "list the open sessions of a running server"),
+                        ("kick", "close the sessions of a user or an address")):
+        p = sub.add_parser(name, help=about, description=f"{about[0].upper()}{about[1:]}, over "
+                           "its admin socket (the server's --admin-socket).")
+        p.add_argument("match", nargs="?" if name == "who" else None, default="",
+                       metavar="USER|IP|NETWORK", help="a user, an address or a network "
+                       "such as 192.0.2.0/24" + (" (default: every session)"
+                                                  if name == "who" else ""))
+        p.add_argument("-s", "--socket", help="the admin socket")
+        p.add_argument("-c", "--config", help="the server's configuration file: its "
+                       "admin_socket")
+        p.set_defaults(func=_admin_command(name))
     deliver.add_subcommand(sub)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
+
+
+CHECK_CONFIG_USAGE = """\
+usage: popgate check-config [--uid USER] [--gid GROUP] [server options]
+
+Parse the options as twistd popgate does (--config FILE, or --auth, --store,
+--pop3 ...), build the stores, certificate and listeners without listening,
+check the files as the --uid user, and reach every user store (read the file,
+connect and bind to LDAP, run the SQL queries).  One line per problem; exit 0
+with an ok summary, or 1."""
+
+
+def _admin_command(name: str) -> Any:
+    def command(args: argparse.Namespace) -> int:
+        call = run.run_who if name == "who" else run.run_kick
+        return call(args.socket, args.config, args.match or "")
+
+    return command
 
 
 if __name__ == "__main__":  # pragma: no cover

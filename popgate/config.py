@@ -8,6 +8,7 @@ file and the command line combine is L{popgate.settings.resolve}.
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from typing import Any
 
@@ -38,6 +39,13 @@ def _section(data: dict[str, Any], path: str) -> dict[str, Any]:
     return section
 
 
+def _did_you_mean(key: str) -> str:
+    """C{" (did you mean 'store'?)"} for the key C{key} is closest to, if
+    any is close: most unknown keys are typos."""
+    close = difflib.get_close_matches(key.replace("-", "_"), KEYS, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _check(setting: Setting, value: Any, path: str) -> Any:
     """C{value}, if TOML gave it the type the setting takes."""
     key = setting.key
@@ -64,13 +72,13 @@ def load(path: str) -> dict[str, Any]:
         with open(path, "rb") as f:
             data = tomllib.load(f)
     except OSError as e:
-        raise usage.UsageError(f"cannot read config file {path}: {e.strerror}")
+        raise usage.UsageError(f"cannot read config file {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
-        raise usage.UsageError(f"config file {path}: {e}")
+        raise usage.UsageError(f"config file {path}: {e}") from None
     checked: dict[str, Any] = {}
     for key, value in _section(data, path).items():
         setting = KEYS.get(key)
         if setting is None:
-            raise usage.UsageError(f"config file {path}: unknown key {key!r}")
+            raise usage.UsageError(f"config file {path}: unknown key {key!r}{_did_you_mean(key)}")
         checked[key] = _check(setting, value, path)
     return checked

@@ -7,6 +7,8 @@ an exception is logged, never sent to the client.
 
 from __future__ import annotations
 
+from twisted.cred.error import UnauthorizedLogin
+
 
 class MaildropInUse(Exception):
     """Another session holds the maildrop lock: C{-ERR [IN-USE]}."""
@@ -24,3 +26,8 @@ class PermanentFailure(Exception):
 
 class InvalidUserName(PermanentFailure):
     """A user name that cannot name a mailbox safely (C{../}, C{/}, NUL)."""
+
+
+class UnknownUser(UnauthorizedLogin):
+    """A user store knows no such user.  The client sees the same
+    C{-ERR [AUTH]} as for a wrong password; only the log tells them apart."""

@@ -6,10 +6,11 @@ L{HangupHook} is the only code that touches the SIGHUP disposition.  It
 installs one handler (in the main thread, where C{signal.signal} works),
 which only hands the signal to the reactor with C{callFromThread}; there
 the registered reload callbacks run, and one line says what each did.
-What can be reloaded (the TLS certificate) and what passes the signal
-on (the worker pool) register callbacks instead of chaining raw signal
-handlers, and the hook is always installed, so no configuration leaves
-SIGHUP at its default.
+What can be reloaded (the configuration, L{popgate.reload}) and what
+passes the signal on (the worker pool) register callbacks instead of
+chaining raw signal handlers, and the hook is always installed, so no
+configuration leaves SIGHUP at its default.  A callback may return a
+Deferred (a reload that reads files in a thread); the line waits for it.
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 log = Logger()
 
 #: A reload callback: runs in the reactor thread, returns what it did (a
-#: short phrase for the log line) or raises L{ReloadFailed}.
-Reload = Callable[[], str]
+#: short phrase for the log line; None when it logs its own line), or a
+#: Deferred of that, or raises (or fails with) L{ReloadFailed}.
+Reload = Callable[[], "str | None | defer.Deferred[str | None]"]
 
 
 class ReloadFailed(Exception):
@@ -92,40 +96,43 @@ class HangupHook(service.Service):
             self._pending = True
             self.reactor.callFromThread(self.hangup)
 
-    def hangup(self) -> str:
-        """Run every reload, then every forward (reactor thread), and log
-        one line of what was done.
+    def hangup(self) -> defer.Deferred[str]:
+        """Run every reload, then every forward (reactor thread), and once
+        all have answered log one line of what they said (none when each
+        logged its own).
 
-        @return: the text of that line, after C{"SIGHUP: "}.
+        @return: a Deferred firing with the text of that line, after
+            C{"SIGHUP: "} (empty when there was no line).
         """
         self._pending = False
-        done: list[str] = []
-        failed = False
-        if not self._reloads:
-            done.append(f"nothing to reload ({self.why_idle})")
-        for reload, _ in self._reloads:
-            failed |= self._run(reload, done)
-        for forward in self._forwards:
-            failed |= self._run(forward, done)
-        text = "; ".join(done)
-        if failed:
-            log.error("SIGHUP: {done}", done=text)
-        else:
-            log.info("SIGHUP: {done}", done=text)
-        return text
+        runs = [self._run(callback) for callback, _ in self._reloads]
+        runs += [self._run(forward) for forward in self._forwards]
+        gathered = defer.gatherResults(runs)
+
+        def log_line(answers: list[tuple[str | None, bool]]) -> str:
+            done = [text for text, _ in answers if text]
+            if not self._reloads:
+                done.insert(0, f"nothing to reload ({self.why_idle})")
+            text = "; ".join(done)
+            if any(failed for _, failed in answers):
+                log.error("SIGHUP: {done}", done=text)
+            elif text:
+                log.info("SIGHUP: {done}", done=text)
+            return text
+
+        return gathered.addCallback(log_line)
 
     @staticmethod
-    def _run(callback: Reload, done: list[str]) -> bool:
-        """Run one callback, adding what it says to C{done}; True if it failed."""
-        try:
-            done.append(callback())
-            return False
-        except ReloadFailed as e:
-            done.append(str(e))
-        except Exception:
+    def _run(callback: Reload) -> defer.Deferred[tuple[str | None, bool]]:
+        """Run one callback: (what it says, whether it failed), never a failure."""
+
+        def failed(failure: Failure) -> tuple[str | None, bool]:
+            if failure.check(ReloadFailed):
+                return str(failure.value), True
             # A bug, not a condition: the traceback, and the other
             # callbacks still run.
-            log.failure("bug in the SIGHUP callback {callback!r}", callback=callback)
-            done.append(f"{getattr(callback, '__qualname__', callback)} failed (see above)")
-        return True
+            log.failure("bug in the SIGHUP callback {callback!r}", failure, callback=callback)
+            return f"{getattr(callback, '__qualname__', callback)} failed (see above)", True
+
+        return defer.maybeDeferred(callback).addCallbacks(lambda text: (text, False), failed)
 

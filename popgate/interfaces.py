@@ -8,8 +8,23 @@ every twistd run, so it imports nothing heavy.
 
 from __future__ import annotations
 
+from typing import IO, TYPE_CHECKING, Any
+
+from twisted.internet.interfaces import IConsumer, IPushProducer, ITCPTransport
 from twisted.plugin import IPlugin
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:  # names for the annotations only: nothing heavy at run time
+    from collections.abc import Iterable, Sequence
+
+    from twisted.internet.defer import Deferred
+
+    from popgate.cred.userinfo import UserInfo
+    from popgate.maildrop import MessageInfo
+
+# Interface methods are declared the zope way, without self; mypy-zope
+# checks each @implementer class against these signatures.  Deferred is
+# invariant in its result, so results that differ by store are Deferred[Any].
 
 
 class IMaildrop(Interface):
@@ -22,7 +37,7 @@ class IMaildrop(Interface):
     to L{commit} once, in the UPDATE state.
     """
 
-    def list_messages():  # type: ignore[misc]
+    def list_messages() -> Sequence[MessageInfo]:
         """
         The snapshot, in maildrop order.
 
@@ -31,7 +46,7 @@ class IMaildrop(Interface):
             message as sent on the wire: CRLF line ends, before dot-stuffing).
         """
 
-    def open_message(index):  # type: ignore[misc]
+    def open_message(index: int) -> IMessageSource | IO[bytes] | Deferred[Any]:
         """
         Open message C{index} (0-based) for reading.  Called in the reactor
         thread, so it must not block: a store whose open may wait for a
@@ -44,7 +59,7 @@ class IMaildrop(Interface):
             binary file object is accepted too, and read in a thread.)
         """
 
-    def commit(deleted):  # type: ignore[misc]
+    def commit(deleted: Iterable[int]) -> Deferred[Any] | None:
         """
         Apply the UPDATE state: remove the messages whose indexes are in
         C{deleted}, durably, then release the maildrop.
@@ -53,7 +68,7 @@ class IMaildrop(Interface):
             fails if some messages could not be removed.
         """
 
-    def close():  # type: ignore[misc]
+    def close() -> Deferred[Any] | None:
         """
         Release the maildrop without changing it (the session ended without
         QUIT).  Idempotent; may return a L{Deferred}.
@@ -66,7 +81,7 @@ class ILoadingMaildrop(IMaildrop):
     cannot return a L{Deferred}, so it does the reading here.
     """
 
-    def load():  # type: ignore[misc]
+    def load() -> Deferred[Any]:
         """
         Take the snapshot.  Called once, before any other method.
 
@@ -88,7 +103,7 @@ class IMessageSource(Interface):
         "calls it in the reactor's thread pool.  False if it returns at once "
         "(the message is in memory): it is called in the reactor thread.")
 
-    def read(size):  # type: ignore[misc]
+    def read(size: int) -> bytes:
         """
         The next octets of the message as stored: at least one and at most
         C{size}, or C{b""} at the end.  Called in a pool thread when
@@ -98,7 +113,7 @@ class IMessageSource(Interface):
             cannot be read (the client, already sent C{+OK}, is dropped).
         """
 
-    def close():  # type: ignore[misc]
+    def close() -> None:
         """Release what the source holds.  Called once, in the reactor
         thread."""
 
@@ -111,7 +126,7 @@ class ICachedMessageSource(IMessageSource):
     sends only the reads that would wait for the disk to the pool.
     """
 
-    def read_cached(size):  # type: ignore[misc]
+    def read_cached(size: int) -> bytes | None:
         """
         Like L{IMessageSource.read}, but only what can be had without
         waiting: C{None} when the next octets would have to come from the
@@ -125,7 +140,7 @@ class IMailStore(Interface):
     Where users' mail lives.  Opens maildrops for authenticated users.
     """
 
-    def open_maildrop(avatar_id):  # type: ignore[misc]
+    def open_maildrop(avatar_id: str) -> Deferred[Any] | IMaildrop:
         """
         Open and lock the maildrop of C{avatar_id} (a str user name).
 
@@ -142,7 +157,7 @@ class IDeliveryTarget(Interface):
     A store that accepts new mail (from LMTP or C{popgate deliver}).
     """
 
-    def deliver(user, message, sender=None):  # type: ignore[misc]
+    def deliver(user: str, message: bytes, sender: str | None = None) -> Deferred[Any]:
         """
         Store C{message} (bytes) for C{user} durably.
 
@@ -156,10 +171,28 @@ class IUserLookup(Interface):
     password: used by delivery to refuse unknown recipients.
     """
 
-    def lookup_user(name):  # type: ignore[misc]
+    def lookup_user(name: str | bytes) -> Deferred[UserInfo | None]:
         """
         @return: a L{Deferred} firing with a L{popgate.cred.userinfo.UserInfo} or
             C{None} when there is no such user.
+        """
+
+
+class IReachable(Interface):
+    """
+    A user store that can tell, cheaply, whether it can answer now:
+    C{popgate check-config} and start-up ask, so a wrong host, port, path,
+    password or query shows before the first login gets C{[SYS/TEMP]}.
+    """
+
+    def probe() -> Deferred[str]:
+        """
+        Reach the store as a login would (read the file; connect and bind;
+        run the query for a user nobody has), logging nothing.
+
+        @return: a L{Deferred} firing with a few words on what answered
+            (C{"3 users"}), or failing with an exception whose text says
+            why in one line.
         """
 
 
@@ -174,8 +207,25 @@ class IMailStoreFactory(IPlugin):
     storeHelp = Attribute("A few sentences on what the store does.")
     argStringFormat = Attribute("How to write the argument string.")
 
-    def makeStore(argstring):  # type: ignore[misc]
+    def makeStore(argstring: str, reactor: Any) -> IMailStore:
         """
+        @param reactor: the reactor the server runs on: a store that needs
+            threads or timers uses its C{getThreadPool}/C{callLater}, never
+            the global reactor (tests hand it a fake one).  A factory whose
+            C{makeStore} takes the argument string only, as before popgate
+            passed the reactor, keeps working: it is called without it
+            (L{popgate.plugin_support.call_maker}).
         @return: an L{IMailStore}.
         @raise ValueError: with a one-line reason if C{argstring} is bad.
         """
+
+
+class IStreamTransport(ITCPTransport, IConsumer, IPushProducer):
+    """
+    What popgate's protocols (POP3, LMTP) use of their transport, for the
+    type checker only: TCP, TLS and UNIX transports all have it, though
+    none declares it.  (STLS looks C{startTLS} up: not every transport has
+    it.)
+    """
+
+    disconnecting: bool

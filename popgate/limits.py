@@ -28,12 +28,14 @@ from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     ISSLTransport,
     IStreamServerEndpoint,
+    ITransport,
 )
 from twisted.internet.protocol import Protocol
 from twisted.logger import ILogObserver, Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from zope.interface import alsoProvides, directlyProvides, implementer, providedBy
 
+from popgate.events import emit
 from popgate.proxy_protocol import ProxyHeaderFactory
 
 log = Logger()
@@ -197,8 +199,8 @@ class OncePerInterval:
 
     def event(self, kind: str, first: str, summary: str, **fields: Any) -> None:
         """Log C{first} (a format with C{fields}) unless C{kind} was logged
-        this interval; C{summary} (with C{{count}} and C{{interval}}) then
-        says how many followed."""
+        this interval; C{summary} (with C{{count}} and C{{interval}}, and
+        C{{s}}: "s" unless the count is 1) then says how many followed."""
         if kind in self._counts:
             self._counts[kind] += 1
             return
@@ -211,7 +213,8 @@ class OncePerInterval:
         count = self._counts.pop(kind, 0)
         summary, fields = self._summaries.pop(kind)
         if count:
-            self.log.warn(summary, **fields, count=count, interval=self.interval)
+            self.log.warn(summary, **fields, count=count, s="" if count == 1 else "s",
+                          interval=self.interval)
             # Still happening: keep summarising rather than logging anew.
             self._counts[kind] = 0
             self._summaries[kind] = (summary, fields)
@@ -250,7 +253,8 @@ class ConnectionLimits:
 
     def __init__(self, clock: Any, max_connections: int, max_per_ip: int = 20,
                  exempt: Sequence[Network] = (), ipv6_prefix: int = 64,
-                 max_tls_refusals: int = ACCEPT_RESERVE // 2, refusal_timeout: float = 10.0) -> None:
+                 max_tls_refusals: int = ACCEPT_RESERVE // 2,
+                 refusal_timeout: float = 10.0) -> None:
         if max_connections < 1 or max_per_ip < 0:
             raise ValueError("connection limits must be positive")
         self.clock = clock
@@ -293,7 +297,7 @@ class ConnectionLimits:
         """
         if self.total >= self.max_connections:
             self.reports.event("total", "connection limit reached ({limit}): refusing clients",
-                               "connection limit ({limit}): refused {count} more clients "
+                               "connection limit ({limit}): refused {count} more client{s} "
                                "in {interval:.0f} s", limit=self.max_connections)
             return None, "total"
         key = self._key(addr) if per_ip else None
@@ -368,6 +372,9 @@ class _LimitedProtocol(ProtocolWrapper):
     """The admitted protocol, unchanged on the wire; gives its place back
     when the connection ends."""
 
+    # Set by makeConnection, before anything here runs.
+    transport: ITransport
+
     def __init__(self, factory: LimitedFactory, wrapped: Any, ticket: _Ticket) -> None:
         super().__init__(factory, wrapped)
         self.ticket = ticket
@@ -380,10 +387,13 @@ class _LimitedProtocol(ProtocolWrapper):
         if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
             alsoProvides(self, IHalfCloseableProtocol)
         Protocol.makeConnection(self, transport)
-        self.wrappedProtocol.makeConnection(self)
+        # directlyProvides above gave the wrapper its transport's interfaces.
+        self.wrappedProtocol.makeConnection(cast(ITransport, self))
 
-    @property  # type: ignore[override]
-    def disconnecting(self) -> bool:
+    # ProtocolWrapper has a plain attribute (an int it sets itself in the
+    # loseConnection overridden here); a read-only property cannot say so.
+    @property
+    def disconnecting(self) -> bool:  # type: ignore[override]
         # The transport's own: the session checks it after loseConnection,
         # whoever called that.
         return bool(getattr(self.transport, "disconnecting", False))
@@ -391,11 +401,13 @@ class _LimitedProtocol(ProtocolWrapper):
     def loseConnection(self) -> None:
         self.transport.loseConnection()
 
+    # Called only when this wrapper provides IHalfCloseableProtocol, which
+    # makeConnection declares only when the wrapped protocol does.
     def readConnectionLost(self) -> None:
-        self.wrappedProtocol.readConnectionLost()
+        cast(IHalfCloseableProtocol, self.wrappedProtocol).readConnectionLost()
 
     def writeConnectionLost(self) -> None:
-        self.wrappedProtocol.writeConnectionLost()
+        cast(IHalfCloseableProtocol, self.wrappedProtocol).writeConnectionLost()
 
     def logPrefix(self) -> str:
         # The log's "system" field stays the protocol's own name.
@@ -418,12 +430,15 @@ class LimitedFactory(WrappingFactory[_LimitedProtocol]):
     protocol = _LimitedProtocol
     noisy = False  # the wrapped factory says "Starting factory" already
 
+    _log = Logger()
+
     def __init__(self, wrapped: Any, limits: ConnectionLimits, per_ip: bool = True,
-                 refusals: dict[str, bytes] = POP3_REFUSALS) -> None:
+                 refusals: dict[str, bytes] = POP3_REFUSALS, protocol: str = "pop3") -> None:
         super().__init__(wrapped)
         self.limits = limits
         self.per_ip = per_ip
         self.refusals = refusals
+        self.protocol_name = protocol
 
     def logPrefix(self) -> str:
         wrapped = self.wrappedFactory
@@ -432,7 +447,12 @@ class LimitedFactory(WrappingFactory[_LimitedProtocol]):
     def buildProtocol(self, addr: Any) -> Any:
         ticket, over = self.limits.admit(addr, self.per_ip)
         if ticket is None:
-            return _Refusal(self.limits, self.refusals[over or "total"])
+            limit = over or "total"
+            # Every refusal, for the metrics; the limits' warning says so in
+            # words, once per interval.
+            emit(self._log, "limit.refused", limit=limit, rip=addr, protocol=self.protocol_name,
+                 max=self.limits.max_connections if limit == "total" else self.limits.max_per_ip)
+            return _Refusal(self.limits, self.refusals[limit])
         try:
             wrapped = self.wrappedFactory.buildProtocol(addr)
         except BaseException:
@@ -510,8 +530,8 @@ class AcceptErrorWatch:
         where = port.getHost()
         self.reports.event(
             "accept", "cannot accept connections on {where} ({error}: {why}); new clients are "
-            "turned away until it passes", "accept() still failing: {count} more failures or "
-            "clients turned away in {interval:.0f} s",
+            "turned away until it passes", "accept() still failing: {count} more failure{s} or "
+            "client{s} turned away in {interval:.0f} s",
             where=f"{getattr(where, 'host', where)}:{getattr(where, 'port', '')}",
             error=error, why=_SHORTAGES[error])
         if log_format == _NOT_ACCEPTED and id(port) not in self._paused:

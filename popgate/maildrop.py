@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from popgate.wire import wire_size
 
-__all__ = ["MessageInfo", "is_valid_uid", "wire_size"]  # wire_size: the old home of popgate.wire.wire_size
+# wire_size: this was the home of popgate.wire.wire_size
+__all__ = ["MessageInfo", "is_valid_uid", "wire_size"]
 
 _UID_OK = re.compile(rb"^[\x21-\x7e]{1,70}\Z")
 
@@ -28,7 +29,7 @@ class MessageInfo:
     size: int
 
     @classmethod
-    def unchecked(cls, uid: bytes, size: int) -> "MessageInfo":
+    def unchecked(cls, uid: bytes, size: int) -> MessageInfo:
         """
         Build one without validation, for stores that build their unique
         ids and sizes themselves (a big Maildir makes 100,000 of these).

@@ -78,7 +78,12 @@ class _HeaderFirst(HAProxyProtocolWrapper):
 class ProxyHeaderFactory(HAProxyWrappingFactory):
     """Wraps a listener's factory for PROXY protocol (v1 and v2) clients."""
 
-    protocol = _HeaderFirst
+    # Twisted types a wrapper's factory as WrappingFactory[Self], which is
+    # invariant, and HAProxyWrappingFactory is not generic: no subclass of
+    # HAProxyProtocolWrapper type-checks as its protocol, nor this factory
+    # as that subclass's factory (Twisted's WrappingFactory.protocol has the
+    # same ignore).
+    protocol = _HeaderFirst  # type: ignore[assignment]
     noisy = False
 
     def __init__(self, wrapped: Any, clock: Any, header_timeout: float = 10.0) -> None:
@@ -87,4 +92,4 @@ class ProxyHeaderFactory(HAProxyWrappingFactory):
         self.header_timeout = header_timeout
 
     def buildProtocol(self, addr: Any) -> _HeaderFirst:
-        return self.protocol(self, _BeforeHeader())
+        return self.protocol(self, _BeforeHeader())  # type: ignore[arg-type]

@@ -1,9 +1,9 @@
 """
 The realm: turns an authenticated user name into an opened maildrop.
 
-Stores may return any object; the realm adapts it to L{IMaildrop} through
-the adapters registered in L{popgate.stores.adapters}, so a store written
-for another interface (a Twisted C{IMailbox}, say) plugs in unchanged.
+Stores may return any object; the realm adapts it to L{IMaildrop} with
+L{popgate.stores.adapters.as_maildrop}, so a store written for another
+interface (a Twisted C{IMailbox}, say) plugs in unchanged.
 Adapters are synchronous, so an adapter that must do I/O before it can list
 messages provides L{popgate.interfaces.ILoadingMaildrop} (re-exported here),
 and the realm waits for its C{load}.
@@ -39,14 +39,15 @@ def avatar_name(avatar_id: bytes | str) -> str:
     return normalize_user(avatar_id)
 
 
-async def ready_maildrop(opened: object) -> Any:
+async def ready_maildrop(opened: object, reactor: Any) -> Any:
     """
-    Adapt what a store returned to L{IMaildrop} and, if it needs it, wait
-    for it to load.
+    Adapt what a store returned to L{IMaildrop} (an adapter that needs
+    threads or timers gets C{reactor}) and, if it needs it, wait for it to
+    load.
 
     @raise errors.PermanentFailure: if no adapter fits (a broken store).
     """
-    maildrop = IMaildrop(opened, None)
+    maildrop = adapters.as_maildrop(opened, reactor)
     if maildrop is None:
         raise errors.PermanentFailure(
             f"the mail store returned a {type(opened).__name__}, which is no IMaildrop "
@@ -65,17 +66,28 @@ async def ready_maildrop(opened: object) -> Any:
 
 @implementer(IRealm)
 class MaildropRealm:
-    """An L{IRealm} handing out L{IMaildrop} avatars from one mail store."""
+    """
+    An L{IRealm} handing out L{IMaildrop} avatars from one mail store.
 
-    def __init__(self, store: IMailStore) -> None:
-        adapters.register()
+    @param reactor: the server's, for adapters that need threads or timers.
+    """
+
+    def __init__(self, store: IMailStore, reactor: Any) -> None:
         self.store = store
+        self.reactor = reactor
 
     def requestAvatar(self, avatarId: Any, mind: object, *interfaces: Any) -> defer.Deferred[Any]:
         if IMaildrop not in interfaces:
             raise NotImplementedError("popgate only serves IMaildrop avatars")
-        d = defer.maybeDeferred(self.store.open_maildrop, avatar_name(avatarId))
-        d.addCallback(lambda opened: defer.Deferred.fromCoroutine(ready_maildrop(opened)))
+        name = avatar_name(avatarId)
+        # The session's mind (popgate.pop3.session_log.LoginMind) learns
+        # that the user store said yes: what fails now is the mail store.
+        found = getattr(mind, "avatar_found", None)
+        if found is not None:
+            found(name)
+        d = defer.maybeDeferred(self.store.open_maildrop, name)
+        d.addCallback(lambda opened: defer.Deferred.fromCoroutine(
+            ready_maildrop(opened, self.reactor)))
 
         def avatar(maildrop: Any) -> tuple[Any, Any, Any]:
             return IMaildrop, maildrop, maildrop.close

@@ -32,13 +32,18 @@ SECTIONS = {
                  "(https://docs.twisted.org/en/stable/core/howto/endpoints.html); "
                  "a port that cannot be bound stops start-up.",
     "Stores": "Who the users are and where their mail lives: see "
-              "[User stores](../README.md#user-stores) and "
-              "[Mail stores](../README.md#mail-stores).",
-    "TLS": "See [TLS and authentication](../README.md#tls-and-authentication).",
+              "[User stores](user-stores.md) and "
+              "[Mail stores](mail-stores.md).",
+    "TLS": "See [TLS and authentication](tls.md).",
     "Sessions": "How a POP3 session behaves.",
-    "Limits": "See [Connection limits](../README.md#connection-limits) and "
-              "[Password guessing](../README.md#password-guessing-slow-and-greedy-clients).",
-    "Processes": "See [Using every core](../README.md#using-every-core).",
+    "Limits": "See [Connection limits](operations.md#connection-limits) and "
+              "[Password guessing](operations.md#password-guessing).",
+    "Logging": "What each line means: the event catalogue in `popgate/events.py` "
+               "(`python -m popgate.events`). twistd's `--logfile` and `--syslog` say where "
+               "the log goes; these options say what and how.",
+    "Processes": "See [Using every core](operations.md#using-every-core).",
+    "Administration": "`popgate who` and `popgate kick` talk to a running server over its "
+                      "admin socket; see [who and kick](operations.md#who-and-kick).",
     "Configuration file": "",
 }
 
@@ -58,6 +63,10 @@ class Setting:
     @ivar comma_list: a list given once on the command line, comma-separated.
     @ivar items: checks and normalises a list's items.
     @ivar internal: left out of the docs.
+    @ivar choices: the values a C{text} setting accepts, when limited.
+    @ivar live: a SIGHUP reload applies a new value to the running server
+        (L{popgate.reload}); a change to any other setting is logged as
+        needing a restart.
     """
 
     help: str
@@ -71,6 +80,8 @@ class Setting:
     comma_list: bool = False
     items: Callable[[list[str]], tuple[str, ...]] | None = None
     internal: bool = False
+    choices: tuple[str, ...] = ()
+    live: bool = False
     # Filled in from the field that declares it.
     key: str = ""
     default: Any = None
@@ -126,6 +137,9 @@ class Setting:
                 return self.items(values)
             except ValueError as e:
                 raise usage.UsageError(f"--{self.option}: {e}") from None
+        if self.choices and value not in self.choices:
+            raise usage.UsageError(
+                f"--{self.option} must be one of {', '.join(self.choices)}, not {value!r}")
         return value
 
 
@@ -172,71 +186,93 @@ class Config:
     lmtp: tuple[str, ...] = _declare(
         (), "An LMTP delivery listener for the SMTP server, e.g. tcp:2424:interface=127.0.0.1 "
         "(repeatable).", "Listeners", kind="list", metavar="ENDPOINT")
+    metrics: str | None = _declare(
+        None, "Serve Prometheus metrics as /metrics on this endpoint, e.g. "
+        "tcp:9110:interface=127.0.0.1 (not for the internet: it has no authentication). With "
+        "--workers N each process serves its own: worker I (1 to N-1) on the port plus I "
+        "(unix: the path plus .I); scrape them all and sum() them.", "Listeners",
+        metavar="ENDPOINT", default_text="none (off)")
     auth: tuple[str, ...] = _declare(
         (), "A user store, TYPE:ARGS in twisted.cred.strcred syntax (repeatable: tried in "
         "order, and an outage in one is never reported as a wrong password); --help-auth "
         "lists the types, --help-auth-type TYPE explains one.", "Stores", kind="list",
-        metavar="TYPE:ARGS")
+        metavar="TYPE:ARGS", live=True)
     store: str | None = _declare(
         None, "The mail store, TYPE:ARGS (e.g. maildir:/var/mail/%d/%n); --help-stores lists "
         "the types.", "Stores", metavar="TYPE:ARGS")
     auth_cache_ttl: float = _declare(
         60.0, "Seconds a successful login is cached (0 turns the cache off).", "Stores",
-        kind="float", metavar="SECONDS")
+        kind="float", metavar="SECONDS", live=True)
     auth_cache_negative_ttl: float = _declare(
         10.0, "Seconds a failed login is cached (0 turns it off).", "Stores", kind="float",
-        metavar="SECONDS")
+        metavar="SECONDS", live=True)
     tls_cert: str | None = _declare(
         None, "PEM certificate, followed by its chain (certbot's fullchain.pem): enables STLS "
-        "and --pop3s. Re-read on SIGHUP.", "TLS", metavar="FILE")
+        "and --pop3s. Re-read on SIGHUP.", "TLS", metavar="FILE", live=True)
     tls_key: str | None = _declare(
         None, "PEM private key of --tls-cert, unencrypted (certbot's privkey.pem).", "TLS",
-        metavar="FILE")
+        metavar="FILE", live=True)
     allow_plaintext_auth: bool = _declare(
         False, "UNSAFE: accept passwords in clear (USER/PASS, AUTH PLAIN/LOGIN) without TLS "
-        "from non-loopback clients.", "TLS", kind="flag")
+        "from non-loopback clients.", "TLS", kind="flag", live=True)
     implementation: str = _declare(
         _SESSION.implementation, "The CAPA IMPLEMENTATION text (empty hides it).", "Sessions",
-        metavar="TEXT")
+        metavar="TEXT", live=True)
     greeting: str = _declare(
-        _SESSION.greeting, "The text of the +OK greeting.", "Sessions", metavar="TEXT")
+        _SESSION.greeting, "The text of the +OK greeting.", "Sessions", metavar="TEXT", live=True)
     hostname: str | None = _declare(
         None, "Host name in the APOP and CRAM-MD5 challenges and the LMTP greeting.",
-        "Sessions", metavar="NAME", default_text="the machine's FQDN")
+        "Sessions", metavar="NAME", default_text="the machine's FQDN", live=True)
     idle_timeout: float = _declare(
         _SESSION.idle_timeout, "Seconds of silence after which a session is closed, without "
         "applying deletions (RFC 1939: at least 600).", "Sessions", kind="float",
-        metavar="SECONDS", minimum=1)
+        metavar="SECONDS", minimum=1, live=True)
     login_timeout: float = _declare(
         _SESSION.login_timeout, "Seconds from connect to login after which the connection is "
         "closed, whatever it sends meanwhile (0: off).", "Sessions", kind="float",
-        metavar="SECONDS")
+        metavar="SECONDS", live=True)
     auth_failure_delay: float = _declare(
         _SESSION.auth_failure_delay, "Seconds before answering a failed login.", "Sessions",
-        kind="float", metavar="SECONDS")
+        kind="float", metavar="SECONDS", live=True)
     max_auth_failures: int = _declare(
         _SESSION.max_auth_failures, "Failed logins after which the connection is closed.",
-        "Sessions", kind="int", metavar="N", minimum=1)
+        "Sessions", kind="int", metavar="N", minimum=1, live=True)
     max_bad_commands: int = _declare(
         _SESSION.max_bad_commands, "After login, bad commands in a row after which the "
         "connection is closed (before login: 3, as Dovecot).", "Sessions", kind="int",
-        metavar="N", minimum=1)
+        metavar="N", minimum=1, live=True)
     max_connections: int = _declare(
         0, "Connections at once, POP3, POP3S and LMTP together, per process (0: derived from "
-        "the file descriptor limit).", "Limits", kind="int", metavar="N")
+        "the file descriptor limit).", "Limits", kind="int", metavar="N", live=True)
     max_connections_per_ip: int = _declare(
         20, "POP3/POP3S connections at once from one address, an IPv6 address counting as "
-        "its /64 (0: no limit).", "Limits", kind="int", metavar="N")
+        "its /64 (0: no limit).", "Limits", kind="int", metavar="N", live=True)
     exempt_networks: tuple[str, ...] = _declare(
         (), "Trusted clients (a webmail, a proxy) with no per-address connection limit and no "
         "login penalty; in TOML a list, exempt_networks = [\"10.0.0.0/8\"].", "Limits",
-        kind="list", comma_list=True, items=_networks, metavar="CIDR[,CIDR...]")
+        kind="list", comma_list=True, items=_networks, metavar="CIDR[,CIDR...]", live=True)
+    log_format: str = _declare(
+        "text", "How log lines look: text (twistd's lines: time, [namespace#level], the "
+        "event's text) or json (one object per line, stable keys).", "Logging",
+        metavar="text|json", choices=("text", "json"))
+    log_level: str = _declare(
+        "info", "The least severe events written: debug (also connections and refusals), "
+        "info (logins, sessions, deliveries), warn or error. fail2ban needs info.", "Logging",
+        metavar="debug|info|warn|error", choices=("debug", "info", "warn", "error"), live=True)
     workers: int = _declare(
         1, "Processes sharing the listening ports with SO_REUSEPORT, to use every core "
         "(tcp: and tcp6: listeners only).", "Processes", kind="int", metavar="N", minimum=1)
+    admin_socket: str | None = _declare(
+        None, "A UNIX socket for popgate who and popgate kick (e.g. /run/popgate/admin.sock), "
+        "mode 0600: made before twistd drops privileges, so only root may use it. With "
+        "--workers, worker N listens on PATH.N and popgate who asks every one.", "Administration",
+        metavar="PATH", default_text="none (off)")
     worker: bool = _declare(
         False, "Internal: run as one of the --workers processes.", "Processes", kind="flag",
         toml=False, internal=True)
+    worker_number: int = _declare(
+        0, "Internal: which of the --workers processes this is (1 to N-1; 0: the first).",
+        "Processes", kind="int", metavar="N", toml=False, internal=True)
     config: str | None = _declare(
         None, "A TOML file with these settings, keys spelled with underscores, under "
         "[popgate]; the command line wins, and a list given on the command line replaces "
@@ -291,6 +327,7 @@ def _sections() -> Iterator[tuple[str, str, list[Setting]]]:
 
 
 def _cell(text: str) -> str:
+    """A table cell: a C{|}, even inside a code span, escaped (GFM's rule)."""
     return text.replace("|", "\\|")
 
 
@@ -309,12 +346,19 @@ def markdown() -> str:
         "tables are an error, and so is a key outside the `[popgate]` table when",
         "there is one. `etc/popgate.toml.example` is a complete, commented example.",
         "",
+        "The *reload* column says what `systemctl reload popgate` (SIGHUP) does with a",
+        "new value: *live*, the running server takes it (new sessions get it, open",
+        "ones keep theirs); *restart*, it is logged as needing a restart and not",
+        "applied. Every reload also re-reads the user files and the TLS certificate;",
+        "a new configuration that does not load is not applied at all, and one log",
+        "line says why ([Reload](operations.md#reload-sighup)).",
+        "",
     ]
     for title, about, settings in _sections():
         lines += [f"## {title}", ""]
         if about:
             lines += [about, ""]
-        lines += ["| option | TOML | default | meaning |", "|---|---|---|---|"]
+        lines += ["| option | TOML | default | reload | meaning |", "|---|---|---|---|---|"]
         for s in settings:
             option = f"`--{s.option}`" + (f" `{s.metavar}`" if s.metavar else "")
             if s.short:
@@ -328,7 +372,9 @@ def markdown() -> str:
             else:
                 toml = f"`{s.key}`"
             default = s.describe_default() or "—"
-            lines.append(f"| {option} | {toml} | {_cell(default)} | {_cell(s.help)} |")
+            reload = "live" if s.live else "restart"
+            cells = (option, toml, default, reload, s.help)
+            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
         lines.append("")
     return "\n".join(lines)
 

@@ -276,7 +276,7 @@ def probe_as(user: RunAs, paths: Sequence[tuple[str, str]]) -> list[tuple[str, s
     _, status = os.waitpid(pid, 0)
     if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
         raise usage.UsageError(f"--uid: cannot check the configured files as user {user.name}")
-    return [tuple(answer) for answer in json.loads(b"".join(chunks))]  # type: ignore[misc]
+    return [tuple(answer) for answer in json.loads(b"".join(chunks))]
 
 
 # -- the message
@@ -324,14 +324,40 @@ def check(config: Config, store: Any, checkers: Iterable[Any], tls: Any) -> None
 
     @raise usage.UsageError: naming the option, the path and what blocks it.
     """
-    user = config.run_as
-    if user is None:
+    if config.run_as is None:
         return
+    found = problems(config, store, checkers, tls)
+    if found:
+        raise usage.UsageError(found[0])
+
+
+def _this_user() -> RunAs:
+    uid = os.geteuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = str(uid)
+    return RunAs(uid, os.getegid(), name)
+
+
+def problems(config: Config, store: Any, checkers: Iterable[Any], tls: Any) -> list[str]:
+    """
+    Every path of L{needs} that would fail, one line each: tried as
+    L{Config.run_as} in a forked child when twistd will switch to it, else
+    as this process (C{popgate check-config} without C{--uid}).
+    """
     wanted = needs(config, store, checkers, tls)
     if not wanted:
-        return
+        return []
     resolved = [os.path.realpath(need.path) for need in wanted]
-    answers = probe_as(user, [(real, need.access) for real, need in zip(resolved, wanted)])
-    for need, real, (outcome, about) in zip(wanted, resolved, answers):
-        if outcome != "ok":
-            raise usage.UsageError(describe(need, real, outcome, about, user))
+    paths = [(real, need.access) for real, need in zip(resolved, wanted, strict=True)]
+    user = config.run_as
+    if user is not None:
+        answers = probe_as(user, paths)
+    else:
+        user = _this_user()
+        answers = [probe(real, access) for real, access in paths]
+    # One answer per path: the child exits 0 only once it wrote them all.
+    return [describe(need, real, outcome, about, user)
+            for need, real, (outcome, about) in zip(wanted, resolved, answers, strict=True)
+            if outcome != "ok"]

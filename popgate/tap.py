@@ -8,6 +8,7 @@ C{--config} (and the internal C{--worker}) has a twin in the TOML file.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.cred import strcred
@@ -17,6 +18,9 @@ from popgate import config as config_file
 from popgate import settings
 from popgate.backends import CREDENTIALS
 from popgate.build import Server, build_server
+from popgate.cred import catalog
+from popgate.logs import twistd_log
+from popgate.reload import install as install_reload
 from popgate.settings import Config, Setting
 from popgate.startup_checks import run_as
 from popgate.stores.registry import describe_store_factories
@@ -31,6 +35,19 @@ def _collector(setting: Setting) -> Any:
 
     collect.__doc__ = setting.help_line()
     return collect
+
+
+class OptionsExit(SystemExit):
+    """
+    A bad command line under twistd: one line (the error, and where to
+    look) as the exit message, instead of twistd's usage then the error.
+
+    @ivar error: the error alone.
+    """
+
+    def __init__(self, message: str, error: str) -> None:
+        super().__init__(message)
+        self.error = error
 
 
 def check_server(config: Config) -> None:
@@ -88,11 +105,32 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         # Kept so --workers can start the other processes with the same
         # command line.
         self.raw_args = list(options) if options is not None else []
-        super().parseOptions(options)
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if self.parent is None:
+                raise
+            # Under twistd, which would print its whole usage (80 lines)
+            # above the one line that matters.
+            pointer = "" if "(see " in str(e) else " (see twistd popgate --help)"
+            raise OptionsExit(f"popgate: {e}{pointer}", str(e)) from None
 
     def opt_help_stores(self) -> None:
         """List the mail store types (--store)."""
         print(describe_store_factories())
+        raise SystemExit(0)
+
+    def opt_help_auth(self) -> None:
+        """List the user store types (--auth)."""
+        self.authOutput.write(catalog.describe_all(CREDENTIALS))
+        raise SystemExit(0)
+
+    def opt_help_auth_type(self, auth_type: str) -> None:
+        """Explain one user store type and each key it takes."""
+        try:
+            self.authOutput.write(catalog.describe_type(auth_type, CREDENTIALS))
+        except catalog.UnknownStore as e:
+            raise usage.UsageError(f"--help-auth-type: {e}") from None
         raise SystemExit(0)
 
     def postOptions(self) -> None:
@@ -108,6 +146,18 @@ for _setting in settings.SETTINGS:
         setattr(Options, f"opt_{_setting.key}", _collector(_setting))
 
 
+def parse_config(argv: Sequence[str]) -> Config:
+    """
+    The L{Config} of a popgate command line, parsed as twistd parses it
+    (a reload parses start-up's again: L{popgate.reload}).
+
+    @raise usage.UsageError: in one line.
+    """
+    options = Options()
+    options.parseOptions(list(argv))
+    return options.config
+
+
 def makeService(options: Options, reactor: Any = None) -> Server:
     """
     The server the options describe.  twistd passes no reactor: this entry
@@ -116,7 +166,16 @@ def makeService(options: Options, reactor: Any = None) -> Server:
     if reactor is None:
         from twisted.internet import reactor
     try:
-        return build_server(options.config, reactor)
+        server = build_server(options.config, reactor)
+        server.exit_on_listen_failure = True  # one line, not twistd's traceback
+        install_reload(server, parse_config, reactor)
+        if options.parent is not None:  # run by twistd: its log, our format
+            server.log_observer = twistd_log(options.parent, options.config.log_format,
+                                             options.config.log_level, reactor)
+            if server.pool is not None and server.log_observer is not None:
+                # The workers' lines go where this process's go.
+                server.pool.log_sink = server.log_observer.sink
+        return server
     except usage.UsageError as e:
         # twistd shows a traceback for whatever makeService raises; a
         # configuration that cannot be built is one line, as a bad option.

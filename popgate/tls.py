@@ -3,26 +3,21 @@ The server's TLS configuration: one certificate (with its chain) and key,
 TLS 1.2 and 1.3 only, AEAD ciphers, no compression, no renegotiation.
 
 L{ServerTLS} hands every new connection the context loaded last, so a
-reload (SIGHUP, through L{popgate.hangup}) puts a renewed certificate in
-force for new sessions while open ones keep the context they started with.
+reload (SIGHUP, L{popgate.reload}) puts a renewed certificate in force for
+new sessions while open ones keep the context they started with.
 """
 
 from __future__ import annotations
 
 import datetime
-from typing import Any, Callable
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
-from twisted.logger import Logger
 from zope.interface import implementer
-
-from popgate.hangup import ReloadFailed
-
-log = Logger()
 
 # TLS 1.2: ECDHE key exchange with AEAD ciphers only (Mozilla's
 # "intermediate" list minus DHE, which would need DH parameters).  TLS 1.3
@@ -99,7 +94,7 @@ class ServerTLS:
     and to C{transport.startTLS} (STLS).  Each connection gets the context
     loaded last.
 
-    @ivar cert_path: the certificate chain file, re-read by L{reload}.
+    @ivar cert_path: the certificate chain file.
     @ivar key_path: the private key file.
     """
 
@@ -111,44 +106,16 @@ class ServerTLS:
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         return SSL.Connection(self._context, None)
 
-    def reload(self) -> bool:
+    def use(self, other: ServerTLS) -> None:
         """
-        Re-read the certificate and key.  A broken new pair is logged and
-        the old one stays in use, so a botched renewal never takes the
-        server down.
-
-        @return: whether the new files are in use.
+        Hand new connections C{other}'s certificate and key from now on: a
+        reload loads them into a new L{ServerTLS} off the reactor thread
+        (a broken pair fails there, and this one stays as it was), then
+        swaps them in here, where the POP3S listeners hold this object.
         """
-        try:
-            log.info("{done}", done=self.reload_or_raise())
-        except TLSConfigError as e:
-            log.error("TLS certificate not reloaded, keeping the old one: {why}", why=str(e))
-            return False
-        return True
+        self.cert_path, self.key_path = other.cert_path, other.key_path
+        self._context, self.expires = other._context, other.expires
 
-    def reload_or_raise(self) -> str:
-        """
-        Re-read the certificate and key, without logging.
-
-        @return: what was loaded, for a log line.
-        @raise TLSConfigError: the new pair is unusable; the old one stays.
-        """
-        self._context, self.expires = load_context(self.cert_path, self.key_path)
-        return f"reloaded TLS certificate {self.cert_path} (expires {self.expires})"
-
-
-def reload_on_hangup(tls: ServerTLS) -> tuple[Callable[[], str], str]:
-    """
-    The SIGHUP reload of C{tls} for L{popgate.hangup.HangupHook}: what
-    certbot's deploy hook and C{systemctl reload} ask for.  A broken new
-    pair keeps the old one and says why.
-
-    @return: the reload callback and what it reloads (for the start-up line).
-    """
-    def reload() -> str:
-        try:
-            return tls.reload_or_raise()
-        except TLSConfigError as e:
-            raise ReloadFailed(f"TLS certificate not reloaded, keeping the old one: {e}") from None
-
-    return reload, f"TLS certificate {tls.cert_path} (expires {tls.expires})"
+    def describe(self) -> str:
+        """C{/etc/popgate/fullchain.pem (expires 2027-02-24 10:00:00+00:00)}."""
+        return f"{self.cert_path} (expires {self.expires})"

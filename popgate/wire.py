@@ -16,7 +16,7 @@ stores what it received with L{to_stored}, so the three always agree.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 _READ_CHUNK = 1 << 16
 

@@ -12,7 +12,8 @@ import signal
 import socket
 import subprocess
 import time
-from typing import IO, Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import IO, Any
 
 LOOPBACK = "127.0.0.1"
 
@@ -136,7 +137,7 @@ class ServerProcess:
 
     # -- life cycle
 
-    def start(self) -> "ServerProcess":
+    def start(self) -> ServerProcess:
         """Start it and wait until it is ready."""
         try:
             self.launch()

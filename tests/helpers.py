@@ -6,8 +6,9 @@ and a one-call builder for a connected server protocol.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
@@ -21,7 +22,6 @@ from popgate.pop3.protocol import POP3ServerProtocol
 from popgate.pop3.settings import SessionSettings
 from popgate.realm import MaildropRealm
 from popgate.stores.memory import MemoryStore
-
 
 # The client of in-memory sessions: loopback, where plaintext passwords are
 # allowed by default (StringTransport's own default peer, 192.168.1.1, is
@@ -118,20 +118,24 @@ class Session:
 
 
 def make_portal(store: Any = None, checker: Any = None,
-                users: dict[bytes, bytes] | None = None) -> tuple[Portal, Any]:
+                users: dict[bytes, bytes] | None = None,
+                reactor: Any = None) -> tuple[Portal, Any]:
+    """A portal on C{store}; the realm's reactor (for the adapters that
+    need threads) is an L{InlineReactor} unless one is given."""
     store = MemoryStore() if store is None else store
+    reactor = InlineReactor() if reactor is None else reactor
     if checker is None:
         checker = InMemoryUsernamePasswordDatabaseDontUse()
         for name, password in (users or {b"alice": b"secret", b"bob": b"hunter2"}).items():
             checker.addUser(name, password)
-    return Portal(MaildropRealm(store), [checker]), store
+    return Portal(MaildropRealm(store, reactor), [checker]), store
 
 
 def connect(portal: Portal, clock: Clock | None = None,
             settings: SessionSettings | None = None,
             transport: StringTransport | None = None) -> Session:
     clock = Clock() if clock is None else clock
-    factory = POP3ServerFactory(portal, settings, clock=clock)
+    factory = POP3ServerFactory(portal, settings, clock)
     protocol = factory.buildProtocol(None)
     transport = StringTransport(peerAddress=LOOPBACK_PEER) if transport is None else transport
     protocol.makeConnection(transport)

@@ -55,6 +55,8 @@ class RawClient:
     @param source: the local address to connect from (each loopback
         address is a client of its own for the per-address limits).
     @param preamble: sent before anything is read (a PROXY header).
+    @param tls: a client context: TLS from the start (POP3S), the
+        certificate checked for C{server_hostname}.
     @param read_greeting: read the greeting line into C{greeting} (else
         C{greeting} is None and the greeting stays unread).
     @ivar chunks: every C{recv} as it came (split writes are visible).
@@ -63,12 +65,15 @@ class RawClient:
 
     def __init__(self, port: int, host: str = "127.0.0.1", *, timeout: float = 20,
                  source: str | None = None, preamble: bytes = b"", read_greeting: bool = True,
-                 nodelay: bool = False) -> None:
+                 nodelay: bool = False, tls: ssl.SSLContext | None = None,
+                 server_hostname: str = "localhost") -> None:
         self.timeout = timeout
         self.sock: socket.socket = socket.create_connection(
             (host, port), timeout=timeout, source_address=None if source is None else (source, 0))
         if nodelay:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname=server_hostname)
         self.buf = b""
         self.chunks: list[bytes] = []
         self.closed = False
@@ -171,7 +176,7 @@ class RawClient:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> "RawClient":
+    def __enter__(self) -> RawClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from tests.harness import ServerProcess, free_port, greets
 
@@ -57,7 +58,7 @@ class PopgateProcess(ServerProcess):
     def ready(self) -> bool:
         return greets(self.port, b"+OK", timeout=1)
 
-    def __enter__(self) -> "PopgateProcess":
+    def __enter__(self) -> PopgateProcess:
         self.start()
         return self
 

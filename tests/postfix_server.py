@@ -208,6 +208,6 @@ class PostfixServer(ServerProcess):
     def exit_status(self) -> int | None:
         return None  # a master that died shows as "not ready" until the deadline
 
-    def __enter__(self) -> "PostfixServer":
+    def __enter__(self) -> PostfixServer:
         self.start()
         return self

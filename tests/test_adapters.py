@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import poplib
-import re
 from hashlib import md5, sha1
 from typing import Any
 
@@ -25,7 +23,6 @@ from popgate.interfaces import IMaildrop
 from popgate.realm import ILoadingMaildrop, MaildropRealm
 from popgate.stores import adapters
 from popgate.stores.twistedmailbox import BinaryReader, MailboxMaildrop, measure
-from popgate.testing import POP3TestServer
 from tests.helpers import InlineReactor, connect, make_portal
 from tests.pop3_oracle import crlf_size, wire
 
@@ -152,15 +149,38 @@ CORPUS = [
 # -- the adapter on its own
 
 
-def test_adapter_is_registered_and_loads_through_the_realm():
-    adapters.register()
-    adapters.register()  # idempotent
+def test_a_mailbox_is_adapted_on_the_servers_reactor_and_loads_through_the_realm():
+    reactor = InlineReactor()
     mailbox = RecordingMailbox(CORPUS)
-    maildrop = IMaildrop(mailbox)
+    maildrop = adapters.as_maildrop(mailbox, reactor)
     assert isinstance(maildrop, MailboxMaildrop)
+    assert maildrop._reactor is reactor
+    assert IMaildrop(mailbox, None) is None  # not in the global registry: it needs the reactor
     assert ILoadingMaildrop.providedBy(maildrop)
     with pytest.raises(RuntimeError):
         maildrop.list_messages()  # the realm loads it first
+
+
+def test_registered_adapters_come_first_and_maildrops_pass_through():
+    from twisted.python.components import registerAdapter
+
+    from popgate.stores.memory import MemoryStore
+
+    store = MemoryStore()
+    store.add_message("alice", b"hi\n")
+    maildrop = store.open_maildrop("alice")
+    assert adapters.as_maildrop(maildrop, None) is maildrop
+
+    class Theirs:
+        pass
+
+    @implementer(pop3.IMailbox)
+    class TheirMailbox(Theirs):
+        pass
+
+    registerAdapter(lambda theirs: maildrop, Theirs, IMaildrop)
+    assert adapters.as_maildrop(TheirMailbox(), InlineReactor()) is maildrop
+    assert adapters.as_maildrop(object(), InlineReactor()) is None
 
 
 def test_sizes_are_exact_and_bytes_come_back_as_stored():
@@ -384,7 +404,7 @@ def test_realm_closes_a_maildrop_whose_load_fails():
         def open_maildrop(self, avatar_id: str) -> Any:
             return Failing()
 
-    d = MaildropRealm(Store()).requestAvatar("alice", None, IMaildrop)
+    d = MaildropRealm(Store(), InlineReactor()).requestAvatar("alice", None, IMaildrop)
     assert isinstance(d.result.value, errors.TemporaryFailure)
     d.addErrback(lambda f: None)
     assert closed == [True]
@@ -447,58 +467,49 @@ MAILDIR_CORPUS = {
 }
 
 
-def _maildir_server(tmp_path, mailbox_class: Any) -> tuple[POP3TestServer, bytes]:
+def _maildir(tmp_path) -> bytes:
     root = os.fsencode(tmp_path / "Maildir")
     maildir.initializeMaildir(root)
     for name, data in MAILDIR_CORPUS.items():
         with open(os.path.join(root, b"new", name), "wb") as f:
             f.write(data)
-    store = MailboxStore(lambda user: mailbox_class(root))
-    return POP3TestServer(users={"alice": "pw"}, store=store), root
-
-
-def _login(server: POP3TestServer) -> poplib.POP3:
-    client = poplib.POP3(server.host, server.port, timeout=10)
-    client.user("alice")
-    client.pass_("pw")
-    return client
+    return root
 
 
 @pytest.mark.parametrize("mailbox_class", [maildir.MaildirMailbox, FixedMaildirMailbox])
 def test_twisted_maildir_mailbox(tmp_path, mailbox_class):
-    server, root = _maildir_server(tmp_path, mailbox_class)
+    root = _maildir(tmp_path)
     messages = list(MAILDIR_CORPUS.values())
-    with server:
-        client = _login(server)
-        _, listing, _ = client.list()
-        assert listing == [b"%d %d" % (n, crlf_size(m)) for n, m in enumerate(messages, 1)]
-        for n, message in enumerate(messages, 1):
-            reply, lines, octets = client.retr(n)
-            assert reply == b"+OK %d octets" % crlf_size(message)
-            # poplib undoes the stuffing and strips line ends: compare lines.
-            assert lines == re.split(rb"\r?\n", message.rstrip(b"\n").rstrip(b"\r"))
-        client.dele(1)
+    session, _ = session_for(lambda user: mailbox_class(root))
+    session.login()
+    listing = session.send(b"LIST\r\n").split(b"\r\n")
+    assert listing[0].startswith(b"+OK") and listing[-2:] == [b".", b""]
+    assert listing[1:-2] == [b"%d %d" % (n, crlf_size(m)) for n, m in enumerate(messages, 1)]
+    for n, message in enumerate(messages, 1):
+        assert session.send(b"RETR %d\r\n" % n) == b"+OK %d octets\r\n" % crlf_size(message) + wire(message)
+    assert session.send(b"DELE 1\r\n").startswith(b"+OK")
+    assert sorted(os.listdir(os.path.join(root, b"new"))) == sorted(MAILDIR_CORPUS)
+    quit_reply = session.send(b"QUIT\r\n")
+    if mailbox_class is maildir.MaildirMailbox and not _twisted_delete_works(tmp_path):
+        # Twisted's MaildirMailbox.deleteMessage mixes str and bytes
+        # paths on Python 3: the deletion fails, the client is told, and
+        # nothing is lost.
+        assert quit_reply.startswith(b"-ERR [SYS/TEMP]"), quit_reply
         assert sorted(os.listdir(os.path.join(root, b"new"))) == sorted(MAILDIR_CORPUS)
-        if mailbox_class is maildir.MaildirMailbox and not _twisted_delete_works(tmp_path):
-            # Twisted's MaildirMailbox.deleteMessage mixes str and bytes
-            # paths on Python 3: the deletion fails, the client is told, and
-            # nothing is lost.
-            with pytest.raises(poplib.error_proto, match=r"SYS/TEMP"):
-                client.quit()
-            assert sorted(os.listdir(os.path.join(root, b"new"))) == sorted(MAILDIR_CORPUS)
-        else:
-            assert client.quit().startswith(b"+OK")
-            assert sorted(os.listdir(os.path.join(root, b"new"))) == [b"1001.b", b"1002.c"]
-            assert os.listdir(os.path.join(root, b".Trash", b"cur")) == [b"1000.a"]
+    else:
+        assert quit_reply.startswith(b"+OK"), quit_reply
+        assert sorted(os.listdir(os.path.join(root, b"new"))) == [b"1001.b", b"1002.c"]
+        assert os.listdir(os.path.join(root, b".Trash", b"cur")) == [b"1000.a"]
 
 
 def test_twisted_maildir_mailbox_dropped_session_moves_nothing(tmp_path):
-    server, root = _maildir_server(tmp_path, FixedMaildirMailbox)
-    with server:
-        client = _login(server)
-        client.dele(1)
-        client.close()  # no QUIT
-        client = _login(server)  # the next session sees all three
-        assert client.stat()[0] == 3
-        client.quit()
+    root = _maildir(tmp_path)
+    session, _ = session_for(lambda user: FixedMaildirMailbox(root))
+    session.login()
+    assert session.send(b"DELE 1\r\n").startswith(b"+OK")
+    session.lose()  # no QUIT
+    again, _ = session_for(lambda user: FixedMaildirMailbox(root))
+    again.login()  # the next session sees all three
+    assert again.send(b"STAT\r\n").startswith(b"+OK 3 ")
+    assert again.send(b"QUIT\r\n").startswith(b"+OK")
     assert os.listdir(os.path.join(root, b".Trash", b"cur")) == []

@@ -21,7 +21,7 @@ import pytest
 
 from popgate.cred.schemes import hash_password
 from popgate.limits import derived_limit
-from tests.harness import free_port
+from tests.harness import free_port, greets
 from tests.pop3_oracle import RawClient
 from tests.popgate_server import PopgateProcess
 from tests.tlscerts import make_pki
@@ -199,10 +199,7 @@ def test_a_full_server_refuses_with_sys_temp_and_frees_places(site: list[str],
             assert replies[GLOBAL_REFUSAL] == FLOOD - replies[b"+OK popgate ready.\r\n"], replies
             close_all(held[:10])  # among the first: held sessions
             deadline = time.monotonic() + 5
-            while True:
-                with socket.create_connection(("127.0.0.1", popgate.port), timeout=5) as s:
-                    if s.recv(100).startswith(b"+OK"):
-                        break
+            while not greets(popgate.port, b"+OK", timeout=5):
                 assert time.monotonic() < deadline, "no place freed"
                 time.sleep(0.05)
         finally:
@@ -255,14 +252,7 @@ def test_when_accept_fails_sessions_go_on_one_line_is_logged_and_it_recovers(
         finally:
             close_all(burst)
         deadline = time.monotonic() + 5
-        while True:
-            with socket.create_connection(("127.0.0.1", popgate.port), timeout=5) as s:
-                s.settimeout(3)
-                try:
-                    if s.recv(100).startswith(b"+OK"):
-                        break
-                except OSError:
-                    pass
+        while not greets(popgate.port, b"+OK", timeout=3):
             assert time.monotonic() < deadline, "accepting did not resume"
             time.sleep(0.1)
         assert session.cmd(b"QUIT") == b"+OK Logging out."
@@ -283,27 +273,23 @@ def test_pop3s_refusal_comes_over_tls(site: list[str], tmp_path: Path) -> None:
                    "--max-connections-per-ip", "1"]
     context = ssl.create_default_context(cafile=str(pki.ca))
 
-    def pop3s(port: int) -> ssl.SSLSocket:
-        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
-        return context.wrap_socket(raw, server_hostname="localhost")
-
     with PopgateProcess(args, log_path=str(tmp_path / "popgate.log"), pop3s=True) as popgate:
         assert popgate.pop3s_port is not None
         deadline = time.monotonic() + 5
         while True:  # until the start-up probe's place is given back
-            first = pop3s(popgate.pop3s_port)
-            if first.recv(100).startswith(b"+OK"):
+            first = RawClient(popgate.pop3s_port, timeout=5, tls=context)
+            if (first.greeting or b"").startswith(b"+OK"):
                 break
             first.close()
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        second = pop3s(popgate.pop3s_port)
-        assert second.recv(100) == PER_IP_REFUSAL
-        assert second.recv(100) == b""
-        second.close()
+        with RawClient(popgate.pop3s_port, timeout=5, tls=context, read_greeting=False) as second:
+            second.recv()
+            assert second.chunks == [PER_IP_REFUSAL]  # one TLS record, then the close
+            assert second.until_eof() == PER_IP_REFUSAL
         # POP3 and POP3S count together.
-        with socket.create_connection(("127.0.0.1", popgate.port), timeout=5) as plain:
-            assert plain.recv(100) == PER_IP_REFUSAL
+        with RawClient(popgate.port, timeout=5, read_greeting=False) as plain:
+            assert plain.until_eof() == PER_IP_REFUSAL
         first.close()
 
 
@@ -312,10 +298,10 @@ def test_behind_a_proxy_the_real_client_counts(site: list[str], tmp_path: Path) 
     args = site + ["--pop3", f"haproxy:tcp:{proxied}:interface=127.0.0.1",
                    "--max-connections-per-ip", "1"]
 
-    def via_proxy(client: str) -> tuple[socket.socket, bytes]:
-        s = socket.create_connection(("127.0.0.1", proxied), timeout=5)
-        s.sendall(f"PROXY TCP4 {client} 127.0.0.1 40000 110\r\n".encode())
-        return s, s.recv(100)
+    def via_proxy(client: str) -> tuple[RawClient, bytes]:
+        proxy = f"PROXY TCP4 {client} 127.0.0.1 40000 110\r\n".encode()
+        s = RawClient(proxied, timeout=5, preamble=proxy, read_greeting=False)
+        return s, s.line() + b"\r\n"
 
     with server(args, tmp_path) as popgate:
         assert popgate.port

@@ -33,7 +33,7 @@ MESSAGE = b"Subject: hello\n\nFrom the body\n.\nend\n"
 
 def run_delivery(store: Any, checkers: list[Any], user: str, sender: str | None, raw: bytes) -> int:
     d = defer.Deferred.fromCoroutine(
-        deliver.deliver_message(InlineReactor(), store, checkers, user, sender, raw))
+        deliver.deliver_message(store, checkers, user, sender, raw))
     assert d.called
     return d.result  # type: ignore[no-any-return]
 
@@ -142,6 +142,7 @@ def popgate_deliver(args: list[str], stdin: bytes = MESSAGE, cwd: str = REPO) ->
                           capture_output=True, env=child_env(), cwd=cwd, timeout=60)
 
 
+@pytest.mark.integration
 def test_exit_0_and_the_message_is_in_the_maildir(tmp_path, htpasswd):
     result = popgate_deliver(["-f", "s@example.net", "-u", "alice@example.org",
                               "--store", f"maildir:{tmp_path}/mail/%n", "--auth", f"htpasswd:{htpasswd}"])
@@ -151,6 +152,7 @@ def test_exit_0_and_the_message_is_in_the_maildir(tmp_path, htpasswd):
         b"Return-Path: <s@example.net>\nDelivered-To: alice@example.org\n" + MESSAGE
 
 
+@pytest.mark.integration
 def test_exit_67_for_an_unknown_user(tmp_path, htpasswd):
     result = popgate_deliver(["-u", "carol", "--store", f"maildir:{tmp_path}/%n",
                               "--auth", f"htpasswd:{htpasswd}"])
@@ -159,6 +161,7 @@ def test_exit_67_for_an_unknown_user(tmp_path, htpasswd):
     assert not (tmp_path / "carol").exists()
 
 
+@pytest.mark.integration
 def test_exit_75_when_the_store_cannot_be_written(tmp_path, htpasswd):
     (tmp_path / "file").write_text("not a directory")
     result = popgate_deliver(["-u", "alice", "--store", f"maildir:{tmp_path}/file/%n",
@@ -167,6 +170,7 @@ def test_exit_75_when_the_store_cannot_be_written(tmp_path, htpasswd):
     assert b"temporary failure" in result.stderr
 
 
+@pytest.mark.integration
 def test_exit_75_for_configuration_errors(tmp_path, htpasswd):
     for args in (["--store", "maildr:/x/%n", "--auth", f"htpasswd:{htpasswd}"],
                  ["--store", f"maildir:{tmp_path}/%n", "--auth", f"htpasswd:{tmp_path}/missing"],
@@ -177,6 +181,7 @@ def test_exit_75_for_configuration_errors(tmp_path, htpasswd):
         assert b"configuration error" in result.stderr
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("args", [[], ["-u"], ["-u", "alice", "--bogus"], ["-u", "alice", "extra"]])
 def test_exit_64_for_a_malformed_command_line(args):
     result = popgate_deliver(args)
@@ -184,6 +189,7 @@ def test_exit_64_for_a_malformed_command_line(args):
     assert b"usage:" in result.stderr
 
 
+@pytest.mark.integration
 def test_no_store_is_a_configuration_error(htpasswd):
     result = popgate_deliver(["-u", "alice", "--auth", f"htpasswd:{htpasswd}"])
     # No --store and no --config: the command line is incomplete, but it
@@ -192,6 +198,7 @@ def test_no_store_is_a_configuration_error(htpasswd):
     assert b"no mail store" in result.stderr
 
 
+@pytest.mark.integration
 def test_config_file_gives_store_and_auth(tmp_path, htpasswd):
     config = tmp_path / "popgate.toml"
     config.write_text(f'[popgate]\nstore = "mbox:{tmp_path}/%n"\nauth = ["htpasswd:{htpasswd}"]\n'
@@ -206,6 +213,7 @@ def test_config_file_gives_store_and_auth(tmp_path, htpasswd):
     assert result.returncode == EX_NOUSER
 
 
+@pytest.mark.integration
 def test_command_line_wins_over_the_config_file(tmp_path, htpasswd):
     config = tmp_path / "popgate.toml"
     config.write_text(f'store = "mbox:{tmp_path}/%n"\nauth = ["htpasswd:{tmp_path}/missing"]\n')

@@ -26,9 +26,9 @@ import shutil
 import ssl
 import sys
 import tempfile
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import pytest
 
@@ -184,7 +184,8 @@ class Session:
         # Both servers slow down repeated failed logins from one address
         # (Dovecot's auth penalty, popgate's login penalty): every session comes
         # from its own loopback address.
-        source = "127.0.%d.%d" % divmod(Session._next_source, 254)
+        high, low = divmod(Session._next_source, 254)
+        source = f"127.0.{high}.{low}"
         Session._next_source = Session._next_source % 60000 + 1
         self.client = RawClient(port, timeout=10, source=source, read_greeting=False)
         self.closed = False
@@ -522,7 +523,7 @@ def test_deliberate_differences_still_differ(servers: tuple[int, int], name: str
 
 
 def _show(lines: list[bytes]) -> str:
-    return " | ".join(l.decode("utf-8", "backslashreplace")[:70] for l in lines)
+    return " | ".join(line.decode("utf-8", "backslashreplace")[:70] for line in lines)
 
 
 class _given:

@@ -6,13 +6,14 @@ the same whatever the chunk sizes (RFC 1939 sections 3, 7 and 11).
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from popgate.wire import wire_size
 from popgate.pop3.encoder import MessageEncoder, encode_message
+from popgate.wire import wire_size
 
 
 def retr(message: bytes, *, chunks: int | None = None) -> bytes:
@@ -230,7 +231,7 @@ def frame(data: bytes) -> bytes:
 def chunked(message: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(message) + 1) for c in cuts})
     edges = [0, *points, len(message)]
-    return [message[a:b] for a, b in zip(edges, edges[1:])]
+    return [message[a:b] for a, b in pairwise(edges)]
 
 
 @settings(max_examples=400, deadline=None)

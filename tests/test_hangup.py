@@ -1,32 +1,26 @@
 """
 SIGHUP never kills: one hook (popgate.hangup) handles it in every
-configuration, reloads what can be reloaded and logs one line; real
-twistd processes without TLS, with TLS and with --workers survive it and
-go on serving.
+configuration, runs what registered (waiting for a reload that returns a
+Deferred) and logs one line.  Real twistd processes without TLS, with TLS
+and with --workers surviving it and reloading: L{tests.test_reload}.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet import defer
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
-from popgate.cred.schemes import hash_password
 from popgate.build import hangup_hook
 from popgate.hangup import HangupHook, ReloadFailed
 from popgate.workers.child import ParentWatcher
 from popgate.workers.pool import HANGUP_LINE, WorkerPool
-from tests.pop3_oracle import RawClient
-from tests.popgate_server import PopgateProcess
-from tests.tlscerts import make_pki
 
 
 class RecordingReactor:
@@ -82,14 +76,14 @@ def test_the_signal_is_handed_to_the_reactor_and_runs_each_reload_once(restore_s
 
 def test_nothing_registered_still_handles_and_says_why(restore_sighup: Any) -> None:
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
-    hook = hangup_hook(RecordingReactor(), tls=None)
+    hook = hangup_hook(RecordingReactor())
     hook.startService()
     try:
         os.kill(os.getpid(), signal.SIGHUP)  # would end the test run with SIG_DFL
         with capturedLogs() as events:
-            assert hook.hangup() == "nothing to reload (no TLS certificate configured)"
+            assert hook.hangup().result == "nothing to reload (no reload installed)"
         assert hangup_lines(list(events)) == [
-            (LogLevel.info, "SIGHUP: nothing to reload (no TLS certificate configured)")]
+            (LogLevel.info, "SIGHUP: nothing to reload (no reload installed)")]
     finally:
         hook.stopService()
     assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
@@ -108,7 +102,7 @@ def test_a_failed_reload_is_one_error_line_and_the_others_still_run() -> None:
     hook.register(buggy, "bug")
     hook.pass_on(lambda: "passed on to 2 workers")
     with capturedLogs() as events:
-        text = hook.hangup()
+        text = hook.hangup().result
     assert text.startswith("TLS certificate not reloaded, keeping the old one: no key; ")
     assert text.endswith(" failed (see above); passed on to 2 workers")
     (line,) = hangup_lines(list(events))
@@ -148,86 +142,28 @@ def test_the_pool_passes_it_on_over_stdin_and_the_worker_reloads() -> None:
     assert len(watcher._buffer) <= len(HANGUP_LINE)
 
 
-# -- real twistd processes
-
-PASSWORD = b"pw"
-
-
-def site(tmp_path: Path) -> list[str]:
-    htpasswd = tmp_path / "htpasswd"
-    htpasswd.write_text(f"alice:{hash_password(PASSWORD.decode(), rounds=4, prefix=False)}\n")
-    new = tmp_path / "mail" / "alice" / "new"
-    new.mkdir(parents=True)
-    (new / "1700000000.M1P1.host").write_bytes(b"Subject: x\n\nhi\n")
-    return ["--auth", f"htpasswd:{htpasswd}", "--store", f"maildir:{tmp_path}/mail/%n",
-            "--auth-failure-delay", "0"]
-
-
-def wait_for(server: PopgateProcess, text: str, count: int = 1, timeout: float = 20) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        log = Path(server.log_path or "").read_text(errors="replace")
-        if log.count(text) >= count:
-            return log
-        assert server.process is not None and server.process.poll() is None, log[-3000:]
-        assert time.monotonic() < deadline, f"no {text!r} x{count} in: {log[-3000:]}"
-        time.sleep(0.1)
-
-
-def logs_in(port: int) -> None:
-    client = RawClient(port)
-    client.login(b"alice", PASSWORD)
-    assert client.cmd(b"STAT").startswith(b"+OK 1 ")
-    assert client.cmd(b"QUIT").startswith(b"+OK")
-    client.close()
-
-
-def hang_up_and_check(server: PopgateProcess, line: str) -> None:
-    assert server.process is not None
-    for n in (1, 2):  # and once more: the handler stays installed
-        server.process.send_signal(signal.SIGHUP)
-        wait_for(server, line, n)
-        assert server.process.poll() is None
-        logs_in(server.port)
-
-
-@pytest.mark.integration
-def test_sighup_without_tls_is_logged_and_the_server_lives(tmp_path: Path) -> None:
-    with PopgateProcess(site(tmp_path), log_path=str(tmp_path / "log")) as server:
-        wait_for(server, "SIGHUP reloads nothing (no TLS certificate configured)")
-        hang_up_and_check(server, "SIGHUP: nothing to reload (no TLS certificate configured)")
-
-
-@pytest.mark.integration
-def test_sighup_with_tls_reloads_the_certificate(tmp_path: Path) -> None:
-    pki = make_pki(tmp_path / "pki")
-    args = site(tmp_path) + ["--tls-cert", str(pki.cert), "--tls-key", str(pki.key)]
-    with PopgateProcess(args, log_path=str(tmp_path / "log")) as server:
-        wait_for(server, f"SIGHUP reloads: TLS certificate {pki.cert} (expires ")
-        hang_up_and_check(server, f"SIGHUP: reloaded TLS certificate {pki.cert} (expires ")
-
-
-def children_of(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
-
-
-@pytest.mark.integration
-def test_sighup_with_workers_kills_no_worker(tmp_path: Path) -> None:
-    args = site(tmp_path) + ["--workers", "2"]
-    with PopgateProcess(args, log_path=str(tmp_path / "log")) as server:
-        assert server.process is not None
-        # Each process logs its hook line once it is installed.
-        wait_for(server, "SIGHUP reloads nothing", 2)
-        workers = children_of(server.process.pid)
-        assert len(workers) == 1
-        server.process.send_signal(signal.SIGHUP)
-        log = wait_for(server, "SIGHUP: nothing to reload (no TLS certificate configured)", 2)
-        assert log.count("SIGHUP: nothing to reload (no TLS certificate configured); "
-                         "passed on to 1 worker") == 1
-        for pid in [server.process.pid, *workers]:
-            os.kill(pid, 0)  # still there
-        assert sorted(children_of(server.process.pid)) == sorted(workers)  # none restarted
-        assert "ended" not in log
-        for _ in range(6):  # the kernel spreads these over the processes
-            logs_in(server.port)
+def test_the_line_waits_for_a_reload_that_runs_elsewhere_and_one_that_logs_its_own() -> None:
+    hook = HangupHook(RecordingReactor())
+    later: defer.Deferred[str | None] = defer.Deferred()
+    hook.register(lambda: later, "a reload in a thread")
+    hook.register(lambda: defer.succeed(None), "one that logs its own line")
+    hook.pass_on(lambda: "passed on to 1 worker")
+    with capturedLogs() as events:
+        done = hook.hangup()
+        assert not done.called and hangup_lines(list(events)) == []
+        later.callback("reloaded x")
+    assert done.result == "reloaded x; passed on to 1 worker"
+    assert hangup_lines(list(events)) == [
+        (LogLevel.info, "SIGHUP: reloaded x; passed on to 1 worker")]
+    # A reload that logs its own line, alone: no SIGHUP line at all.
+    quiet = HangupHook(RecordingReactor())
+    quiet.register(lambda: None, "the configuration")
+    with capturedLogs() as events:
+        assert quiet.hangup().result == ""
+    assert hangup_lines(list(events)) == []
+    # A failing Deferred is a failed reload, in the same one line.
+    failing = HangupHook(RecordingReactor())
+    failing.register(lambda: defer.fail(ReloadFailed("not reloaded: why")), "x")
+    with capturedLogs() as events:
+        assert failing.hangup().result == "not reloaded: why"
+    assert hangup_lines(list(events)) == [(LogLevel.error, "SIGHUP: not reloaded: why")]

@@ -1,11 +1,14 @@
 """
 Tests for L{popgate.cred.htpasswd}: files written by Apache's own
-C{htpasswd}, checked synchronously through an inline thread pool.
+C{htpasswd}, checked synchronously through an inline thread pool.  The
+fast tests read a file C{htpasswd} made once (L{HTPASSWD_MADE}); the
+integration tests run C{htpasswd} itself, so a new version is checked too.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -35,15 +38,36 @@ USERS = {
 }
 
 
+# What `htpasswd -b[c]FLAG users USER PASSWORD` (apache2-utils 2.4.71)
+# wrote for each of USERS, in order; test_htpasswd_today_makes_what_we_read
+# runs the tool again.
+HTPASSWD_MADE = """\
+bcrypt:$2y$05$CKi8ruy0JAVeLAxqtaTTae.BrPyrs3cPbc0emO9ZxYfuwlPKD342K
+sha256:$5$cIeCYk.ZZjpgudlG$f2m9baQuZYZnH3SbOKP6g58BCjFEWnw32/LlaSgXTkC
+sha512:$6$KnLMo8hwDbaVXtKE$omEnxwAqVxxbKoEqiAD8v4gXIeqdFIoJxAEf7WFkwvu2Nc8V9mqFGu79e5xjTGGQHwsbgVKZqD9PVoP2QBFgk0
+apr1:$apr1$f4Am3S/1$/Y0bk2kNaPQfnbhlt7vC8.
+sha1:{SHA}EDD7bp6f4MNI2a64dInframRW6k=
+des:lXTeEshjRMbBY
+"""
+
+
 def htpasswd(*args: str) -> None:
     subprocess.run(["htpasswd", *args], check=True, capture_output=True)
 
 
 @pytest.fixture
 def users_file(tmp_path: Path) -> Path:
-    """A file with one user per htpasswd format, made by htpasswd itself."""
-    need_program("htpasswd", "apache2-utils")
+    """A file with one user per htpasswd format, as htpasswd made it."""
     path = tmp_path / "users"
+    path.write_text(HTPASSWD_MADE)
+    return path
+
+
+@pytest.fixture
+def made_now(tmp_path: Path) -> Path:
+    """A file with one user per htpasswd format, made by htpasswd now."""
+    need_program("htpasswd", "apache2-utils")
+    path = tmp_path / "made-now"
     for number, (flag, (user, password)) in enumerate(USERS.items()):
         create = "c" if number == 0 else ""
         htpasswd(f"-b{create}{flag[1:]}", str(path), user, password)
@@ -77,6 +101,19 @@ def test_every_format_logs_in(users_file: Path, reactor: InlineReactor, flag: st
         login(checker, user, "x" + password)
 
 
+@pytest.mark.integration
+def test_htpasswd_today_makes_what_we_read(made_now: Path, reactor: InlineReactor) -> None:
+    def formats(text: str) -> list[str]:  # each line without its salt and hash
+        return [re.sub(r"[A-Za-z0-9./+=]{8,}", "", line) for line in text.splitlines()]
+
+    assert formats(made_now.read_text()) == formats(HTPASSWD_MADE)
+    checker = HtpasswdChecker(str(made_now), reactor)
+    for user, password in USERS.values():
+        assert login(checker, user, password) == user
+        with pytest.raises(UnauthorizedLogin):
+            login(checker, user, "x" + password)
+
+
 def test_the_file_and_the_hashing_are_off_the_reactor(users_file: Path, reactor: InlineReactor) -> None:
     checker = HtpasswdChecker(str(users_file), reactor)
     login(checker, "bcrypt", "bcrypt pässword")
@@ -106,13 +143,15 @@ def test_undecodable_user_name(users_file: Path, reactor: InlineReactor) -> None
         login(checker, b"\xff\xfe", "bcrypt pässword")
 
 
-def test_reload_on_change(users_file: Path, reactor: InlineReactor) -> None:
-    checker = HtpasswdChecker(str(users_file), reactor)
+@pytest.mark.integration
+def test_reload_on_change(made_now: Path, reactor: InlineReactor) -> None:
+    """The file htpasswd rewrites in place (adding, then deleting a user)."""
+    checker = HtpasswdChecker(str(made_now), reactor)
     with pytest.raises(UnauthorizedLogin):
         login(checker, "newcomer", "new password")
-    htpasswd("-bB", str(users_file), "newcomer", "new password")
+    htpasswd("-bB", str(made_now), "newcomer", "new password")
     assert login(checker, "newcomer", "new password") == "newcomer"
-    htpasswd("-D", str(users_file), "newcomer")
+    htpasswd("-D", str(made_now), "newcomer")
     with pytest.raises(UnauthorizedLogin):
         login(checker, "newcomer", "new password")
 

@@ -18,27 +18,20 @@ ROOT = os.path.join(REPO, "popgate")
 ALLOWED_POPGATE = {
     ("popgate.testing.pytest_plugin", "pop3_server", "popgate.testing"):
         "pytest loads the plugin at start-up; the fixture imports the server only when used",
-    # Another helper's file, still being reworked:
-    ("popgate.delivery.target", "delivery_target", "popgate.stores.maildir"):
-        "to do: Maildir should provide IDeliveryTarget itself",
-    ("popgate.delivery.target", "delivery_target", "popgate.stores.maildir_delivery"):
-        "to do: Maildir should provide IDeliveryTarget itself",
+    ("popgate.testing.pytest_plugin", "pop3_memory_server", "popgate.testing"):
+        "as pop3_server: Twisted is imported only by a test that uses the fixture",
 }
 
 #: (module, function) -> why the global reactor is looked up there.
 ALLOWED_REACTOR = {
     ("popgate.tap", "makeService"): "the twistd entry point: twistd passes no reactor",
     ("popgate.delivery.deliver", "run"): "the `popgate deliver` entry point",
+    ("popgate.admin.run", "_reactor"): "the entry point of the admin commands that run the "
+                                       "reactor (check-config, auth, who, kick)",
     ("popgate.cred.factories", "global_reactor"):
         "strcred factories are called with an argument string only",
     ("popgate.testing.reactor_thread", "_reactor"):
         "the in-process test server runs the global reactor in a thread",
-    # Other helpers' files, not injected yet:
-    ("popgate.pop3.factory", "__init__"): "to do: fallback when no clock is given",
-    ("popgate.delivery.lmtp", "__init__"): "to do: fallback when no clock is given",
-    ("popgate.stores.base", "in_thread"): "to do: fallback when no reactor is given",
-    ("popgate.stores.maildir_delivery", "deliver"): "to do: fallback when no reactor is given",
-    ("popgate.stores.twistedmailbox", "_get_reactor"): "to do: fallback when no reactor is given",
 }
 
 

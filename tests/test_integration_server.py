@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import poplib
+import socket
 import subprocess
 import sys
 import time
@@ -15,8 +16,9 @@ import pytest
 
 from popgate.cli import prepare_demo
 from popgate.cred.schemes import hash_password
-from tests.popgate_server import REPO, PopgateProcess, child_env, free_port, run_twistd
+from tests.harness import ServerProcess, greets
 from tests.pop3_oracle import RawClient, normalized, top_oracle, wire
+from tests.popgate_server import REPO, PopgateProcess, child_env, free_port, run_twistd
 from tests.services import need_program
 
 pytestmark = pytest.mark.integration
@@ -190,24 +192,16 @@ def test_curl_fetches_messages(site):
 def test_demo_command_serves_welcome_message(tmp_path):
     curl = need_program("curl", "curl")
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "popgate.cli", "demo",
-                             "--dir", str(tmp_path / "var"), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=child_env(), cwd=REPO)
-    try:
-        deadline = time.monotonic() + 30
-        out = None
-        while time.monotonic() < deadline:
-            out = subprocess.run([curl, "-sS", f"pop3://demo:demo@127.0.0.1:{port}/1"],
-                                 capture_output=True, timeout=30)
-            if out.returncode == 0:
-                break
-            time.sleep(0.3)
-        assert out is not None and out.returncode == 0, out
+    demo = ServerProcess([sys.executable, "-m", "popgate.cli", "demo",
+                          "--dir", str(tmp_path / "var"), "--port", str(port)],
+                         log_path=tmp_path / "demo.log", env=child_env(), cwd=REPO,
+                         ready=lambda: greets(port, b"+OK"))
+    with demo:
+        out = subprocess.run([curl, "-sS", f"pop3://demo:demo@127.0.0.1:{port}/1"],
+                             capture_output=True, timeout=30)
+        assert out.returncode == 0, out
         assert b"Subject: Welcome to popgate" in out.stdout
         assert b"\r\n.\r\n" in out.stdout  # the lone-dot line, unstuffed by curl
-    finally:
-        proc.terminate()
-        proc.wait(10)
     # Running it again keeps the data (no second welcome message).
     htpasswd, template = prepare_demo(str(tmp_path / "var"))
     assert len(os.listdir(tmp_path / "var" / "mail" / "demo" / "new")) == 1
@@ -254,3 +248,50 @@ implementation = "from-config"
     bad.write_text('stroe = "maildir:/x"\n')
     result = run_twistd(["-n", "--pidfile=", "popgate", "--config", str(bad)])
     assert result.returncode != 0 and "unknown key 'stroe'" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("listener, environ, message", [
+    (["--pop3", "systemd:domain=INET:index=0"], {},
+     "popgate: --pop3 systemd:domain=INET:index=0: no socket passed by systemd "
+     "(LISTEN_FDS unset: not started by a socket unit)"),
+    (["--pop3", "haproxy:systemd:domain=INET:name=pop3"], {},
+     "popgate: --pop3 haproxy:systemd:domain=INET:name=pop3: no socket passed by systemd "
+     "(LISTEN_FDS unset: not started by a socket unit)"),
+    # Sockets for another process (twistd's parent, say): none for this one.
+    (["--pop3", "tcp:0:interface=127.0.0.1", "--lmtp", "systemd:domain=INET:index=0"],
+     {"LISTEN_FDS": "1", "LISTEN_PID": "1"},
+     "popgate: --lmtp systemd:domain=INET:index=0: no socket passed by systemd "
+     "(LISTEN_PID is not this process)"),
+])
+def test_a_systemd_listener_without_its_socket_is_one_line(
+        tmp_path, listener: list[str], environ: dict[str, str], message: str) -> None:
+    env = {k: v for k, v in child_env().items() if not k.startswith("LISTEN_")}
+    result = subprocess.run(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
+         "--pidfile=", "popgate", "--store", f"maildir:{tmp_path}/%n", "--auth", "memory:a:b",
+         *listener], capture_output=True, text=True, env={**env, **environ}, cwd=REPO,
+        timeout=60)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stdout + result.stderr
+    assert result.stderr.splitlines() == [message], result.stderr
+
+
+def test_a_systemd_index_beyond_what_systemd_passed_is_one_line(tmp_path) -> None:
+    """As a socket unit starts it (LISTEN_PID its own, one socket on fd 3,
+    which Twisted takes out of the environment at import): the line says
+    what systemd passed."""
+    env = {k: v for k, v in child_env().items() if not k.startswith("LISTEN_")}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        result = subprocess.run(
+            ["bash", "-c", f'LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=pop3 exec "$@" 3<&{sock.fileno()}',
+             "bash", sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
+             "--pidfile=", "popgate", "--store", f"maildir:{tmp_path}/%n", "--auth",
+             "memory:a:b", "--pop3", "systemd:domain=INET:index=1"],
+            capture_output=True, text=True, env=env, cwd=REPO, timeout=60,
+            pass_fds=(sock.fileno(),))
+    assert result.returncode != 0
+    assert result.stderr.splitlines() == [
+        "popgate: --pop3 systemd:domain=INET:index=1: systemd passed 1 socket, none with "
+        "index 1 (the first is 0)"], result.stderr

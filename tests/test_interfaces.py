@@ -12,7 +12,8 @@ import importlib
 import inspect
 import io
 import pkgutil
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from twisted.cred.checkers import ICredentialsChecker
@@ -20,17 +21,32 @@ from twisted.cred.credentials import IUsernameHashedPassword
 from twisted.cred.portal import IRealm
 from twisted.cred.strcred import ICheckerFactory, findCheckerFactories
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import (IHalfCloseableProtocol, ILoggingContext,
-                                         IStreamServerEndpoint,
-                                         IOpenSSLServerConnectionCreator, IProtocol, IPushProducer)
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    ILoggingContext,
+    IOpenSSLServerConnectionCreator,
+    IProtocol,
+    IPushProducer,
+    IStreamServerEndpoint,
+)
+from twisted.logger import ILogObserver
 from twisted.mail import maildir as twisted_maildir
 from twisted.plugin import IPlugin, getPlugins
 from zope.interface import Interface, implementedBy
 from zope.interface.verify import verifyObject
 
 import popgate
-from popgate.interfaces import (ICachedMessageSource, IDeliveryTarget, ILoadingMaildrop, IMaildrop,
-                                IMailStore, IMailStoreFactory, IMessageSource, IUserLookup)
+from popgate.interfaces import (
+    ICachedMessageSource,
+    IDeliveryTarget,
+    ILoadingMaildrop,
+    IMaildrop,
+    IMailStore,
+    IMailStoreFactory,
+    IMessageSource,
+    IReachable,
+    IUserLookup,
+)
 from tests.helpers import InlineReactor
 
 Case = Callable[[Any], Any]
@@ -118,19 +134,13 @@ def _faulty_store(tmp: Any) -> Any:
     from popgate.stores.memory import MemoryStore
     from popgate.testing.faults import Faults, FaultyStore
 
-    return FaultyStore(MemoryStore(), Faults())
+    return FaultyStore(MemoryStore(), Faults(), InlineReactor())
 
 
 def _memory_store(tmp: Any) -> Any:
     from popgate.stores.memory import MemoryStore
 
     return MemoryStore()
-
-
-def _maildir_delivery(tmp: Any) -> Any:
-    from popgate.stores.maildir_delivery import MaildirDeliveryTarget
-
-    return MaildirDeliveryTarget(_maildir_store(tmp), reactor=InlineReactor())
 
 
 def _htpasswd(tmp: Any) -> Any:
@@ -167,6 +177,12 @@ def _chain(tmp: Any) -> Any:
     return ChainedChecker([_htpasswd(tmp), _passwd_file(tmp)])
 
 
+def _memory_checker(tmp: Any) -> Any:
+    from popgate.cred.memory import MemoryChecker
+
+    return MemoryChecker({"alice": "secret"})
+
+
 def _cache(tmp: Any) -> Any:
     from twisted.internet.task import Clock
 
@@ -179,7 +195,7 @@ def _realm(tmp: Any) -> Any:
     from popgate.realm import MaildropRealm
     from popgate.stores.memory import MemoryStore
 
-    return MaildropRealm(MemoryStore())
+    return MaildropRealm(MemoryStore(), InlineReactor())
 
 
 def _apop(tmp: Any) -> Any:
@@ -204,11 +220,12 @@ def _watched_endpoint(tmp: Any) -> Any:
 
 
 def _pop3_protocol(tmp: Any) -> Any:
-    from popgate.pop3.factory import POP3ServerFactory
-    from twisted.internet.task import Clock
     from twisted.cred.portal import Portal
+    from twisted.internet.task import Clock
 
-    return POP3ServerFactory(Portal(None), clock=Clock()).buildProtocol(None)
+    from popgate.pop3.factory import POP3ServerFactory
+
+    return POP3ServerFactory(Portal(None), None, Clock()).buildProtocol(None)
 
 
 def _message_sender(tmp: Any) -> Any:
@@ -223,6 +240,18 @@ def _cram_md5(tmp: Any) -> Any:
     from popgate.pop3.sasl import CramMD5Credentials
 
     return CramMD5Credentials(b"<1.2@h>", b"u", b"0" * 32)
+
+
+def _server_log(tmp: Any) -> Any:
+    from popgate.logs import file_log
+
+    return file_log(io.StringIO(), "json", "info")
+
+
+def _metrics(tmp: Any) -> Any:
+    from popgate.metrics import Metrics
+
+    return Metrics(process=False)
 
 
 def _server_tls(tmp: Any) -> Any:
@@ -246,14 +275,15 @@ CASES: list[tuple[Case, str, tuple[Any, ...]]] = [
     (_mailbox_source, "popgate.stores.twistedmailbox.BinaryReader", (IMessageSource,)),
     (_dropping_source, "popgate.testing.faults._DroppingSource", (IMessageSource,)),
     (_memory_store, "popgate.stores.memory.MemoryStore", (IMailStore, IDeliveryTarget)),
-    (_maildir_store, "popgate.stores.maildir.MaildirStore", (IMailStore,)),
+    (_maildir_store, "popgate.stores.maildir.MaildirStore", (IMailStore, IDeliveryTarget)),
     (_mbox_store, "popgate.stores.mbox.MboxStore", (IMailStore, IDeliveryTarget)),
     (_faulty_store, "popgate.testing.faults.FaultyStore", (IMailStore,)),
-    (_maildir_delivery, "popgate.stores.maildir_delivery.MaildirDeliveryTarget", (IDeliveryTarget,)),
-    (_htpasswd, "popgate.cred.htpasswd.HtpasswdChecker", (ICredentialsChecker, IUserLookup)),
-    (_passwd_file, "popgate.cred.passwdfile.PasswdFileChecker", (ICredentialsChecker, IUserLookup)),
-    (_ldap, "popgate.cred.ldap.LDAPChecker", (ICredentialsChecker, IUserLookup)),
-    (_sql, "popgate.cred.sql.SQLChecker", (ICredentialsChecker, IUserLookup)),
+    (_htpasswd, "popgate.cred.htpasswd.HtpasswdChecker", (ICredentialsChecker, IUserLookup, IReachable)),
+    (_passwd_file, "popgate.cred.passwdfile.PasswdFileChecker", (ICredentialsChecker, IUserLookup, IReachable)),
+    (_ldap, "popgate.cred.ldap.LDAPChecker", (ICredentialsChecker, IUserLookup, IReachable)),
+    (_sql, "popgate.cred.sql.SQLChecker", (ICredentialsChecker, IUserLookup, IReachable)),
+    (_memory_checker, "popgate.cred.memory.MemoryChecker",
+     (ICredentialsChecker, IUserLookup, IReachable)),
     (_chain, "popgate.cred.chain.ChainedChecker", (ICredentialsChecker,)),
     (_cache, "popgate.cred.cache.CachingChecker", (ICredentialsChecker, IUserLookup)),
     (_realm, "popgate.realm.MaildropRealm", (IRealm,)),
@@ -265,6 +295,8 @@ CASES: list[tuple[Case, str, tuple[Any, ...]]] = [
     (_message_sender, "popgate.pop3.output.MessageSender", (IPushProducer,)),
     (_cram_md5, "popgate.pop3.sasl.CramMD5Credentials", (IUsernameHashedPassword,)),
     (_server_tls, "popgate.tls.ServerTLS", (IOpenSSLServerConnectionCreator,)),
+    (_server_log, "popgate.logs.ServerLog", (ILogObserver,)),
+    (_metrics, "popgate.metrics.Metrics", (ILogObserver,)),
 ]
 
 
@@ -340,5 +372,8 @@ def test_checker_plugins():
 
 def test_store_plugins_make_stores(tmp_path):
     by_type = {p.storeType: p for p in _store_plugins()}
-    assert verifyObject(IMailStore, by_type["memory"].makeStore(""))
-    assert verifyObject(IMailStore, by_type["maildir"].makeStore(str(tmp_path / "%n")))
+    reactor = InlineReactor()
+    assert verifyObject(IMailStore, by_type["memory"].makeStore("", reactor))
+    maildir = by_type["maildir"].makeStore(str(tmp_path / "%n"), reactor)
+    assert verifyObject(IMailStore, maildir)
+    assert maildir._reactor is reactor  # its threads are the server's

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from twisted.cred.checkers import ICredentialsChecker
@@ -27,6 +28,7 @@ from popgate.cred.userinfo import UserInfo
 from popgate.errors import TemporaryFailure
 from popgate.interfaces import IUserLookup
 from popgate.stores.mailpath import expand
+from tests.harness import free_port
 from tests.ldap_server import (  # noqa: F401  (fixtures)
     ERIN_MAIL_LOCATION,
     MIXED_CASE_USER,
@@ -228,9 +230,7 @@ def login(checker: LDAPChecker, user: bytes | str, password: bytes | str) -> Any
 
 @integration
 def test_unreachable_is_temporary(checkers: Any) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     checker = checkers(f"url=ldap://127.0.0.1:{port}/,base=dc=x")
     with pytest.raises(TemporaryFailure):
         login(checker, "alice", "pw")

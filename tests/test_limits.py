@@ -289,7 +289,7 @@ def test_the_wrapper_keeps_half_close_and_the_log_prefix() -> None:
     portal, _ = make_portal()
     clock = Clock()
     counts = ConnectionLimits(clock, 10)
-    factory = LimitedFactory(POP3ServerFactory(portal, clock=clock), counts)
+    factory = LimitedFactory(POP3ServerFactory(portal, None, clock), counts)
     client = Client(factory, v4("127.0.0.1"))
     assert client.written().startswith(b"+OK")
     assert IHalfCloseableProtocol.providedBy(client.protocol)
@@ -354,6 +354,9 @@ def test_refusals_log_once_per_interval(monkeypatch: pytest.MonkeyPatch) -> None
     assert captured.texts()[2:] == [
         "too many connections from 192.0.2.1: refused 48 more in 60 s",
         "connection limit (3): refused 19 more clients in 60 s"]
+    Client(factory, v4("192.0.2.5"))  # one more in the next interval
+    clock.advance(60)
+    assert captured.texts()[-1] == "connection limit (3): refused 1 more client in 60 s"
 
 
 def test_per_address_reports_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -431,7 +431,7 @@ def test_delivery_into_a_memory_store(users, clock):
 
 def test_delivery_into_a_maildir_has_the_right_name_and_size(tmp_path: Path, users, clock):
     store = MaildirStore(str(tmp_path / "%n"), reactor=InlineReactor())
-    factory = LMTPFactory(store, users, "mx.test", clock=clock, reactor=InlineReactor())
+    factory = LMTPFactory(store, users, "mx.test", clock=clock)
     session = Session(factory)
     session.send(b"LHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<alice>\r\nDATA\r\nSubject: x\r\n\r\nbody\r\n.\r\n")
     names = os.listdir(tmp_path / "alice" / "new")
@@ -506,11 +506,13 @@ def test_from_wire():
 
 
 def test_the_lmtp_factory_delivers_into_the_store_and_checks_with_the_user_stores(tmp_path: Path):
-    store = MaildirStore(str(tmp_path / "%n"))
+    store = MaildirStore(str(tmp_path / "%n"), InlineReactor())
     users = Users("alice")
-    factory = lmtp_factory(store, [users], "mx.test", Clock())
+    clock = Clock()
+    factory = lmtp_factory(store, [users], "mx.test", clock)
     assert factory.hostname_bytes == b"mx.test"
-    assert factory.target.store is store
+    assert factory.target is store
+    assert factory.clock is clock
     assert factory.resolver.lookups == [users]
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -76,10 +76,10 @@ def read(drop: MaildirMaildrop, index: int) -> bytes:
 
 def test_make_store_needs_a_template() -> None:
     with pytest.raises(ValueError):
-        make_store("")
+        make_store("", InlineReactor())
     with pytest.raises(ValueError):
-        make_store("/var/mail/%x")
-    assert make_store("/var/mail/%d/%n").template == "/var/mail/%d/%n"
+        make_store("/var/mail/%x", InlineReactor())
+    assert make_store("/var/mail/%d/%n", InlineReactor()).template == "/var/mail/%d/%n"
 
 
 def test_interfaces(store: MaildirStore) -> None:
@@ -166,7 +166,7 @@ def test_a_message_in_new_and_cur_at_once_is_listed_once(store: MaildirStore, ro
 def test_sizes_are_crlf_octets(store: MaildirStore, root: Path) -> None:
     bodies = [b"a\nb\n", b"a\r\nb\r\n", b"a\rb", b"", b"x" * 200000 + b"\n" * 70000]
     for i, body in enumerate(bodies):
-        deliver(root, "%d.M1P1.h" % (i + 1), body)
+        deliver(root, f"{i + 1}.M1P1.h", body)
     drop = open_drop(store)
     assert [m.size for m in drop.list_messages()] == [wire_size(b) for b in bodies]
     for i, body in enumerate(bodies):
@@ -222,10 +222,10 @@ def test_size_cache_is_written_and_reused(store: MaildirStore, root: Path,
 
 def test_size_cache_forgets_removed_messages(store: MaildirStore, root: Path) -> None:
     for i in range(1, 5):
-        deliver(root, "%d.M1P1.h" % i, b"x\n")
+        deliver(root, f"{i}.M1P1.h", b"x\n")
     open_drop(store).close()
     for i in range(1, 4):
-        os.unlink(root / "alice" / "new" / ("%d.M1P1.h" % i))
+        os.unlink(root / "alice" / "new" / f"{i}.M1P1.h")
     open_drop(store).close()
     cache = (root / "alice" / maildir.SIZE_CACHE).read_bytes()
     assert cache == b"4.M1P1.h 3\n"
@@ -312,7 +312,7 @@ def test_other_users_are_not_locked(store: MaildirStore) -> None:
 
 
 def test_commit_removes_only_the_deleted(store: MaildirStore, root: Path) -> None:
-    paths = [deliver(root, "%d.M1P1.h" % i, b"m%d\n" % i) for i in range(1, 4)]
+    paths = [deliver(root, f"{i}.M1P1.h", b"m%d\n" % i) for i in range(1, 4)]
     drop = open_drop(store)
     assert successResultOf(drop.commit([0, 2])) is None
     assert [p.exists() for p in paths] == [False, True, False]
@@ -409,7 +409,7 @@ def test_mail_location_from_user_store_overrides_template(tmp_path):
     from popgate.errors import PermanentFailure
     from popgate.stores.maildir import MaildirStore
 
-    store = MaildirStore(str(tmp_path / "template" / "%n"))
+    store = MaildirStore(str(tmp_path / "template" / "%n"), InlineReactor())
     elsewhere = tmp_path / "elsewhere"
     assert store.maildir_for(AvatarId("alice", f"maildir:{elsewhere}")) == str(elsewhere)
     assert store.maildir_for(AvatarId("alice", str(elsewhere))) == str(elsewhere)

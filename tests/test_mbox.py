@@ -16,11 +16,12 @@ import signal
 import stat
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from twisted.python.failure import Failure
 
@@ -133,6 +134,31 @@ def test_unquoting_is_mboxrd():
     assert mboxfile.unquote(b">Fromage\n", True) == b">Fromage\n"
     assert mboxfile.quote(b"From a\n>From b\n>>From c\nx From d\n") == \
         b">From a\n>>From b\n>>>From c\nx From d\n"
+
+
+def _unquote_by_line(data: bytes) -> bytes:
+    lines = data.splitlines(keepends=True)
+    return b"".join(mboxfile.unquote(line, True) for line in lines)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([b">", b">>", b"From ", b"From", b"F", b"rom ", b"x", b"\n",
+                                 b"\r\n", b">Fromage", b" "]), max_size=60),
+       st.lists(st.integers(1, 40), min_size=1, max_size=30))
+@example(parts=[b"x\n", b">From y\n", b">>From z"], cuts=[40])
+@example(parts=[b">From y\n"], cuts=[40])
+def test_chunked_unquoting_is_the_line_by_line_rule(parts, cuts):
+    # The RETR reader un-quotes whole chunks; wherever the chunks are cut,
+    # the result is the per-line mboxrd rule's.
+    data = b"".join(parts)
+    unquoter = mboxfile.Unquoter()
+    out, pos, sizes = [], 0, iter(cuts * 50)
+    while pos < len(data):
+        size = next(sizes, 1000)
+        out.append(unquoter.feed(data[pos:pos + size]))
+        pos += size
+    out.append(unquoter.finish())
+    assert b"".join(out) == _unquote_by_line(data)
 
 
 @pytest.mark.parametrize("name", sorted(CORPUS))
@@ -358,6 +384,7 @@ def test_a_stale_dotlock_is_removed(store, tmp_path):
     assert not lock.exists()
 
 
+@pytest.mark.integration
 def test_an_fcntl_lock_held_by_another_process_blocks_delivery(store, tmp_path):
     path = spool(tmp_path)
     path.write_bytes(b"")
@@ -381,6 +408,7 @@ def test_an_fcntl_lock_held_by_another_process_blocks_delivery(store, tmp_path):
     assert read_all(store) == [b"x\n"]
 
 
+@pytest.mark.integration
 def test_no_permission_for_the_dotlock_is_a_temporary_failure(request):
     """A spool directory popgate may not write to (no group mail): the
     delivery is deferred with a message saying why, never bounced."""
@@ -589,6 +617,7 @@ def test_a_failure_at_any_step_of_the_rewrite_loses_nothing(tmp_path, monkeypatc
         _check_after_crash(where)
 
 
+@pytest.mark.integration
 def test_a_kill_at_any_step_of_the_rewrite_loses_nothing(tmp_path, monkeypatch):
     """SIGKILL at each system call of the rewrite: the next login takes
     less than a second and finds every message exactly once."""
@@ -646,8 +675,10 @@ def test_bad_argstrings_are_one_line_errors(bad):
 def test_the_store_plugin_builds_an_mbox_store(tmp_path):
     from popgate.stores.registry import make_store
 
-    store = make_store(f"mbox:{tmp_path}/%u")
+    reactor = InlineReactor()
+    store = make_store(f"mbox:{tmp_path}/%u", reactor)
     assert isinstance(store, MboxStore)
+    assert store._reactor is reactor
 
 
 def test_user_names_cannot_leave_the_spool_directory(store):

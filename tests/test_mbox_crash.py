@@ -15,8 +15,8 @@ import random
 import re
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 from twisted.logger import capturedLogs, formatEvent
@@ -129,6 +129,7 @@ def test_parse_owner(data, pid, host, start):
     assert (owner.pid, owner.host, owner.start) == (pid, host, start)
 
 
+@pytest.mark.integration
 def test_the_process_start_time_is_read_from_proc():
     state = mboxlock.process_state(os.getpid())
     assert state is not None and state[0] in "RS"
@@ -145,6 +146,7 @@ def dead_pid() -> int:
 # -- the owner check
 
 
+@pytest.mark.integration
 def test_a_dead_owners_lock_is_broken_at_once(tmp_path):
     spool = spool_with(tmp_path)
     pid = fork(die_holding_the_lock(spool))
@@ -159,6 +161,7 @@ def test_a_dead_owners_lock_is_broken_at_once(tmp_path):
     assert lines == [f"removed the dotlock {spool}.lock: its owner, process {pid}, is gone"]
 
 
+@pytest.mark.integration
 def test_an_exited_but_unreaped_owner_is_dead(tmp_path):
     spool = spool_with(tmp_path)
     pid = fork(die_holding_the_lock(spool))
@@ -174,6 +177,7 @@ def test_an_exited_but_unreaped_owner_is_dead(tmp_path):
     assert took < 0.2
 
 
+@pytest.mark.integration
 def test_a_live_owners_lock_is_waited_for_however_old(tmp_path):
     spool = spool_with(tmp_path)
     pid, go = held_by_a_live_child(spool)
@@ -254,6 +258,7 @@ def test_pid_reuse_is_told_by_the_start_time_popgate_records(tmp_path):
     assert took < 0.2
 
 
+@pytest.mark.integration
 def test_pid_reuse_without_a_recorded_start_compares_the_mtime(tmp_path):
     """Dovecot's C{PID:HOST}: a live process that started after the lock
     was made is not the one that made it."""
@@ -288,6 +293,7 @@ def test_a_lock_from_before_the_last_boot_is_dead_another_boot_id_alone_is_not()
         (Owner.UNKNOWN, "it belongs to another PID namespace (container)")
 
 
+@pytest.mark.integration
 def test_a_delivery_breaks_a_dead_owners_lock_too(tmp_path):
     store = MboxStore(parse_argstring(f"{tmp_path}/%u"), reactor=InlineReactor())
     spool = spool_with(tmp_path)
@@ -302,6 +308,7 @@ def test_a_delivery_breaks_a_dead_owners_lock_too(tmp_path):
 # -- breaking safely
 
 
+@pytest.mark.integration
 def test_a_live_lock_taken_while_breaking_is_put_back(tmp_path, monkeypatch):
     """Between looking at a dead owner's lock and moving it aside, someone
     else broke it and a live process took it anew: the live lock is linked
@@ -327,6 +334,7 @@ def test_a_live_lock_taken_while_breaking_is_put_back(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["alice", "alice.lock"]
 
 
+@pytest.mark.integration
 def test_breakers_take_turns(tmp_path):
     spool = spool_with(tmp_path)
     reap(fork(die_holding_the_lock(spool)))
@@ -356,6 +364,7 @@ def test_release_leaves_a_lock_that_replaced_ours(tmp_path):
         f"the dotlock {spool}.lock was removed or replaced by another program while held"]
 
 
+@pytest.mark.integration
 def test_processes_racing_over_dead_owners_locks_never_share_the_lock(tmp_path):
     """Four processes take the lock in turn while eight others take it and
     die holding it: whoever breaks a dead owner's lock, exactly one

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from twisted.internet import defer
 from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -17,8 +19,11 @@ from zope.interface import implementer
 from popgate.interfaces import ICachedMessageSource, IMessageSource
 from popgate.pop3 import output
 from popgate.pop3.encoder import MessageEncoder, encode_message
+from popgate.pop3.factory import POP3ServerFactory
 from popgate.pop3.output import MessageSender, OutputGate, PoolReader, read_inline
 from popgate.stores.sources import BytesSource
+from popgate.wire import wire_size
+from tests.helpers import connect, make_portal
 
 _sync = SynchronousTestCase()
 successResultOf = _sync.successResultOf
@@ -249,3 +254,61 @@ def test_pool_reader_reads_in_the_pool_only_what_may_block(source: Any, pooled: 
     assert successResultOf(reader(source, 2)) == b"ab"
     assert reactor.pool.calls == (1 if pooled else 0)
     assert reader.pool_reads == (1 if pooled else 0)
+
+
+
+# -- how a server's sessions read
+
+
+@implementer(IReactorThreads)
+class ThreadedClock(Clock):
+    """A clock with a (counting) thread pool, as a reactor has."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = CountingPool()
+
+    def getThreadPool(self) -> CountingPool:
+        return self.pool
+
+    def callFromThread(self, f: Any, *a: Any, **kw: Any) -> None:
+        f(*a, **kw)
+
+    def callInThread(self, f: Any, *a: Any, **kw: Any) -> None:
+        f(*a, **kw)
+
+    def suggestThreadPoolSize(self, size: int) -> None:
+        pass
+
+
+def test_a_server_reads_messages_in_the_reactor_thread_pool() -> None:
+    # On a reactor the factory gives every session a PoolReader, so RETR
+    # reads what may wait for the disk in a pool thread; on a fake clock,
+    # inline.
+    clock = ThreadedClock()
+    portal, store = make_portal()
+    store.add_message("alice", MESSAGE)
+    session = connect(portal, clock)  # type: ignore[arg-type]
+    assert isinstance(session.protocol.reader, PoolReader)
+    session.login()
+    reply = session.send(b"RETR 1\r\n")
+    assert reply == b"+OK %d octets\r\n" % wire_size(MESSAGE) + encode_message([MESSAGE])
+    assert clock.pool.calls == 0  # a memory store's source never blocks
+    assert POP3ServerFactory(portal, None, Clock()).buildProtocol(None).reader is read_inline
+
+
+def test_retr_reads_through_the_session_reader() -> None:
+    portal, store = make_portal()
+    store.add_message("alice", MESSAGE)
+    session = connect(portal)
+    sizes: list[int] = []
+
+    def reader(source: Any, size: int) -> defer.Deferred[bytes]:
+        sizes.append(size)
+        return read_inline(source, size)
+
+    session.protocol.reader = reader
+    session.login()
+    reply = session.send(b"RETR 1\r\n")
+    assert reply.endswith(b"\r\n.\r\n")
+    assert sizes == [output.CHUNK_SIZE] * (len(MESSAGE) // output.CHUNK_SIZE + 2)

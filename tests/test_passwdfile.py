@@ -107,6 +107,7 @@ def test_every_user_logs_in(passwd_file: Path, reactor: InlineReactor, user: str
         login(checker, user, "wrong")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "scheme", ["SHA512-CRYPT", "BLF-CRYPT", "ARGON2ID", "SSHA256", "PLAIN-MD5", "CRAM-MD5"]
 )
@@ -124,6 +125,7 @@ def test_doveadm_hashes(tmp_path: Path, reactor: InlineReactor, scheme: str) -> 
         login(checker, "alice", "Sw0rdfish!")
 
 
+@pytest.mark.integration
 def test_openssl_bare_crypt(tmp_path: Path, reactor: InlineReactor) -> None:
     stored = run_tool("openssl", "passwd", "-5", "Sw0rdfish", package="openssl")
     path = tmp_path / "passwd"

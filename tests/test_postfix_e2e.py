@@ -15,12 +15,12 @@ import os
 import re
 import shutil
 import smtplib
-import socket
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 

@@ -8,17 +8,17 @@ from __future__ import annotations
 import gc
 import hashlib
 import re
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from twisted.cred import error as cred_error
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.internet import defer
-from twisted.internet.testing import StringTransport
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, globalLogPublisher
-from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -1086,7 +1086,7 @@ def _penalised_factory(clock: Any, penalty: Any) -> Any:
     checker = InMemoryUsernamePasswordDatabaseDontUse()
     checker.addUser(b"alice", b"secret")
     checker.addUser(b"bob", b"hunter2")
-    portal = Portal(MaildropRealm(MemoryStore()), [checker])
+    portal = Portal(MaildropRealm(MemoryStore(), clock), [checker])
     # StringTransport's peer is a remote address: allow USER/PASS without
     # TLS there (issue 3 refuses plaintext passwords from remote clients).
     return POP3ServerFactory(portal, SessionSettings(auth_failure_delay=1.0,

@@ -33,8 +33,14 @@ from typing import Any
 import pytest
 from hypothesis import Phase, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition, rule,
-                                 run_state_machine_as_test)
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -523,7 +529,7 @@ def split(blob: bytes, data: st.DataObject) -> list[bytes]:
     if how == "bytes" and len(blob) <= 400:
         return [blob[i:i + 1] for i in range(len(blob))]
     cuts = sorted(set(data.draw(st.lists(st.integers(1, len(blob) - 1), max_size=12), label="cuts")))
-    return [blob[a:b] for a, b in zip([0, *cuts], [*cuts, len(blob)])]
+    return [blob[a:b] for a, b in zip([0, *cuts], [*cuts, len(blob)], strict=True)]
 
 
 # -- the state machine

@@ -158,11 +158,13 @@ def _vector_id(value: object) -> str:
     return " ".join(value) if isinstance(value, tuple) else str(value)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("package", "argv"), TOOL_VECTORS, ids=_vector_id)
 def test_tool_hashes(package: str, argv: tuple[str, ...]) -> None:
     check_vector(run_tool(*argv, package=package))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("scheme", DOVECOT_SCHEMES)
 def test_doveadm_hashes(scheme: str) -> None:
     # DES crypt looks at 8 characters only: use a password that differs early.
@@ -172,6 +174,7 @@ def test_doveadm_hashes(scheme: str) -> None:
     check_vector(stored, password)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("flag", HTPASSWD_FLAGS)
 def test_htpasswd_hashes(flag: str) -> None:
     password = "s3cret" if flag == "-d" else PASSWORD
@@ -348,6 +351,7 @@ def test_plaintext_secret(stored: str, secret: bytes | None) -> None:
     assert plaintext_secret(stored) == secret
 
 
+@pytest.mark.integration
 def test_plaintext_secret_of_doveadm_plain() -> None:
     stored = run_tool("doveadm", "pw", "-s", "CLEARTEXT", "-p", PASSWORD, package="dovecot-core")
     assert plaintext_secret(stored) == PASSWORD.encode()
@@ -384,6 +388,7 @@ def test_hash_password_round_trip(scheme: str, start: str) -> None:
     check_vector(stored)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("scheme", ["BLF-CRYPT", "SHA512-CRYPT", "ARGON2ID", "SSHA512", "PLAIN"])
 def test_hash_password_is_accepted_by_dovecot(scheme: str) -> None:
     need_program("doveadm", "dovecot-core")
@@ -394,6 +399,7 @@ def test_hash_password_is_accepted_by_dovecot(scheme: str) -> None:
     assert bad.returncode != 0
 
 
+@pytest.mark.integration
 def test_hash_password_bare_is_accepted_by_htpasswd(tmp_path: Any) -> None:
     need_program("htpasswd", "apache2-utils")
     stored = hash_password(PASSWORD, rounds=4, prefix=False)

@@ -12,9 +12,10 @@ import re
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 from twisted.cred.credentials import UsernamePassword

@@ -72,7 +72,7 @@ def build(args: list[str], parent: dict[str, Any] | None = None) -> Any:
 
 def needs(args: list[str]) -> list[startup_checks.Need]:
     config = parse(args).config
-    return startup_checks.needs(config, build_store(config), build_checkers(config),
+    return startup_checks.needs(config, build_store(config, MemoryReactorClock()), build_checkers(config),
                                 build_tls(config))
 
 
@@ -85,13 +85,14 @@ def test_a_template_without_a_user_is_refused(description: str) -> None:
     kind, _, rest = description.partition(":")
     template = rest.split(",")[0]
     with pytest.raises(usage.UsageError) as e:
-        build_store(parse(["--store", description, "--auth", "memory:alice:pw"]).config)
+        build_store(parse(["--store", description, "--auth", "memory:alice:pw"]).config,
+                    MemoryReactorClock())
     assert str(e.value) == f"--store: {kind}: the path {template} {SHARED}"
 
 
 def test_the_domain_alone_is_not_per_user() -> None:
     with pytest.raises(ValueError, match="every user of a domain would share one mailbox"):
-        make_store("maildir:/srv/mail/%d")
+        make_store("maildir:/srv/mail/%d", MemoryReactorClock())
 
 
 @pytest.mark.parametrize("description", ["maildir:/srv/mail/shared,shared=yes",
@@ -100,22 +101,22 @@ def test_the_domain_alone_is_not_per_user() -> None:
                                          "maildir:/srv/%n,shared=no", "maildir:/srv/%u",
                                          "mbox:/var/mail/%d/%n"])
 def test_shared_yes_or_a_user_placeholder_is_accepted(description: str) -> None:
-    store = make_store(description)
+    store = make_store(description, MemoryReactorClock())
     template = store.template if hasattr(store, "template") else store.settings.template
     assert template == description.partition(":")[2].split(",")[0]
 
 
 def test_shared_takes_yes_or_no() -> None:
     with pytest.raises(ValueError, match="maildir: shared must be yes or no"):
-        make_store("maildir:/srv/%n,shared=maybe")
+        make_store("maildir:/srv/%n,shared=maybe", MemoryReactorClock())
     with pytest.raises(ValueError, match="mbox: shared must be yes or no"):
-        make_store("mbox:/var/mail/%u,shared=")
+        make_store("mbox:/var/mail/%u,shared=", MemoryReactorClock())
 
 
 def test_a_location_from_the_user_store_still_wins() -> None:
     """LDAP mail_attribute / SQL column 2: the user's own location, not the
     template, whatever the template says."""
-    store = make_store("maildir:/var/mail/%d/%n")
+    store = make_store("maildir:/var/mail/%d/%n", MemoryReactorClock())
     assert store.maildir_for(AvatarId("bob@example.org", "/srv/bob")) == "/srv/bob"
     assert store.maildir_for(AvatarId("bob@example.org", "maildir:/srv/b")) == "/srv/b"
     assert store.maildir_for(AvatarId("bob@example.org")) == "/var/mail/example.org/bob"
@@ -123,9 +124,12 @@ def test_a_location_from_the_user_store_still_wins() -> None:
 
 def test_the_shipped_examples_give_each_user_a_mailbox() -> None:
     found = []
-    files = [Path(REPO, "README.md")] + [p for p in Path(REPO, "etc").rglob("*") if p.is_file()]
+    files = [Path(REPO, "README.md"), *sorted(Path(REPO, "docs").glob("*.md"))] + \
+        [p for p in Path(REPO, "etc").rglob("*") if p.is_file()]
     for path in files:
-        for match in re.finditer(r"\b(?:maildir|mbox):(/[^\s'\"`)]*)", path.read_text()):
+        # Not the expanded location `popgate auth test` prints ("  mail: maildir:/...").
+        text = re.sub(r"(?m)^  mail: .*$", "", path.read_text())
+        for match in re.finditer(r"\b(?:maildir|mbox):(/[^\s'\"`)]*)", text):
             template, *options = match.group(1).rstrip(".").split(",")
             found.append(template)
             assert mailpath.is_per_user(template) or "shared=yes" in options, (path, template)
@@ -188,6 +192,7 @@ def test_the_paths_the_options_need(tmp_path: Path) -> None:
 # -- probing as the user (root only)
 
 
+@pytest.mark.integration
 @as_root
 def test_probe_as_nobody_finds_what_blocks(base: Path) -> None:
     secret = write(base / "secret", "x", 0o600)
@@ -221,6 +226,7 @@ def member_of_a_supplementary_group() -> tuple[pwd.struct_passwd, grp.struct_gro
     return None
 
 
+@pytest.mark.integration
 @as_root
 def test_supplementary_groups_count_as_twistd_sets_them(base: Path) -> None:
     found = member_of_a_supplementary_group()
@@ -235,6 +241,7 @@ def test_supplementary_groups_count_as_twistd_sets_them(base: Path) -> None:
         ("ok", str(shared)), ("denied", str(other))]
 
 
+@pytest.mark.integration
 @as_root
 def test_check_raises_one_line_naming_the_file(base: Path) -> None:
     users = write(base / "users", "alice:{PLAIN}pw\n", 0o600)

@@ -1,7 +1,8 @@
 """
 popgate.testing: the in-process POP3 server for other people's client
 tests, its faults, its pytest fixture, and its one shared reactor thread.
-Clients are python's poplib and a raw socket that keeps every byte.
+Clients are python's poplib and L{RawClient}, which keeps every byte.  The
+in-memory server and the shaping are tested in C{test_testing_memory.py}.
 """
 
 from __future__ import annotations
@@ -14,19 +15,15 @@ import sys
 import textwrap
 import threading
 import time
-import tomllib
 import unittest
 from typing import Any
 
 import pytest
-from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
-from twisted.protocols.policies import ProtocolWrapper
 
-from popgate.testing import Faults, POP3TestServer, reactor_thread
+from popgate.testing import POP3TestServer, reactor_thread
 from popgate.testing.pytest_plugin import pop3_server  # noqa: F401
-from popgate.testing.shaping import ShapingFactory
 from tests import reactor_thread as tests_reactor_thread
+from tests.pop3_oracle import RawClient
 from tests.popgate_server import REPO
 
 pytestmark = pytest.mark.integration
@@ -34,39 +31,9 @@ pytestmark = pytest.mark.integration
 MESSAGE = b"Subject: hello\r\n\r\n.starts with a dot\r\nbye\r\n"
 
 
-class Raw:
-    """A client that keeps every byte and every recv() separately."""
-
-    def __init__(self, server: POP3TestServer) -> None:
-        self.sock = socket.create_connection((server.host, server.port), timeout=10)
-        self.buf = b""
-        self.chunks: list[bytes] = []
-
-    def recv(self) -> bytes:
-        data = self.sock.recv(65536)
-        self.chunks.append(data)
-        self.buf += data
-        return data
-
-    def line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            if not self.recv():
-                raise EOFError(self.buf)
-        line, _, self.buf = self.buf.partition(b"\r\n")
-        return line
-
-    def until_eof(self) -> bytes:
-        while self.recv():
-            pass
-        data, self.buf = self.buf, b""
-        return data
-
-    def cmd(self, text: bytes) -> bytes:
-        self.sock.sendall(text + b"\r\n")
-        return self.line()
-
-    def close(self) -> None:
-        self.sock.close()
+def raw(server: POP3TestServer) -> RawClient:
+    """The raw client, greeted: every byte and every recv() kept."""
+    return RawClient(server.port, server.host, timeout=10)
 
 
 @pytest.fixture
@@ -99,15 +66,13 @@ def test_serves_users_and_mailboxes(server):
 
 
 def test_retr_bytes_are_exact(server):
-    raw = Raw(server)
-    assert raw.line().startswith(b"+OK")
-    assert raw.cmd(b"USER alice") == b"+OK"
-    assert raw.cmd(b"PASS pw") == b"+OK Logged in."
-    assert raw.cmd(b"RETR 1") == b"+OK %d octets" % len(MESSAGE)
-    while not raw.buf.endswith(b"\r\n.\r\n"):
-        raw.recv()
-    assert raw.buf == b"Subject: hello\r\n\r\n..starts with a dot\r\nbye\r\n.\r\n"
-    raw.close()
+    client = raw(server)
+    assert client.greeting is not None and client.greeting.startswith(b"+OK")
+    assert client.cmd(b"USER alice") == b"+OK"
+    assert client.cmd(b"PASS pw") == b"+OK Logged in."
+    assert client.cmd(b"RETR 1") == b"+OK %d octets" % len(MESSAGE)
+    assert client.multi() == b"Subject: hello\r\n\r\n..starts with a dot\r\nbye\r\n.\r\n"
+    client.close()
 
 
 def test_add_message_and_user_while_running(server):
@@ -199,7 +164,7 @@ def test_login_errors(server, code):
     server.faults.login_error = code
     client = poplib.POP3(server.host, server.port, timeout=10)
     client.user("alice")
-    with pytest.raises(poplib.error_proto, match=r"\[%s\]" % code):
+    with pytest.raises(poplib.error_proto, match=rf"\[{code}\]"):
         client.pass_("pw")
     client.user("alice")
     with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
@@ -225,15 +190,14 @@ def test_login_error_for_a_number_of_logins(server):
 
 def test_connection_dropped_during_retr(server):
     server.faults.drop_during_retr = True
-    raw = Raw(server)
-    raw.line()
-    raw.cmd(b"USER alice")
-    raw.cmd(b"PASS pw")
-    assert raw.cmd(b"RETR 1") == b"+OK %d octets" % len(MESSAGE)
-    rest = raw.until_eof()
+    client = raw(server)
+    client.cmd(b"USER alice")
+    client.cmd(b"PASS pw")
+    assert client.cmd(b"RETR 1") == b"+OK %d octets" % len(MESSAGE)
+    rest = client.until_eof()
     assert 0 < len(rest) < len(MESSAGE)
     assert (b"Subject: hello\r\n\r\n..starts with a dot\r\nbye\r\n").startswith(rest)
-    raw.close()
+    client.close()
     client = login(server)
     with pytest.raises((poplib.error_proto, EOFError, OSError)):
         client.retr(1)
@@ -245,106 +209,18 @@ def test_connection_dropped_during_retr(server):
 
 def test_split_writes_arrive_in_pieces(server):
     server.faults.split_writes = (1, 7)
-    raw = Raw(server)
-    greeting = raw.line()
-    assert greeting.startswith(b"+OK popgate test server ready.")
-    assert len(raw.chunks) > 1
-    raw.cmd(b"USER alice")
-    raw.cmd(b"PASS pw")
-    raw.cmd(b"RETR 1")
-    while not raw.buf.endswith(b"\r\n.\r\n"):
-        raw.recv()
-    assert raw.buf == b"Subject: hello\r\n\r\n..starts with a dot\r\nbye\r\n.\r\n"
-    raw.close()
+    client = raw(server)
+    assert client.greeting is not None
+    assert client.greeting.startswith(b"+OK popgate test server ready.")
+    assert len(client.chunks) > 1
+    client.cmd(b"USER alice")
+    client.cmd(b"PASS pw")
+    client.cmd(b"RETR 1")
+    assert client.multi() == b"Subject: hello\r\n\r\n..starts with a dot\r\nbye\r\n.\r\n"
+    client.close()
     client = login(server)  # poplib copes
     assert client.retr(2)[1] == [b"second"]
     client.quit()
-
-
-class _RecordingTransport(StringTransport):
-    def __init__(self, clock: Clock) -> None:
-        super().__init__()
-        self.clock = clock
-        self.writes: list[tuple[float, bytes]] = []
-
-    def write(self, data: bytes) -> None:
-        self.writes.append((self.clock.seconds(), data))
-        super().write(data)
-
-
-def _shaped(faults: Faults) -> tuple[ProtocolWrapper, _RecordingTransport, Clock, Any]:
-    from twisted.internet.protocol import Factory, Protocol
-
-    clock = Clock()
-    received: list[bytes] = []
-
-    class Inner(Protocol):
-        def dataReceived(self, data: bytes) -> None:
-            received.append(data)
-
-    factory = ShapingFactory(Factory.forProtocol(Inner), faults, clock, seed=1)
-    wrapper = factory.buildProtocol(None)
-    transport = _RecordingTransport(clock)
-    wrapper.makeConnection(transport)
-    return wrapper, transport, clock, factory
-
-
-def test_split_writes_one_piece_per_timer():
-    wrapper, transport, clock, _ = _shaped(Faults(split_writes=(1, 7), split_interval=0.5))
-    wrapper.write(b"+OK " + b"x" * 100 + b"\r\n")
-    wrapper.loseConnection()
-    assert transport.writes == []
-    while clock.getDelayedCalls():
-        clock.advance(0.5)
-    pieces = [data for _, data in transport.writes]
-    assert b"".join(pieces) == b"+OK " + b"x" * 100 + b"\r\n"
-    assert all(1 <= len(p) <= 7 for p in pieces)
-    assert len({len(p) for p in pieces}) > 1
-    times = [t for t, _ in transport.writes]
-    assert times == sorted(set(times))  # never two pieces at once
-    assert transport.disconnecting  # closed only after the last piece
-
-
-def test_response_delay_holds_every_write():
-    wrapper, transport, clock, _ = _shaped(Faults(response_delay=2.0))
-    wrapper.write(b"+OK one\r\n")
-    clock.advance(1.9)
-    assert transport.value() == b""
-    clock.advance(0.1)
-    assert transport.value() == b"+OK one\r\n"
-    wrapper.write(b"+OK two\r\n")
-    clock.advance(2.0)
-    assert transport.value() == b"+OK one\r\n+OK two\r\n"
-
-
-def test_a_failed_send_closes_after_what_was_sent():
-    wrapper, transport, clock, _ = _shaped(Faults())
-    wrapper.write(b"+OK 10 octets\r\npart")
-    wrapper.abortConnection()
-    assert transport.value() == b"+OK 10 octets\r\npart"
-    assert transport.disconnecting
-
-
-def test_shaping_pauses_a_producer_with_a_full_queue():
-    wrapper, transport, clock, _ = _shaped(Faults(response_delay=0.5))
-    events: list[str] = []
-
-    class Producer:
-        def pauseProducing(self) -> None:
-            events.append("pause")
-
-        def resumeProducing(self) -> None:
-            events.append("resume")
-
-        def stopProducing(self) -> None:
-            events.append("stop")
-
-    wrapper.registerProducer(Producer(), True)
-    wrapper.write(b"x" * 70000)
-    assert events == ["pause"]
-    clock.advance(0.5)
-    assert events == ["pause", "resume"]
-    wrapper.unregisterProducer()
 
 
 def test_slow_server(server):
@@ -372,27 +248,11 @@ def test_capa_without_uidl_and_top(server):
     client.quit()
 
 
-def test_faults_are_checked_and_reset():
-    faults = Faults()
-    with pytest.raises(ValueError):
-        faults.login_error = "BUSY"
-    with pytest.raises(ValueError):
-        faults.split_writes = (0, 3)
-    with pytest.raises(ValueError):
-        Faults(response_delay=-1)
-    with pytest.raises(ValueError):
-        Faults(split_interval=-1)
-    faults.login_error = "IN-USE"
-    faults.hide_uidl_top = True
-    faults.reset()
-    assert faults == Faults()
-
-
 # -- pytest and unittest
 
 
 @pytest.fixture
-def pop3_server_config():  # noqa: F811 - overrides the plugin's, as users do
+def pop3_server_config():  # overrides the plugin's, as users do
     return {"users": {"alice": "pw"}, "mailboxes": {"alice": [MESSAGE]}}
 
 
@@ -450,7 +310,7 @@ def test_pytest_plugin_in_a_users_project(tmp_path):
 def test_the_documented_example_test_passes(tmp_path):
     from tests.test_third_party_plugin import documented_files
 
-    (tmp_path / "test_my_client.py").write_text(documented_files()["test_my_client.py"])
+    (tmp_path / "test_my_client.py").write_text(documented_files("test-server.md")["test_my_client.py"])
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "popgate.testing.pytest_plugin",
@@ -461,18 +321,6 @@ def test_the_documented_example_test_passes(tmp_path):
 
 
 ENTRY_POINT = "popgate.testing.pytest_plugin"
-
-
-def test_the_plugin_is_a_pytest11_entry_point():
-    """
-    Installing popgate makes pop3_server available to every test suite.
-    The entry point is named like its module, so C{-p
-    popgate.testing.pytest_plugin} or C{pytest_plugins = [...]} on top of
-    it finds it registered instead of registering the module twice.
-    """
-    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
-        project = tomllib.load(f)["project"]
-    assert project.get("entry-points", {}).get("pytest11") == {ENTRY_POINT: ENTRY_POINT}
 
 
 @pytest.mark.parametrize("also", [[], ["-p", ENTRY_POINT]])

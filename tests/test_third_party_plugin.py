@@ -231,13 +231,13 @@ def test_twistd_popgate_serves_from_the_acme_plugins(acme_site, monkeypatch, tmp
 # -- the example in the documentation, as written
 
 
-def documented_files() -> dict[str, str]:
+def documented_files(doc: str = "extending.md") -> dict[str, str]:
     """
-    The code blocks of the "Writing a plugin" documentation whose first line
-    names a file (C{# eml_store/__init__.py}), by file name.  The section
-    lives in docs/extending.md until it is merged into the README.
+    The code blocks of a page of docs/ (by default "Writing a plugin",
+    docs/extending.md) whose first line names a file (C{# eml_store/__init__.py}),
+    by file name; the README's if the page is not there.
     """
-    path = os.path.join(REPO, "docs", "extending.md")
+    path = os.path.join(REPO, "docs", doc)
     if not os.path.exists(path):
         path = os.path.join(REPO, "README.md")
     with open(path) as f:

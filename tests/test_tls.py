@@ -23,8 +23,9 @@ from popgate import tap
 from popgate.build import build_server, build_tls, session_settings
 from popgate.pop3.factory import POP3ServerFactory
 from popgate.pop3.settings import SessionSettings
+from popgate.reload import install
 from popgate.stores.memory import MemoryStore
-from popgate.tls import ServerTLS, TLSConfigError, load_context, reload_on_hangup
+from popgate.tls import ServerTLS, TLSConfigError, load_context
 from tests.tlscerts import PKI, make_pki, write_encrypted_key
 
 from .helpers import LOOPBACK_PEER, Session, make_portal
@@ -234,20 +235,24 @@ def test_options_build_pop3s_listeners_and_the_reload_service(pki: PKI, tmp_path
         "--tls-cert", str(pki.cert), "--tls-key", str(pki.key),
         "--pop3s", "tcp:0:interface=127.0.0.1", "--pop3s", "tcp6:0:interface=\\:\\:1"])
     assert options.config.pop3 == ()  # no default tcp:110 when POP3S is asked for
-    server = build_server(options.config, MemoryReactorClock())
+    reactor = MemoryReactorClock()
+    server = build_server(options.config, reactor)
     assert isinstance(server.tls, ServerTLS)
     names = [s.name for s in server]
     assert names == ["hangup", "pop3s tcp:0:interface=127.0.0.1", "pop3s tcp6:0:interface=\\:\\:1"]
-    assert server.hangup.hangup().startswith("reloaded TLS certificate")
+    reload = install(server, tap.parse_config, reactor).reload()
+    assert reload.result.certificate.startswith(f"{pki.cert}, expires ")
 
 
 def test_without_tls_options_there_is_no_tls(tmp_path: Path) -> None:
     options = parse(base_args(tmp_path))
     assert options.config.pop3 == ("tcp:110",)
-    server = build_server(options.config, MemoryReactorClock())
+    reactor = MemoryReactorClock()
+    server = build_server(options.config, reactor)
     assert server.tls is None and server.pop3.tls is None
     assert [s.name for s in server] == ["hangup", "pop3 tcp:110"]
-    assert server.hangup.hangup() == "nothing to reload (no TLS certificate configured)"
+    reload = install(server, tap.parse_config, reactor).reload()
+    assert reload.result.result == "ok" and reload.result.certificate == ""
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -299,28 +304,26 @@ allow_plaintext_auth = true
     assert options.config.pop3s == ("tcp:1995",)
 
 
-def test_the_hangup_reload_keeps_a_broken_pair_out(pki: PKI, tmp_path: Path) -> None:
-    """SIGHUP (popgate.hangup) reloads through reload_on_hangup: a new
-    pair is used; a broken one is refused in one line and the old stays."""
-    from popgate.hangup import ReloadFailed
-
+def test_a_reload_swaps_a_new_pair_in_and_a_broken_one_never_gets_in(
+        pki: PKI, tmp_path: Path) -> None:
+    """A reload (popgate.reload) loads the new pair into a new ServerTLS,
+    off the reactor thread, and swaps it into the running one, which the
+    POP3S listeners hold; a broken pair fails to load and the old stays."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     shutil.copy(pki.cert, cert)
     shutil.copy(pki.key, key)
     tls = ServerTLS(str(cert), str(key))
-    reload, description = reload_on_hangup(tls)
-    assert description.startswith(f"TLS certificate {cert} (expires ")
+    assert tls.describe().startswith(f"{cert} (expires ")
     before = tls.serverConnectionForTLS(None).get_context()
     shutil.copy(pki.other_cert, cert)
     shutil.copy(pki.other_key, key)
-    assert reload().startswith(f"reloaded TLS certificate {cert} (expires ")
+    tls.use(ServerTLS(str(cert), str(key)))
     renewed = tls.serverConnectionForTLS(None).get_context()
     assert renewed is not before
     key.write_text("not a key")
-    with pytest.raises(ReloadFailed) as e:
-        reload()
-    assert str(e.value) == ("TLS certificate not reloaded, keeping the old one: "
-                            f"no usable PEM private key in {key}")
+    with pytest.raises(TLSConfigError) as e:
+        tls.use(ServerTLS(str(cert), str(key)))
+    assert str(e.value) == f"no usable PEM private key in {key}"
     assert tls.serverConnectionForTLS(None).get_context() is renewed
 
 

@@ -14,8 +14,9 @@ import socket
 import ssl
 import subprocess
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from OpenSSL import SSL
@@ -30,7 +31,7 @@ from popgate.pop3.factory import POP3ServerFactory
 from popgate.pop3.settings import SessionSettings
 from popgate.realm import MaildropRealm
 from popgate.stores.memory import MemoryStore
-from popgate.tls import CIPHERS, ServerTLS
+from popgate.tls import CIPHERS, ServerTLS, TLSConfigError
 from tests import reactor_thread
 from tests.pop3_oracle import RawClient
 from tests.services import need_program
@@ -71,7 +72,7 @@ class Listeners:
         self.settings = settings or SessionSettings(auth_failure_delay=0, hostname="localhost")
         self.ports: list[Any] = []
 
-    def __enter__(self) -> "Listeners":
+    def __enter__(self) -> Listeners:
         reactor_thread.run(self._start)
         return self
 
@@ -83,7 +84,7 @@ class Listeners:
         checker: Any = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")
         if not self.secrets_checkable:
             checker = PasswordsOnly(checker)
-        portal = Portal(MaildropRealm(store), [checker])
+        portal = Portal(MaildropRealm(store, reactor), [checker])
         self.tls = ServerTLS(str(self.cert), str(self.key))
         factory = POP3ServerFactory(portal, self.settings, reactor, tls=self.tls)
         plain = reactor.listenTCP(0, factory, interface="127.0.0.1")
@@ -229,6 +230,20 @@ def test_injection_after_stls_over_a_real_socket(pki: PKI, listeners: Listeners)
     client.close()
 
 
+def reload_tls(server: Listeners) -> bool:
+    """What a reload (popgate.reload) does with the certificate: load the
+    files again into a new ServerTLS, and swap it into the listeners' one
+    only when it loaded; whether it did."""
+    def swap() -> bool:
+        try:
+            server.tls.use(ServerTLS(str(server.cert), str(server.key)))
+        except TLSConfigError:
+            return False
+        return True
+
+    return reactor_thread.run(swap)
+
+
 def test_reload_serves_the_new_certificate_and_keeps_sessions(pki: PKI, tmp_path: Path) -> None:
     live = tmp_path / "live"
     live.mkdir()
@@ -241,7 +256,7 @@ def test_reload_serves_the_new_certificate_and_keeps_sessions(pki: PKI, tmp_path
         assert peer_cn(old) == "localhost"
         shutil.copy(pki.other_cert, live / "fullchain.pem")
         shutil.copy(pki.other_key, live / "privkey.pem")
-        assert reactor_thread.run(server.tls.reload) is True
+        assert reload_tls(server) is True
         new = pop3s(server, client_context(pki))
         assert peer_cn(new) == "localhost (renewed)"
         starttls = poplib.POP3("127.0.0.1", server.port, timeout=10)
@@ -253,7 +268,7 @@ def test_reload_serves_the_new_certificate_and_keeps_sessions(pki: PKI, tmp_path
         old.quit()
         # A broken renewal keeps the certificate in use.
         (live / "fullchain.pem").write_text("half-written\n")
-        assert reactor_thread.run(server.tls.reload) is False
+        assert reload_tls(server) is False
         again = pop3s(server, client_context(pki))
         assert peer_cn(again) == "localhost (renewed)"
         for client in (new, starttls, again):
@@ -300,7 +315,7 @@ def test_haproxy_client_address_decides_and_stls_works_behind_it(pki: PKI) -> No
 
         store = MemoryStore()
         store.add_message("alice", MESSAGE)
-        portal = Portal(MaildropRealm(store),
+        portal = Portal(MaildropRealm(store, reactor),
                         [PasswordsOnly(InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret"))])
         factory = POP3ServerFactory(portal, SessionSettings(auth_failure_delay=0), reactor,
                                     tls=ServerTLS(str(pki.cert), str(pki.key)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import re
+from itertools import pairwise
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -24,7 +25,7 @@ cuts = st.lists(st.integers(0, 300), max_size=12)
 
 def chunked(message: bytes, points: list[int]) -> list[bytes]:
     edges = [0, *sorted({p % (len(message) + 1) for p in points}), len(message)]
-    return [message[a:b] for a, b in zip(edges, edges[1:])]
+    return [message[a:b] for a, b in pairwise(edges)]
 
 
 def unstuffed_body(reply: bytes, message: bytes) -> bytes:

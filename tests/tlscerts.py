@@ -42,7 +42,7 @@ def _key() -> ec.EllipticCurvePrivateKey:
 
 def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str,
           issuer_key: ec.EllipticCurvePrivateKey, ca: bool, days: int = 30) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (x509.CertificateBuilder()
                .subject_name(_name(subject))
                .issuer_name(_name(issuer))

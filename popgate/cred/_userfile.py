@@ -34,8 +34,9 @@ from popgate.cred.schemes import UnknownScheme, verify_in_thread
 from popgate.cred.text import NotText, stored_text, user_name
 from popgate.cred.timing import TimingEqualiser
 from popgate.cred.userinfo import UserInfo
-from popgate.errors import PermanentFailure, TemporaryFailure
-from popgate.interfaces import IUserLookup
+from popgate.errors import PermanentFailure, TemporaryFailure, UnknownUser
+from popgate.interfaces import IReachable, IUserLookup
+from popgate.plural import plural
 
 _Key = tuple[int, int, int, int]
 
@@ -54,7 +55,8 @@ class _Reading:
 
     key: _Key
     users: dict[str, UserEntry]
-    warnings: tuple[tuple[int, str | None], ...]  # (line, None) malformed, (line, name) listed again
+    # (line, None): malformed; (line, name): the name listed again
+    warnings: tuple[tuple[int, str | None], ...]
 
 
 class UserFile:
@@ -87,8 +89,30 @@ class UserFile:
         @return: a L{Deferred} failing with L{TemporaryFailure} when the
             file is missing or unreadable.
         """
-        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self._read_if_changed, self._key)
+        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
+                              self._read_if_changed, self._key)
         return d.addCallbacks(self._use, self._unreadable)
+
+    def probe(self) -> Deferred[str]:
+        """
+        Read the file now, in the thread pool, logging nothing: fires with
+        C{"N users"} (and the count of malformed lines), fails with
+        L{TemporaryFailure} naming the file and the error.
+        """
+        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
+                              self._read_if_changed, None)
+
+        def read(reading: _Reading) -> str:
+            malformed = sum(1 for _, name in reading.warnings if name is None)
+            found = plural(len(reading.users), "user")
+            return f"{found}, {plural(malformed, 'malformed line')} ignored" if malformed else found
+
+        def unreadable(failure: Failure) -> NoReturn:
+            failure.trap(OSError)
+            error = failure.value.strerror  # type: ignore[union-attr]
+            raise TemporaryFailure(f"cannot read user file {self.path}: {error}")
+
+        return d.addCallbacks(read, unreadable)
 
     # -- in the thread pool --
 
@@ -145,7 +169,7 @@ class UserFile:
                     user=name,
                 )
         self._key, self._users = reading.key, reading.users
-        self.log.info("{path}: {count} users", path=self.path, count=len(self._users))
+        self.log.info("{path}: {users}", path=self.path, users=plural(len(self._users), "user"))
         return self._users
 
     def _unreadable(self, failure: Failure) -> NoReturn:
@@ -160,7 +184,7 @@ class UserFile:
 _C = TypeVar("_C", bound="UserFileChecker")
 
 
-@implementer(ICredentialsChecker, IUserLookup)
+@implementer(ICredentialsChecker, IUserLookup, IReachable)
 class UserFileChecker:
     """
     A checker reading users from a file.  Unknown users and wrong passwords
@@ -230,11 +254,12 @@ class UserFileChecker:
 
     async def _check_password(self, entry: UserEntry | None, password: bytes | str) -> str:
         if entry is None:
-            return await self._timing.refuse(password)  # type: ignore[no-any-return]
+            return await self._timing.refuse(password, UnknownUser)  # type: ignore[no-any-return]
         if isinstance(password, str):
             password = password.encode("utf-8")
         try:
-            ok = await verify_in_thread(self._reactor, password, entry.stored, default_scheme=self.default_scheme)
+            ok = await verify_in_thread(self._reactor, password, entry.stored,
+                                        default_scheme=self.default_scheme)
         except UnknownScheme as e:
             self.log.error(
                 "{path}: configuration error for user {user}: {reason}",
@@ -250,6 +275,11 @@ class UserFileChecker:
     async def _check_other(self, entry: UserEntry | None, credentials: Any) -> str:
         """Credentials other than a username and password: none by default."""
         raise UnauthorizedLogin()
+
+    # IReachable
+
+    def probe(self) -> Deferred[str]:
+        return self._file.probe()
 
     # IUserLookup
 

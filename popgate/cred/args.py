@@ -25,7 +25,10 @@ __all__ = ["ArgSpec", "Args"]
 
 _N = TypeVar("_N", int, float)
 
-_YES = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
+_YES = {
+    "yes": True, "true": True, "on": True, "1": True,
+    "no": False, "false": False, "off": False, "0": False,
+}
 _STRAY_KEY = re.compile(r",\s*(\w+)\s*=")
 
 
@@ -33,26 +36,37 @@ class ArgSpec:
     """
     What one store accepts: its name (for messages), its keys, which of them
     hold free text, and which must be given.
+
+    @param keys: the keys, or each key with its help (what
+        C{--help-auth-type} prints: L{describe}).
     """
 
     def __init__(
-        self, kind: str, keys: Iterable[str], *, free_text: Iterable[str] = (), required: Iterable[str] = ()
+        self, kind: str, keys: Iterable[str] | Mapping[str, str], *,
+        free_text: Iterable[str] = (), required: Iterable[str] = (),
     ) -> None:
         self.kind = kind
+        self.help = dict(keys) if isinstance(keys, Mapping) else {}
         self.keys = tuple(keys)
         self.free_text = frozenset(free_text)
         self.required = tuple(required)
         # A key starts the string or follows a comma; longer keys first, so
         # that bindpw_file= is never read as bindpw= (the \s*= also sees to it).
         alternatives = "|".join(re.escape(k) for k in sorted(self.keys, key=len, reverse=True))
-        self._key_at = re.compile(r"(?:^|,)\s*(%s)\s*=" % alternatives)
+        self._key_at = re.compile(rf"(?:^|,)\s*({alternatives})\s*=")
+
+    def describe(self) -> list[tuple[str, str]]:
+        """Each C{key=} with its help (and whether it is required)."""
+        return [(key + "=", ("(required) " if key in self.required else "")
+                 + self.help.get(key, "")) for key in self.keys]
 
     def error(self, message: str) -> ValueError:
         """A L{ValueError} saying C{message}, prefixed with the store's name."""
         return ValueError(f"{self.kind}: {message}")
 
     def _unknown(self, name: str) -> ValueError:
-        return self.error(f"unknown key {name}= (expected one of {', '.join(k + '=' for k in self.keys)})")
+        expected = ", ".join(k + "=" for k in self.keys)
+        return self.error(f"unknown key {name}= (expected one of {expected})")
 
     def parse(self, argstring: str) -> Args:
         """
@@ -66,15 +80,16 @@ class ArgSpec:
             head, eq, _ = argstring[:end].partition("=")
             if eq:
                 raise self._unknown(head.strip()[:40])
-            raise self.error(
-                f"expected key=value pairs, one of {', '.join(k + '=' for k in self.keys)}, got {head[:40]!r}"
-            )
+            expected = ", ".join(k + "=" for k in self.keys)
+            raise self.error(f"expected key=value pairs, one of {expected}, got {head[:40]!r}")
         values: dict[str, str] = {}
-        for match, following in zip(matches, matches[1:] + [None]):
+        # (With no match at all, the None is left over.)
+        for match, following in zip(matches, matches[1:] + [None], strict=False):
             key = match.group(1)
             if key in values:
                 raise self.error(f"{key}= given twice")
-            value = argstring[match.end() : following.start() if following else len(argstring)].strip()
+            end = following.start() if following else len(argstring)
+            value = argstring[match.end() : end].strip()
             stray = None if key in self.free_text else _STRAY_KEY.search(value)
             if stray:
                 raise self._unknown(stray.group(1))

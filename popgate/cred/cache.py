@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer
 
 from popgate.cred.text import user_name
+from popgate.errors import UnknownUser
 from popgate.interfaces import IUserLookup
 
 _Key = tuple[Any, Any, bytes]
@@ -77,7 +78,7 @@ class CachingChecker:
         self.max_entries = max_entries
         self._clock = clock
         self._salt = os.urandom(32)
-        # key -> (expires_at, avatar id or None for a cached refusal)
+        # key -> (expires_at, avatar id, or the exception class of a cached refusal)
         self._entries: OrderedDict[_Key, tuple[float, Any]] = OrderedDict()
         if IUserLookup.providedBy(wrapped):
             alsoProvides(self, IUserLookup)
@@ -89,11 +90,12 @@ class CachingChecker:
         hit = self._get(key)
         if hit is not None:
             avatar_id = hit[1]
-            if avatar_id is None:
-                return defer.fail(UnauthorizedLogin())
+            if isinstance(avatar_id, type):  # a cached refusal: its kind
+                return defer.fail(avatar_id())
             return defer.succeed(avatar_id)
         d = defer.maybeDeferred(self.wrapped.requestAvatarId, credentials)
-        d.addCallbacks(self._remember_success, self._remember_refusal, callbackArgs=(key,), errbackArgs=(key,))
+        d.addCallbacks(self._remember_success, self._remember_refusal,
+                       callbackArgs=(key,), errbackArgs=(key,))
         return d
 
     def lookup_user(self, name: str) -> Any:
@@ -110,7 +112,10 @@ class CachingChecker:
 
     def _remember_refusal(self, failure: Failure, key: _Key) -> Failure:
         if self.negative_ttl > 0 and failure.check(UnauthorizedLogin):
-            self._put(key, self.negative_ttl, None)
+            # The class, so the log still tells an unknown user from a
+            # wrong password.
+            refusal = UnknownUser if failure.check(UnknownUser) else UnauthorizedLogin
+            self._put(key, self.negative_ttl, refusal)
         return failure
 
     def _key(self, credentials: Any) -> _Key | None:

@@ -8,12 +8,15 @@ a chain instead.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet import defer
 from zope.interface import implementer
+
+from popgate.errors import UnknownUser
 
 
 @implementer(ICredentialsChecker)
@@ -35,15 +38,18 @@ class ChainedChecker:
         self.credentialInterfaces = tuple(interfaces)
 
     async def _request(self, credentials: Any) -> Any:
-        last: Exception = UnauthorizedLogin()
+        last: Exception | None = None
         for checker in self.checkers:
             if not any(i.providedBy(credentials) for i in checker.credentialInterfaces):
                 continue
             try:
                 return await defer.maybeDeferred(checker.requestAvatarId, credentials)
             except (UnauthorizedLogin, UnhandledCredentials) as e:
-                last = e
-        raise last
+                # A store that knows the user outranks those that do not:
+                # the log says "bad password" then, not "unknown user".
+                if last is None or isinstance(last, UnknownUser):
+                    last = e
+        raise last or UnauthorizedLogin()
 
     def requestAvatarId(self, credentials: Any) -> defer.Deferred[Any]:
         return defer.Deferred.fromCoroutine(self._request(credentials))

@@ -42,13 +42,13 @@ from popgate.cred.names import normalize_user
 from popgate.cred.templates import Template
 from popgate.cred.text import user_name
 from popgate.cred.userinfo import AvatarId, UserInfo
-from popgate.errors import TemporaryFailure
-from popgate.interfaces import IUserLookup
+from popgate.errors import TemporaryFailure, UnknownUser
+from popgate.interfaces import IReachable, IUserLookup
 
 __all__ = ["LDAPChecker", "LDAPSettings", "make_checker", "parse_args"]
 
 
-@implementer(ICredentialsChecker, IUserLookup)
+@implementer(ICredentialsChecker, IUserLookup, IReachable)
 class LDAPChecker:
     """
     Checks user names and passwords against an LDAP directory, and answers
@@ -64,7 +64,8 @@ class LDAPChecker:
         self.settings = settings
         self._filter = Template(settings.filter, "filter")
         self._name_attributes = name_attributes(settings.filter)
-        wanted = [settings.user_attribute, settings.mail_attribute, *(a for a, _ in self._name_attributes)]
+        wanted = [settings.user_attribute, settings.mail_attribute,
+                  *(a for a, _ in self._name_attributes)]
         fetch: dict[str, str] = {}
         for attribute in wanted:
             if attribute:
@@ -79,7 +80,8 @@ class LDAPChecker:
         @return: a L{Deferred} firing with the user name (C{str}), failing
             with L{UnauthorizedLogin} or L{TemporaryFailure}.
         """
-        return Deferred.fromCoroutine(self._authenticate(credentials.username, credentials.password))
+        return Deferred.fromCoroutine(
+            self._authenticate(credentials.username, credentials.password))
 
     def lookup_user(self, name: str | bytes) -> Deferred[UserInfo | None]:
         """
@@ -88,6 +90,10 @@ class LDAPChecker:
             directory cannot answer or several entries match.
         """
         return Deferred.fromCoroutine(self._lookup(name))
+
+    def probe(self) -> Deferred[str]:
+        """Connect, bind and read the base entry (L{Directory.probe})."""
+        return Deferred.fromCoroutine(self.directory.probe())
 
     # -- the work --
 
@@ -103,7 +109,7 @@ class LDAPChecker:
         entry = await self._find(user)
         if entry is None:
             self.log.info("LDAP login refused for {user!r}: no single entry", user=user)
-            raise UnauthorizedLogin("no such user")
+            raise UnknownUser("no such user")
         if not await self.directory.bind_as_user(entry.dn, secret):
             self.log.info("LDAP login refused for {user!r}: wrong password", user=user)
             raise UnauthorizedLogin("wrong password")

@@ -19,7 +19,8 @@ from ldaptor.protocols import pureldap
 from ldaptor.protocols.ldap import ldaperrors
 from ldaptor.protocols.ldap.ldapclient import LDAPClient, LDAPClientConnectionLostException
 from twisted.internet import error, ssl
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock
+from twisted.internet.defer import TimeoutError as defer_TimeoutError
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 from twisted.logger import Logger
 
@@ -124,6 +125,48 @@ class Directory:
             self._drop(client, unbind=True)
         return True
 
+    async def probe(self) -> str:
+        """
+        Connect, bind as C{binddn} (when given) and read the C{base} entry,
+        on a connection of its own, logging nothing: what C{popgate
+        check-config} and start-up ask.
+
+        @raise TemporaryFailure: saying which step failed, in one line.
+        """
+        settings = self.settings
+        where = f"{settings.host}:{settings.port}"
+        try:
+            client = await self._connect()
+        except Exception as e:
+            raise TemporaryFailure(f"cannot connect to {where}: {self._reason(e)}") from None
+        try:
+            if settings.binddn:
+                try:
+                    await self._bind(client, settings.binddn, settings.bindpw.encode("utf-8"))
+                except Exception as e:
+                    raise TemporaryFailure(f"{where}: bind as {settings.binddn} failed: "
+                                           f"{self._reason(e)}") from None
+            try:
+                found = await self._search(client, pureldap.LDAPFilter_present("objectClass"),
+                                           scope=pureldap.LDAP_SCOPE_baseObject)
+            except ldaperrors.LDAPNoSuchObject:
+                found = []
+            except Exception as e:
+                raise TemporaryFailure(f"{where}: reading base {settings.base} failed: "
+                                       f"{self._reason(e)}") from None
+            if not found:
+                who = settings.binddn or "an anonymous bind"
+                raise TemporaryFailure(f"{where}: base {settings.base} does not exist "
+                                       f"(or {who} may not read it)")
+        finally:
+            self._drop(client, unbind=True)
+        return f"{where}, base {settings.base}"
+
+    def _reason(self, error: BaseException) -> str:
+        if isinstance(error, (defer_TimeoutError, CancelledError)):
+            return f"no answer within {self.settings.timeout:g}s"
+        return f"{type(error).__name__}: {str(error).strip() or 'no reason given'}"
+
     # -- the service connection --
 
     async def _search_on_service(self, search_filter: Any) -> list[Entry]:
@@ -152,7 +195,8 @@ class Directory:
                 raise self._temporary("connect", e) from None
             if self.settings.binddn:
                 try:
-                    await self._bind(client, self.settings.binddn, self.settings.bindpw.encode("utf-8"))
+                    await self._bind(client, self.settings.binddn,
+                                     self.settings.bindpw.encode("utf-8"))
                 except Exception as e:
                     self._drop(client)
                     raise self._temporary("service bind", e) from None
@@ -166,7 +210,8 @@ class Directory:
 
     async def _connect(self) -> LDAPClient:
         settings = self.settings
-        endpoint: Any = HostnameEndpoint(self._reactor, settings.host, settings.port, timeout=settings.connect_timeout)
+        endpoint: Any = HostnameEndpoint(self._reactor, settings.host, settings.port,
+                                         timeout=settings.connect_timeout)
         if settings.ldaps:
             endpoint = wrapClientTLS(self._tls_options(), endpoint)
         d = connectProtocol(endpoint, LDAPClient())
@@ -194,7 +239,8 @@ class Directory:
         response = await self._timed(client.send(request))
         _check_result(response, pureldap.LDAPBindResponse)
 
-    async def _search(self, client: LDAPClient, search_filter: Any) -> list[Entry]:
+    async def _search(self, client: LDAPClient, search_filter: Any,
+                      scope: Any = pureldap.LDAP_SCOPE_wholeSubtree) -> list[Entry]:
         entries: list[Entry] = []
         done: Deferred[list[Entry]] = Deferred()
 
@@ -208,7 +254,8 @@ class Directory:
                 return False
             if not isinstance(msg, pureldap.LDAPSearchResultDone):
                 done.errback(ldaperrors.LDAPProtocolError(f"unexpected {type(msg).__name__}"))
-            elif msg.resultCode in (ldaperrors.Success.resultCode, ldaperrors.LDAPSizeLimitExceeded.resultCode):
+            elif msg.resultCode in (ldaperrors.Success.resultCode,
+                                    ldaperrors.LDAPSizeLimitExceeded.resultCode):
                 done.callback(entries)
             else:
                 done.errback(ldaperrors.get(msg.resultCode, msg.errorMessage))
@@ -216,7 +263,7 @@ class Directory:
 
         request = pureldap.LDAPSearchRequest(
             baseObject=self.settings.base,
-            scope=pureldap.LDAP_SCOPE_wholeSubtree,
+            scope=scope,
             derefAliases=pureldap.LDAP_DEREF_neverDerefAliases,
             sizeLimit=2,
             timeLimit=max(1, int(self.settings.timeout)),
@@ -238,7 +285,8 @@ class Directory:
         for raw_name, raw_values in msg.attributes:
             name = self._stored.decode(raw_name, "an attribute name", dn)
             if name is not None:
-                decoded = (self._stored.decode(value, f"attribute {name}", dn) for value in raw_values)
+                decoded = (self._stored.decode(value, f"attribute {name}", dn)
+                           for value in raw_values)
                 attributes[name] = [value for value in decoded if value is not None]
         return Entry(dn, attributes)
 

@@ -13,7 +13,8 @@ from ldaptor import ldapfilter
 
 from popgate.cred.templates import Template
 
-__all__ = ["DEFAULT_FILTER", "escape_filter_value", "expand_filter", "name_attributes", "parse_filter"]
+__all__ = ["DEFAULT_FILTER", "escape_filter_value", "expand_filter", "name_attributes",
+           "parse_filter"]
 
 DEFAULT_FILTER = "(&(objectClass=inetOrgPerson)(uid=%n))"
 

@@ -20,20 +20,26 @@ DEFAULT_TIMEOUT = 5.0
 
 ARGS = ArgSpec(
     "ldap",
-    (
-        "url",
-        "base",
-        "filter",
-        "binddn",
-        "bindpw",
-        "bindpw_file",
-        "starttls",
-        "cafile",
-        "timeout",
-        "connect_timeout",
-        "mail_attribute",
-        "user_attribute",
-    ),
+    {
+        "url": "ldap://HOST[:PORT]/ or ldaps://HOST[:PORT]/ (implicit TLS, port 636).",
+        "base": "The DN searched under, e.g. ou=people,dc=example,dc=org.",
+        "filter": "The search filter; %u is the login name, %n its local part, %d its "
+                  f"domain, each escaped (default: {DEFAULT_FILTER}).",
+        "binddn": "The service account the searches bind as (default: anonymous searches).",
+        "bindpw": "Its password; it then shows in ps: prefer bindpw_file.",
+        "bindpw_file": "A file holding the service account's password on one line "
+                       "(chmod 600).",
+        "starttls": "yes: StartTLS on ldap:// before anything else is sent (default: no).",
+        "cafile": "PEM CA certificates to verify the directory with (default: the "
+                  "system's).",
+        "timeout": f"Seconds for each LDAP operation (default: {DEFAULT_TIMEOUT:g}).",
+        "connect_timeout": "Seconds for connecting (default: timeout).",
+        "mail_attribute": "The attribute holding the user's mail location, e.g. "
+                          "mailMessageStore (default: the --store template).",
+        "user_attribute": "The attribute whose value names the user, and so the mailbox; "
+                          "mail is a good choice (default: the attribute the filter "
+                          "matched %u or %n against, as the directory spells it).",
+    },
     # DNs and filters have commas and '='s of their own; so may a password.
     free_text=("base", "filter", "binddn", "bindpw"),
     required=("url", "base"),
@@ -60,7 +66,8 @@ class LDAPSettings:
 
     def __repr__(self) -> str:
         # Keep the service password out of logs and tracebacks.
-        return f"LDAPSettings(host={self.host!r}, port={self.port}, base={self.base!r}, binddn={self.binddn!r})"
+        return (f"LDAPSettings(host={self.host!r}, port={self.port}, base={self.base!r}, "
+                f"binddn={self.binddn!r})")
 
 
 def parse_args(argstring: str) -> LDAPSettings:
@@ -93,7 +100,8 @@ def parse_args(argstring: str) -> LDAPSettings:
     except ValueError as e:
         raise ARGS.error(str(e)) from None
     timeout = _seconds(args.number("timeout", float, DEFAULT_TIMEOUT, unit="seconds"), "timeout")
-    connect_timeout = _seconds(args.number("connect_timeout", float, timeout, unit="seconds"), "connect_timeout")
+    connect_timeout = _seconds(args.number("connect_timeout", float, timeout, unit="seconds"),
+                               "connect_timeout")
     cafile = args.text("cafile")
     if cafile is not None:
         load_trust_root(cafile)

@@ -19,6 +19,7 @@ from twisted.internet.defer import maybeDeferred
 from popgate.cred._userfile import UserEntry, UserFileChecker
 from popgate.cred.factories import global_reactor
 from popgate.cred.schemes import plaintext_secret
+from popgate.errors import UnknownUser
 
 __all__ = ["PasswdFileChecker", "make_checker"]
 
@@ -39,8 +40,10 @@ class PasswdFileChecker(UserFileChecker):
 
     async def _check_other(self, entry: UserEntry | None, credentials: Any) -> str:
         # Challenge-response needs the password itself: only {PLAIN} has it.
-        if not IUsernameHashedPassword.providedBy(credentials) or entry is None:
+        if not IUsernameHashedPassword.providedBy(credentials):
             raise UnauthorizedLogin()
+        if entry is None:
+            raise UnknownUser()
         secret = plaintext_secret(entry.stored, default_scheme=self.default_scheme)
         if secret is None or not await maybeDeferred(credentials.checkPassword, secret):
             raise UnauthorizedLogin()

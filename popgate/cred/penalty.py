@@ -38,6 +38,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from popgate import errors
+from popgate.events import emit
 
 T = TypeVar("T")
 
@@ -296,7 +297,7 @@ class LoginPenalty:
         elif item.release is not None and not isinstance(result, Failure):
             try:
                 item.release(result)
-            except Exception:  # noqa: BLE001 - caller's code must not stall the queue
+            except Exception:  # the caller's code must not stall the queue
                 self._log.failure("releasing an abandoned login failed")
 
     def _cancel(self, entry: _Entry, item: _Attempt) -> None:
@@ -343,6 +344,8 @@ class LoginPenalty:
         entry.last_failure = now
         entry.not_before = now + entry.delay
         self._touch(entry, now)
+        emit(self._log, "auth.penalty", rip=entry.key, delay=entry.delay,
+             repeated="yes" if repeated else "no")
 
     def _record_success(self, entry: _Entry, item: _Attempt, now: float) -> None:
         self._refresh(entry, now)

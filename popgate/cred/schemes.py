@@ -32,6 +32,7 @@ from twisted.internet.threads import deferToThreadPool
 
 __all__ = [
     "DUMMY_HASH",
+    "HASH_SCHEMES",
     "UnknownScheme",
     "dummy_verify",
     "dummy_verify_in_thread",
@@ -272,6 +273,38 @@ def plaintext_secret(stored: str, *, default_scheme: str | None = None) -> bytes
         return None
 
 
+#: Every scheme L{hash_password} writes (and L{verify_password} checks),
+#: with what C{popgate pw -l} says of it.
+HASH_SCHEMES: dict[str, str] = {
+    "BLF-CRYPT": "bcrypt ($2y$), cost 10: the default, for htpasswd files too",
+    "ARGON2ID": "Argon2id: memory-hard",
+    "ARGON2I": "Argon2i",
+    "SHA512-CRYPT": "SHA-512 crypt ($6$), 5000 rounds",
+    "SHA256-CRYPT": "SHA-256 crypt ($5$), 5000 rounds",
+    "CRYPT": "crypt(3): written as bcrypt ($2y$)",
+    "MD5-CRYPT": "MD5 crypt ($1$): weak, for old systems only",
+    "MD5": "Dovecot's MD5, which is MD5 crypt ($1$): weak",
+    "DES-CRYPT": "traditional crypt: weak, only the first 8 characters count",
+    "SSHA512": "salted SHA-512 (OpenLDAP): fast, so weak against guessing",
+    "SSHA256": "salted SHA-256: fast, so weak against guessing",
+    "SSHA": "salted SHA-1 (OpenLDAP's default): fast, so weak against guessing",
+    "SMD5": "salted MD5: weak",
+    "SHA512": "SHA-512, unsalted: weak",
+    "SHA256": "SHA-256, unsalted: weak",
+    "SHA": "SHA-1, unsalted (htpasswd -s): weak",
+    "SHA1": "the same as SHA",
+    "PLAIN-MD5": "MD5 in hex, unsalted: weak",
+    "LDAP-MD5": "MD5 in base64, unsalted: weak",
+    "PLAIN": "the password in clear: APOP and CRAM-MD5 need it",
+    "CLEAR": "the same as PLAIN",
+    "CLEARTEXT": "the same as PLAIN",
+}
+# Unsalted digests: (hashlib name, how the value is written).
+_DIGESTS = {"SHA": ("sha1", "BASE64"), "SHA1": ("sha1", "BASE64"),
+            "SHA256": ("sha256", "BASE64"), "SHA512": ("sha512", "BASE64"),
+            "PLAIN-MD5": ("md5", "HEX"), "LDAP-MD5": ("md5", "BASE64")}
+
+
 def hash_password(
     password: str | bytes,
     scheme: str = "BLF-CRYPT",
@@ -282,10 +315,9 @@ def hash_password(
     """
     Hash C{password} for a user file, the way C{doveadm pw} does.
 
-    @param scheme: BLF-CRYPT (bcrypt, C{$2y$}), SHA512-CRYPT, SHA256-CRYPT,
-        ARGON2ID, ARGON2I, SSHA, SSHA256, SSHA512 or PLAIN.
+    @param scheme: any of L{HASH_SCHEMES}: every scheme popgate checks.
     @param rounds: the cost: bcrypt's log2 cost (default 10), SHA-crypt
-        rounds (default 5000), Argon2 time cost.
+        and MD5-crypt rounds (default 5000), Argon2 time cost.
     @param prefix: add the C{{SCHEME}} prefix.  Crypt formats identify
         themselves, so C{prefix=False} gives the bare form htpasswd files
         need; other schemes always get their prefix.
@@ -294,7 +326,7 @@ def hash_password(
     """
     secret = password.encode("utf-8") if isinstance(password, str) else password
     name = scheme.upper()
-    if name == "BLF-CRYPT":
+    if name in ("BLF-CRYPT", "CRYPT"):  # CRYPT: crypt(3)'s best format here
         if len(secret) > _BCRYPT_MAX_BYTES:
             raise ValueError("bcrypt passwords are limited to 72 bytes")
         hashed = bcrypt.hashpw(secret, bcrypt.gensalt(rounds or 10)).decode("ascii")
@@ -311,6 +343,19 @@ def hash_password(
         salt = os.urandom(8)
         digest = hashlib.new(algorithm, secret + salt).digest()
         return f"{{{name}}}" + base64.b64encode(digest + salt).decode("ascii")
+    elif name in ("MD5-CRYPT", "MD5"):  # Dovecot's MD5 is MD5-crypt
+        hashed = passlib_hash.md5_crypt.hash(secret)
+    elif name == "DES-CRYPT":
+        hashed = passlib_hash.des_crypt.hash(secret)
+    elif name in _DIGESTS:
+        algorithm, encoding = _DIGESTS[name]
+        digest = hashlib.new(algorithm, secret).digest()
+        text = digest.hex() if encoding == "HEX" else base64.b64encode(digest).decode("ascii")
+        return f"{{{name}}}{text}"
+    elif name == "SMD5":
+        salt = os.urandom(8)
+        digest = hashlib.md5(secret + salt).digest()
+        return "{SMD5}" + base64.b64encode(digest + salt).decode("ascii")
     elif name in _PLAIN_NAMES:
         return f"{{{name}}}" + secret.decode("utf-8")
     else:

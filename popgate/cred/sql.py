@@ -42,20 +42,30 @@ from popgate.cred import schemes
 from popgate.cred.factories import global_reactor
 from popgate.cred.sql_database import Database
 from popgate.cred.sql_query import PLACEHOLDERS, Row, compile_query
-from popgate.cred.sql_settings import ARGS, DEFAULT_TIMEOUT, connect_args, driver_for, parse_args
+from popgate.cred.sql_settings import (
+    ARGS,
+    DEFAULT_TIMEOUT,
+    connect_args,
+    driver_for,
+    parse_args,
+    redact,
+)
 from popgate.cred.text import StoredText, user_name
 from popgate.cred.timing import TimingEqualiser
 from popgate.cred.userinfo import AvatarId, UserInfo
-from popgate.errors import TemporaryFailure
-from popgate.interfaces import IUserLookup
+from popgate.errors import TemporaryFailure, UnknownUser
+from popgate.interfaces import IReachable, IUserLookup
 
-__all__ = ["DEFAULT_QUERY", "PLACEHOLDERS", "SQLChecker", "compile_query", "make_checker", "parse_args"]
+__all__ = ["DEFAULT_QUERY", "PLACEHOLDERS", "SQLChecker", "compile_query", "make_checker",
+           "parse_args"]
 
 DEFAULT_QUERY = "SELECT password, userid AS user FROM users WHERE userid = %(user)s"
 MAX_USER_LENGTH = 320
+#: Who a probe asks for: a name no user store holds.
+_PROBE_USER = "popgate-probe@invalid"
 
 
-@implementer(ICredentialsChecker, IUserLookup)
+@implementer(ICredentialsChecker, IUserLookup, IReachable)
 class SQLChecker:
     """
     Check passwords against a SQL table; look users up for delivery.
@@ -114,7 +124,8 @@ class SQLChecker:
         self._auth_query = compile_query(query, driver.paramstyle)
         self._user_query = compile_query(user_query or query, driver.paramstyle)
         self.database = Database(
-            driver, dsn, connect_args(driver.kind, dsn, timeout), (pool_min, pool_max), timeout, reactor
+            driver, dsn, connect_args(driver.kind, dsn, timeout), (pool_min, pool_max), timeout,
+            reactor,
         )
         self._timing = TimingEqualiser(reactor, default_scheme)
         self._stored = StoredText(self.log, "sql")
@@ -144,22 +155,45 @@ class SQLChecker:
             if not rows:
                 return None
             if len(rows) > 1:
-                self.log.error("sql: configuration error: user_query returns several rows for {user!r}", user=checked)
+                self.log.error("sql: configuration error: user_query returns several rows "
+                               "for {user!r}", user=checked)
                 raise TemporaryFailure("user_query returns several rows")
-            return UserInfo(self._canonical(rows[0], checked), self._mail_location(rows[0], checked))
+            return UserInfo(self._canonical(rows[0], checked),
+                            self._mail_location(rows[0], checked))
 
         return self.database.fetch(self._user_query, checked).addCallback(found)
+
+    # -- IReachable --------------------------------------------------------
+
+    def probe(self) -> defer.Deferred[str]:
+        """
+        Run the password query, and C{user_query}, for a user nobody has,
+        logging nothing: a wrong path, host, port, password, table or
+        column fails here rather than at every login.
+        """
+        queries = [self._auth_query]
+        if self._user_query.text != self._auth_query.text:
+            queries.append(self._user_query)
+
+        async def run() -> str:
+            for query in queries:
+                await self.database.fetch(query, _PROBE_USER, quiet=True)
+            return f"{redact(self.dsn)}: the {'queries run' if len(queries) > 1 else 'query runs'}"
+
+        return defer.Deferred.fromCoroutine(run())
 
     # -- checking ----------------------------------------------------------
 
     def _check(self, rows: list[Row], credentials: Any, name: str) -> Any:
         if not rows:
-            self.log.info("sql: unknown user {user!r}", user=name)
-            return self._refuse(credentials)
+            # The login's line says so (reason=unknown-user).
+            return self._refuse(credentials, UnknownUser)
         if len(rows) > 1:
-            self.log.error("sql: configuration error: the query returns several rows for {user!r}", user=name)
+            self.log.error("sql: configuration error: the query returns several rows "
+                           "for {user!r}", user=name)
             return self._refuse(credentials)
-        stored = self._stored.decode(rows[0].columns[0], "the password", name) if rows[0].columns else None
+        columns = rows[0].columns
+        stored = self._stored.decode(columns[0], "the password", name) if columns else None
         if not stored:
             self.log.info("sql: user {user!r} has no password", user=name)
             return self._refuse(credentials)
@@ -197,14 +231,16 @@ class SQLChecker:
         password = credentials.password
         if isinstance(password, str):
             password = password.encode("utf-8")
-        d = schemes.verify_in_thread(self._reactor, password, stored, default_scheme=self.default_scheme)
+        d = schemes.verify_in_thread(self._reactor, password, stored,
+                                     default_scheme=self.default_scheme)
         return d.addCallbacks(verified, config_error)
 
-    def _refuse(self, credentials: Any) -> defer.Deferred[Any]:
-        """Fail with L{UnauthorizedLogin} after the time a real check takes."""
+    def _refuse(self, credentials: Any,
+                error: type[UnauthorizedLogin] = UnauthorizedLogin) -> defer.Deferred[Any]:
+        """Fail with C{error} after the time a real check takes."""
         if not IUsernamePassword.providedBy(credentials):
-            return defer.fail(UnauthorizedLogin())
-        return self._timing.refuse(credentials.password)
+            return defer.fail(error())
+        return self._timing.refuse(credentials.password, error)
 
     def _canonical(self, row: Row, name: str) -> str:
         """The name as the C{user} column spells it, else C{name}."""
@@ -220,7 +256,8 @@ class SQLChecker:
         stored = self._stored.decode(row.user, "the user column", name)
         canonical = self._user_name(stored) if stored else None
         if canonical is None:
-            self.log.error("sql: configuration error: the user column holds no usable name for {user!r}", user=name)
+            self.log.error("sql: configuration error: the user column holds no usable name "
+                           "for {user!r}", user=name)
             return name
         return canonical
 
@@ -236,7 +273,8 @@ class SQLChecker:
         name a user.
         """
         name = user_name(raw)
-        if name is None or len(name) > MAX_USER_LENGTH or not name.isprintable() or name != name.strip():
+        if (name is None or len(name) > MAX_USER_LENGTH or not name.isprintable()
+                or name != name.strip()):
             # Control characters, NUL (PostgreSQL would reject it as a query
             # error, i.e. a temporary failure) and padding (MySQL ignores
             # trailing spaces when comparing) never name a user.

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.enterprise import adbapi
 from twisted.internet import defer
@@ -57,14 +57,20 @@ class Database:
         self.pool: adbapi.ConnectionPool | None = None
         self._dbapi: Any = None
 
-    def fetch(self, query: Query, name: str) -> defer.Deferred[list[Row]]:
-        """Up to two rows of C{query} for the user C{name}."""
+    def fetch(self, query: Query, name: str, quiet: bool = False) -> defer.Deferred[list[Row]]:
+        """
+        Up to two rows of C{query} for the user C{name}.
+
+        @param quiet: log nothing (a probe reports the failure itself).
+        """
         try:
             pool = self._get_pool()
         except Exception as e:
-            self.log.error("sql: cannot open {dsn}: {error}", dsn=redact(self.dsn), error=e)
+            if not quiet:
+                self.log.error("sql: cannot open {dsn}: {error}", dsn=redact(self.dsn), error=e)
             return defer.fail(TemporaryFailure(f"user database unavailable: {e}"))
-        d = pool.runWithConnection(self._select, query.text, query.params(name))
+        d: defer.Deferred[tuple[list[Row], bool]] = pool.runWithConnection(
+            self._select, query.text, query.params(name))
         d.addTimeout(self.timeout, self._reactor)
 
         def fetched(result: tuple[list[Row], bool]) -> list[Row]:
@@ -73,14 +79,18 @@ class Database:
                 self.log.info("sql: reconnected to {dsn}", dsn=redact(self.dsn))
             return found
 
-        def failed(failure: Failure) -> None:
+        def failed(failure: Failure) -> NoReturn:
             if failure.check(defer.TimeoutError, defer.CancelledError):
                 error: object = f"no answer within {self.timeout:g}s"
             else:
-                error = f"{failure.type.__name__}: {str(failure.value).strip()}"  # type: ignore[union-attr]
-            self.log.error(
-                "sql: query for {user!r} on {dsn} failed: {error}", user=name, dsn=redact(self.dsn), error=error
-            )
+                # One line: libpq's messages have a hint on a line of their own.
+                text = " ".join(str(failure.value).split())
+                error = f"{failure.type.__name__}: {text}"  # type: ignore[union-attr]
+            if not quiet:
+                self.log.error(
+                    "sql: query for {user!r} on {dsn} failed: {error}",
+                    user=name, dsn=redact(self.dsn), error=error,
+                )
             raise TemporaryFailure(f"user database unavailable: {error}")
 
         return d.addCallbacks(fetched, failed)

@@ -18,7 +18,23 @@ DEFAULT_TIMEOUT = 5.0
 
 ARGS = ArgSpec(
     "sql",
-    ("dsn", "query", "user_query", "scheme", "pool_min", "pool_max", "timeout"),
+    {
+        "dsn": "sqlite:///PATH (opened read-only), postgresql://USER@HOST:PORT/DB[?sslmode=...] "
+               "(password in ~/.pgpass) or mysql://USER:PASSWORD@HOST:PORT/DB.",
+        "query": "The password query: the stored password in the first column, the mail "
+                 "location in an optional second, the stored name in an optional column "
+                 "named user; %(user)s, %(localpart)s, %(domain)s are bound parameters "
+                 "(default: SELECT password, userid AS user FROM users WHERE userid = "
+                 "%(user)s).",
+        "user_query": "The query that says whether a user exists, for delivery and "
+                      "`popgate auth lookup`: a row means yes, the second column is the "
+                      "mail location (default: query).",
+        "scheme": "The scheme of a stored password with no {SCHEME} prefix and no $id$, "
+                  "e.g. SHA256 (default: none: such passwords are refused).",
+        "pool_min": "Connections kept open (default: 1).",
+        "pool_max": "Connections at most (default: 4).",
+        "timeout": f"Seconds for connecting and for each query (default: {DEFAULT_TIMEOUT:g}).",
+    },
     free_text=("query", "user_query"),  # queries have commas and '='s of their own
     required=("dsn",),
 )
@@ -34,8 +50,9 @@ class Driver:
 
 _DRIVERS = {
     "sqlite": Driver("sqlite", "sqlite3", "named", "the Python standard library"),
-    "postgresql": Driver("postgresql", "psycopg", "pyformat", "pip install 'psycopg[binary]'"),
-    "mysql": Driver("mysql", "pymysql", "pyformat", "pip install pymysql"),
+    # popgate's "sql" extra brings both drivers.
+    "postgresql": Driver("postgresql", "psycopg", "pyformat", "pip install 'popgate[sql]'"),
+    "mysql": Driver("mysql", "pymysql", "pyformat", "pip install 'popgate[sql]'"),
 }
 _SCHEME_ALIASES = {
     "sqlite": "sqlite",
@@ -57,7 +74,8 @@ def parse_args(argstring: str) -> dict[str, Any]:
     """
     args = ARGS.parse(argstring)
     kwargs: dict[str, Any] = {"dsn": args["dsn"]}
-    for key, name in (("query", "query"), ("user_query", "user_query"), ("scheme", "default_scheme")):
+    renamed = (("query", "query"), ("user_query", "user_query"), ("scheme", "default_scheme"))
+    for key, name in renamed:
         if args.text(key):
             kwargs[name] = args[key]
     for key in ("pool_min", "pool_max"):

@@ -89,10 +89,12 @@ class Template:
             if match.group("percent"):
                 pieces.append((literal, None))
             elif name is None:
-                raise ValueError(f"lone % at offset {match.start()} in {what} (write %% for a literal %)")
+                raise ValueError(f"lone % at offset {match.start()} in {what} "
+                                 "(write %% for a literal %)")
             elif name not in syntax.parts:
                 known = ", ".join(syntax.spell(n) for n in syntax.parts)
-                raise ValueError(f"unknown placeholder {syntax.spell(name)} in {what} (use {known} or %%)")
+                raise ValueError(f"unknown placeholder {syntax.spell(name)} in {what} "
+                                 f"(use {known} or %%)")
             else:
                 pieces.append((literal, name))
                 if name not in names:

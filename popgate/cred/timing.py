@@ -67,16 +67,20 @@ class TimingEqualiser:
         else:
             self.stand_in = DUMMY_HASH
 
-    def refuse(self, password: bytes | str) -> Deferred[Any]:
+    def refuse(self, password: bytes | str,
+               error: type[UnauthorizedLogin] = UnauthorizedLogin) -> Deferred[Any]:
         """
-        Fail with L{UnauthorizedLogin} once a check of C{password} against
-        the stand-in is done (whatever it says, even an error).
+        Fail with C{error} (an L{UnauthorizedLogin}: L{UnknownUser
+        <popgate.errors.UnknownUser>} for a user nobody has) once a check
+        of C{password} against the stand-in is done (whatever it says,
+        even an error).
         """
         if isinstance(password, str):
             password = password.encode("utf-8")
-        d = dummy_verify_in_thread(self._reactor, password, self.stand_in, default_scheme=self._default_scheme)
+        d = dummy_verify_in_thread(self._reactor, password, self.stand_in,
+                                   default_scheme=self._default_scheme)
 
         def refused(_: object) -> None:
-            raise UnauthorizedLogin()
+            raise error()
 
         return d.addBoth(refused)

@@ -33,7 +33,7 @@ class AvatarId(str):
 
     mail_location: str | None
 
-    def __new__(cls, name: str, mail_location: str | None = None) -> "AvatarId":
+    def __new__(cls, name: str, mail_location: str | None = None) -> AvatarId:
         self = super().__new__(cls, name)
         self.mail_location = mail_location or None
         return self

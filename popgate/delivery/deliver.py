@@ -22,16 +22,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable, Coroutine
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from twisted.internet import defer
-from twisted.logger import (
-    FilteringLogObserver,
-    LogLevel,
-    LogLevelFilterPredicate,
-    globalLogBeginner,
-    textFileLogObserver,
-)
+from twisted.logger import Logger, LogLevel, globalLogBeginner
 from twisted.python import usage
 from twisted.python.failure import Failure
 
@@ -40,6 +36,10 @@ from popgate.backends import build_checkers, build_store
 from popgate.delivery.message import add_trace_headers, split_from_line
 from popgate.delivery.target import delivery_target
 from popgate.delivery.users import UserResolver
+from popgate.events import emit
+from popgate.logs import FORMATS, LEVELS, file_log
+
+log = Logger()
 
 EX_OK = 0
 EX_USAGE = 64
@@ -86,6 +86,11 @@ def add_subcommand(subparsers: Any) -> None:
                    help="a user store, TYPE:ARGS (repeatable), as for twistd popgate")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                    help=f"give up (exit 75) after this many seconds (default {DEFAULT_TIMEOUT:g})")
+    p.add_argument("--log-level", choices=list(LEVELS), default="warn",
+                   help="the least severe events written to standard error (default warn; "
+                        "info adds a line per delivery)")
+    p.add_argument("--log-format", choices=list(FORMATS), default="text",
+                   help="text or json (see popgate/events.py)")
     p.set_defaults(func=run)
 
 
@@ -93,10 +98,10 @@ def _fail(message: str) -> None:
     sys.stderr.write(f"popgate deliver: {message}\n")
 
 
-def build(args: argparse.Namespace) -> tuple[Any, list[Any]]:
+def build(args: argparse.Namespace, reactor: Any) -> tuple[Any, list[Any]]:
     """
-    The mail store and the checkers the options and config file name, as
-    twistd popgate builds them.
+    The mail store (on C{reactor}) and the checkers the options and config
+    file name, as twistd popgate builds them.
 
     @raise ConfigError: with a one-line reason.
     """
@@ -105,21 +110,35 @@ def build(args: argparse.Namespace) -> tuple[Any, list[Any]]:
         parsed = settings.resolve({"store": args.store, "auth": args.auth}, values)
         if not parsed.store:
             raise ConfigError("no mail store: give --store TYPE:ARGS or --config FILE")
-        return build_store(parsed), build_checkers(parsed)
+        return build_store(parsed, reactor), build_checkers(parsed)
     except usage.UsageError as e:
         raise ConfigError(str(e)) from None
 
 
-async def deliver_message(reactor: Any, store: Any, checkers: list[Any], user: str,
-                          sender: str | None, raw: bytes) -> int:
+async def deliver_message(store: Any, checkers: list[Any], user: str,
+                          sender: str | None, raw: bytes,
+                          now: Callable[[], float] = time.monotonic) -> int:
     """
-    Deliver C{raw} for C{user}; the sysexits code to exit with.
+    Deliver C{raw} for C{user}; the sysexits code to exit with.  Every
+    outcome is a C{deliver.delivery} event (C{now} times it); a failure
+    is also said on standard error, in the words the MTA passes on.
     """
+    started = now()
+    name: str | None = None
+    size = 0
+
+    def outcome(code: int, result: str, reason: str = "", why: str = "") -> int:
+        if why:
+            _fail(why)
+        emit(log, "deliver.delivery", result=result, reason=reason, recipient=user,
+             user=name or "", sender=sender or "", size=size, duration=now() - started,
+             why=why, exit=code)
+        return code
+
     try:
-        target = delivery_target(store, reactor)
+        target = delivery_target(store)
     except ValueError as e:
-        _fail(str(e))
-        return EX_TEMPFAIL
+        return outcome(EX_TEMPFAIL, "tempfail", "permanent", str(e))
     envelope_sender, message = split_from_line(raw)
     if sender is None:
         sender = envelope_sender
@@ -128,34 +147,34 @@ async def deliver_message(reactor: Any, store: Any, checkers: list[Any], user: s
     try:
         name = await UserResolver.from_checkers(checkers).resolve(user)
     except errors.TemporaryFailure as e:
-        _fail(f"cannot look up {user}: {e}")
-        return EX_TEMPFAIL
+        return outcome(EX_TEMPFAIL, "tempfail", "user-lookup", f"cannot look up {user}: {e}")
     if name is None:
-        _fail(f"no such user: {user}")
-        return EX_NOUSER
+        return outcome(EX_NOUSER, "failed", "unknown-user", f"no such user: {user}")
     message = add_trace_headers(message, sender, user, only_missing=True)
+    size = len(message)
     try:
         await defer.maybeDeferred(target.deliver, name, message, sender)
     except errors.InvalidUserName as e:
-        _fail(str(e))
-        return EX_NOUSER
+        return outcome(EX_NOUSER, "failed", "bad-mailbox", str(e))
     except errors.TemporaryFailure as e:
-        _fail(f"temporary failure: {e}")
-        return EX_TEMPFAIL
+        emit(log, "store.error", level=LogLevel.debug, op="deliver", kind="temporary",
+             user=name, why=str(e), session="-")
+        return outcome(EX_TEMPFAIL, "tempfail", "temporary", f"temporary failure: {e}")
     except errors.PermanentFailure as e:
-        _fail(f"cannot deliver: {e}")
-        return EX_CANTCREAT
-    return EX_OK
+        emit(log, "store.error", level=LogLevel.debug, op="deliver", kind="permanent",
+             user=name, why=str(e), session="-")
+        return outcome(EX_CANTCREAT, "failed", "permanent", f"cannot deliver: {e}")
+    return outcome(EX_OK, "ok")
 
 
-def run_in_reactor(reactor: Any, work: Callable[[Any], Coroutine[Any, Any, int]],
+def run_in_reactor(reactor: Any, work: Callable[[], Coroutine[Any, Any, int]],
                    timeout: float) -> int:
-    """Run C{work(reactor)} on C{reactor}; its result, or EX_TEMPFAIL for
-    an error or a timeout."""
+    """Run C{work()} on C{reactor}; its result, or EX_TEMPFAIL for an error
+    or a timeout."""
     outcome: list[Any] = []
 
     def start() -> None:
-        d = defer.Deferred.fromCoroutine(work(reactor))
+        d = defer.Deferred.fromCoroutine(work())
         d.addTimeout(timeout, reactor)
         d.addBoth(outcome.append)
         d.addBoth(lambda _: reactor.stop())
@@ -173,12 +192,11 @@ def run_in_reactor(reactor: Any, work: Callable[[Any], Coroutine[Any, Any, int]]
     return int(result) if result is not None else EX_TEMPFAIL
 
 
-def _log_warnings_to_stderr() -> None:
-    """Warnings and errors go to stderr, which the MTA puts in its log."""
-    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
-    globalLogBeginner.beginLoggingTo(
-        [FilteringLogObserver(textFileLogObserver(sys.stderr), [predicate])],
-        redirectStandardIO=False)
+def _log_to_stderr(level: str = "warn", log_format: str = "text") -> None:
+    """Warnings and errors go to stderr, which the MTA puts in its log
+    (C{--log-level info} adds each delivery's line)."""
+    globalLogBeginner.beginLoggingTo([file_log(sys.stderr, log_format, level)],
+                                     redirectStandardIO=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -186,9 +204,9 @@ def run(args: argparse.Namespace) -> int:
     global reactor, once."""
     from twisted.internet import reactor
 
-    _log_warnings_to_stderr()
+    _log_to_stderr(args.log_level, args.log_format)
     try:
-        store, checkers = build(args)
+        store, checkers = build(args, reactor)
     except ConfigError as e:
         _fail(f"configuration error: {e}")
         return EX_TEMPFAIL
@@ -198,6 +216,6 @@ def run(args: argparse.Namespace) -> int:
         _fail(f"cannot read the message: {e}")
         return EX_TEMPFAIL
     return run_in_reactor(
-        reactor, lambda reactor: deliver_message(reactor, store, checkers, args.user, args.sender, raw),
+        reactor, lambda: deliver_message(store, checkers, args.user, args.sender, raw),
         args.timeout)
 

@@ -22,21 +22,25 @@ a small protocol of its own:
 from __future__ import annotations
 
 import errno
+import functools
 import re
+import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Protocol, ServerFactory
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from popgate import errors
 from popgate.delivery.message import add_trace_headers
 from popgate.delivery.target import delivery_target
 from popgate.delivery.users import UserResolver
-from popgate.interfaces import IUserLookup
+from popgate.events import address_text, emit
+from popgate.interfaces import IStreamTransport, IUserLookup
 from popgate.wire import to_stored
 
 DEFAULT_MAX_MESSAGE_SIZE = 50 * 1024 * 1024
@@ -103,8 +107,11 @@ class LMTPServerProtocol(Protocol):
     """One LMTP connection."""
 
     log = Logger()
+    factory: LMTPFactory
+    # Set by makeConnection, before anything here runs.
+    transport: IStreamTransport
 
-    def __init__(self, factory: "LMTPFactory") -> None:
+    def __init__(self, factory: LMTPFactory) -> None:
         self.factory = factory
         self._buffer = bytearray()
         self._mode = _COMMAND
@@ -122,6 +129,8 @@ class LMTPServerProtocol(Protocol):
         self._data_size = 0
         self._data_line_start = True
         self._data_previous_cr = False
+        self._session = secrets.token_urlsafe(9)
+        self._rip = "-"
 
     # -- connection
 
@@ -132,6 +141,7 @@ class LMTPServerProtocol(Protocol):
                 set_no_delay(True)
             except OSError:
                 pass
+        self._rip = address_text(self.transport.getPeer())
         self._timer = self.factory.clock.callLater(self.factory.idle_timeout, self._timed_out)
         self._send(b"220 %s LMTP popgate ready" % self.factory.hostname_bytes)
 
@@ -160,6 +170,15 @@ class LMTPServerProtocol(Protocol):
         if status:  # RFC 2034: 2xx, 4xx and 5xx replies carry a status code
             text = status.encode("ascii") + b" " + text
         self._send(b"%d %s" % (code, text))
+
+    def _report(self, result: str, reason: str, address: str, user: str | None,
+                sender: str | None, size: int, code: int, status: str, started: float,
+                why: str = "", level: LogLevel | None = None) -> None:
+        """One recipient's outcome, as the C{lmtp.delivery} event."""
+        emit(self.log, "lmtp.delivery", level=level, result=result, reason=reason,
+             recipient=address, user=user or "", sender=sender or "", size=size,
+             duration=self.factory.clock.seconds() - started, why=why, code=code,
+             status=status, rip=self._rip, session=self._session)
 
     def _close(self) -> None:
         self._closing = True
@@ -337,10 +356,13 @@ class LMTPServerProtocol(Protocol):
             self._reply(452, "4.5.3", "Too many recipients")
             return None
         transaction = self._transaction
+        started = self.factory.clock.seconds()
         d = self.factory.resolver.resolve(address)
 
         def found(user: str | None) -> None:
             if user is None:
+                self._report("failed", "unknown-user", address, None, transaction.sender, 0,
+                             550, "5.1.1", started, level=LogLevel.info)
                 self._reply(550, "5.1.1", b"<%s> User unknown" % _shown(address))
                 return
             transaction.recipients.append((address, user))
@@ -349,6 +371,13 @@ class LMTPServerProtocol(Protocol):
         def failed(failure: Failure) -> None:
             if not failure.check(errors.TemporaryFailure):
                 self.log.failure("looking up {address}", failure, address=address)
+            why = failure.getErrorMessage()
+            # The lmtp.delivery line says it; this one is counted.
+            emit(self.log, "userstore.error", level=LogLevel.debug, op="lookup",
+                 kind="temporary" if failure.check(errors.TemporaryFailure) else "internal",
+                 user=address, why=why, session=self._session)
+            self._report("tempfail", "user-lookup", address, None, transaction.sender, 0,
+                         451, "4.3.0", started, why)
             self._reply(451, "4.3.0", b"<%s> Temporary user lookup failure, try again later"
                         % _shown(address))
 
@@ -432,38 +461,62 @@ class LMTPServerProtocol(Protocol):
         self._data_parts = []
         transaction, self._transaction = self._transaction, _Transaction()
         self._busy = True
-        d = defer.Deferred.fromCoroutine(self._deliver_all(transaction, message, too_big))
+        d = defer.Deferred.fromCoroutine(
+            self._deliver_all(transaction, message, self._data_size if too_big else 0))
         d.addErrback(self._command_failed)
         d.addBoth(self._command_done)
 
-    async def _deliver_all(self, transaction: _Transaction, message: bytes, too_big: bool) -> None:
+    async def _deliver_all(self, transaction: _Transaction, message: bytes,
+                           too_big: int) -> None:
         """One reply per recipient, in RCPT order, each after its copy is
-        durable."""
+        durable; C{too_big}: the size of a message over the limit (0 if
+        it is not)."""
         sender = transaction.sender
         for address, user in transaction.recipients:
             shown = _shown(address)
+            started = self.factory.clock.seconds()
             if too_big:
+                self._report("failed", "too-big", address, user, sender, too_big, 552, "5.3.4",
+                             started, level=LogLevel.info)
                 self._reply(552, "5.3.4", b"<%s> Message too big" % shown)
                 continue
             copy = add_trace_headers(message, sender, address)
+            report = functools.partial(self._report, address=address, user=user, sender=sender,
+                                       size=len(copy), started=started)
             try:
                 await defer.maybeDeferred(self.factory.target.deliver, user, copy, sender)
-            except errors.InvalidUserName:
-                self.log.warn("lmtp: {user!r} cannot name a mailbox", user=user)
+            except errors.InvalidUserName as e:
+                report(result="failed", reason="bad-mailbox", code=550, status="5.1.3",
+                       why=str(e))
                 self._reply(550, "5.1.3", b"<%s> Bad destination mailbox address" % shown)
             except errors.TemporaryFailure as e:
-                self.log.warn("lmtp: delivery to {user} deferred: {why}", user=user, why=str(e))
-                self._reply(*_temporary_reply(e), b"<%s> Temporary failure, try again later" % shown)
+                code, status = _temporary_reply(e)
+                self._store_error("temporary", user, str(e))
+                report(result="tempfail", reason=_TEMPORARY_REASONS.get(status, "temporary"),
+                       code=code, status=status, why=str(e))
+                self._reply(code, status, b"<%s> Temporary failure, try again later" % shown)
             except errors.PermanentFailure as e:
-                self.log.error("lmtp: delivery to {user} failed: {why}", user=user, why=str(e))
+                self._store_error("permanent", user, str(e))
+                report(result="failed", reason="permanent", code=554, status="5.3.0",
+                       why=str(e), level=LogLevel.error)
                 self._reply(554, "5.3.0", b"<%s> Mailbox unavailable" % shown)
-            except Exception:
+            except Exception as e:
                 self.log.failure("lmtp: delivery to {user}", user=user)
+                self._store_error("internal", user, repr(e))
+                report(result="tempfail", reason="internal", code=451, status="4.3.0",
+                       why=repr(e))
                 self._reply(451, "4.3.0", b"<%s> Local error, try again later" % shown)
             else:
-                self.log.info("lmtp: delivered {size} octets from <{sender}> to {user}",
-                              size=len(copy), sender=sender, user=user)
+                report(result="ok", reason="", code=250, status="2.0.0")
                 self._reply(250, "2.0.0", b"<%s> Delivered" % shown)
+
+    def _store_error(self, kind: str, user: str, why: str) -> None:
+        # Counted; the lmtp.delivery line says it in words.
+        emit(self.log, "store.error", level=LogLevel.debug, op="deliver", kind=kind, user=user,
+             why=why, session=self._session)
+
+
+_TEMPORARY_REASONS = {"4.2.2": "quota", "4.3.1": "disk-full"}
 
 
 def _temporary_reply(failure: BaseException) -> tuple[int, str]:
@@ -477,31 +530,33 @@ def _temporary_reply(failure: BaseException) -> tuple[int, str]:
     return 451, "4.3.0"
 
 
-class LMTPFactory(ServerFactory):
+class LMTPFactory(ServerFactory[LMTPServerProtocol]):
     """
     Builds L{LMTPServerProtocol}s delivering into C{store}.
 
-    @param store: a mail store (adapted with
-        L{popgate.delivery.target.delivery_target}) or an
-        L{IDeliveryTarget}.
+    @param store: an L{IDeliveryTarget}: a mail store that takes mail
+        (checked with L{popgate.delivery.target.delivery_target}).
     @param user_lookup: a L{UserResolver}, an L{IUserLookup}, a list of
         checkers (those providing L{IUserLookup} are asked), or C{None} to
         accept every recipient.
-    @param clock: for the idle timer (an C{IReactorTime}).
-    @param reactor: whose thread pool stores use (default: the global one).
+    @param clock: for the idle timer (an C{IReactorTime}); required, so no
+        session falls back to the global reactor.
     """
 
-    def __init__(self, store: Any, user_lookup: Any, hostname: str, clock: Any = None,
-                 reactor: Any = None, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    def __init__(self, store: Any, user_lookup: Any, hostname: str, clock: Any,
+                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
                  idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> None:
-        if clock is None:
-            from twisted.internet import reactor as clock
-        self.target = delivery_target(store, reactor)
+        self.target = delivery_target(store)
         self.resolver = as_resolver(user_lookup)
-        self.hostname_bytes = _UNPRINTABLE.sub("", hostname).encode("ascii") or b"localhost"
+        self.set_hostname(hostname)
         self.clock = clock
         self.max_message_size = max_message_size
         self.idle_timeout = idle_timeout
+
+    def set_hostname(self, hostname: str) -> None:
+        """The name in the greeting and the LHLO reply of new sessions (a
+        reload may change it)."""
+        self.hostname_bytes = _UNPRINTABLE.sub("", hostname).encode("ascii") or b"localhost"
 
     def buildProtocol(self, addr: Any) -> LMTPServerProtocol:
         protocol = LMTPServerProtocol(self)

@@ -1,7 +1,8 @@
 """
 The bytes a store keeps for one delivery: line ends as Unix mail tools
 expect them (L{popgate.wire.to_stored}, re-exported here as C{from_wire}),
-and the envelope's trace headers (C{Return-Path}, C{Delivered-To}) on top, as Dovecot's LMTP and Postfix's local(8) add them.
+and the envelope's trace headers (C{Return-Path}, C{Delivered-To}) on top,
+as Dovecot's LMTP and Postfix's local(8) add them.
 """
 
 from __future__ import annotations

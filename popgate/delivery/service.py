@@ -4,7 +4,8 @@ The LMTP side of a running popgate, for L{popgate.build.build_server}.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from twisted.logger import Logger
 from twisted.python import usage
@@ -24,10 +25,10 @@ def lmtp_factory(store: Any, checkers: Sequence[Any], hostname: str, reactor: An
     @raise usage.UsageError: the store cannot take mail.
     """
     try:
-        target = delivery_target(store, reactor)
+        target = delivery_target(store)
     except ValueError as e:
         raise usage.UsageError(f"--lmtp: {e}") from None
     resolver = UserResolver.from_checkers(checkers)
     if resolver.accepts_anyone:
         log.warn("lmtp: no user store can look users up; every recipient is accepted")
-    return LMTPFactory(target, resolver, hostname, clock=reactor, reactor=reactor)
+    return LMTPFactory(target, resolver, hostname, clock=reactor)

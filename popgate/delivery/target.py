@@ -1,6 +1,6 @@
 """
-The store's delivery interface: the store itself when it provides
-L{IDeliveryTarget}, or an adapter for stores that do not yet (Maildir).
+The store's delivery interface: a store takes mail when it provides
+L{IDeliveryTarget} itself (Maildir, mbox and the in-memory store do).
 """
 
 from __future__ import annotations
@@ -10,17 +10,11 @@ from typing import Any
 from popgate.interfaces import IDeliveryTarget
 
 
-def delivery_target(store: Any, reactor: Any = None) -> Any:
+def delivery_target(store: Any) -> Any:
     """
-    @return: an L{IDeliveryTarget} writing into C{store}.
+    @return: C{store}, checked to be an L{IDeliveryTarget}.
     @raise ValueError: the store cannot accept mail.
     """
     if IDeliveryTarget.providedBy(store):
         return store
-    from popgate.stores.maildir import MaildirStore
-
-    if isinstance(store, MaildirStore):
-        from popgate.stores.maildir_delivery import MaildirDeliveryTarget
-
-        return MaildirDeliveryTarget(store, reactor)
     raise ValueError(f"the {type(store).__name__} mail store cannot accept deliveries")

@@ -16,7 +16,8 @@ recipient is accepted under the address as given, domain lower-cased.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -49,7 +50,7 @@ class UserResolver:
         self.lookups = list(lookups)
 
     @classmethod
-    def from_checkers(cls, checkers: Sequence[Any]) -> "UserResolver":
+    def from_checkers(cls, checkers: Sequence[Any]) -> UserResolver:
         return cls([c for c in checkers if IUserLookup.providedBy(c)])
 
     @property

@@ -15,24 +15,32 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.cred import error as cred_error
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword, UsernamePassword
 from twisted.internet import defer
 from twisted.internet.address import UNIXAddress
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from popgate import errors
 from popgate.cred.penalty import PenaltyQueueFull
-from popgate.interfaces import IMaildrop
+from popgate.interfaces import IMaildrop, IStreamTransport
 from popgate.pop3 import responses as r
 from popgate.pop3 import sasl
 from popgate.pop3.apop import APOPCredentials
 from popgate.pop3.base import AUTHORIZATION, TRANSACTION, BadArgument
+from popgate.pop3.session_log import BadSASL, LoginMind, SessionLog
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
+    from popgate.pop3.output import OutputGate
+    from popgate.pop3.settings import SessionSettings
 
 _HEX_DIGEST = re.compile(rb"[0-9a-fA-F]{32}")
 
@@ -66,6 +74,16 @@ def peer_is_trusted(peer: Any, networks: tuple[str, ...]) -> bool:
     return any(address in network for network in _networks(tuple(networks)))
 
 
+class _Attempt:
+    """One login in progress: its mind, when it started and when its check
+    started (after the penalty's wait), for the log."""
+
+    def __init__(self, mind: LoginMind, started: float) -> None:
+        self.mind = mind
+        self.started = started
+        self.checked: float | None = None
+
+
 class AuthorizationCommands:
     """
     The AUTHORIZATION commands of L{popgate.pop3.protocol.POP3ServerProtocol}
@@ -78,12 +96,27 @@ class AuthorizationCommands:
     # The popgate.tls.ServerTLS for STLS, set by the factory; None: no TLS.
     tls: Any = None
     portal: Any
-    settings: Any
-    clock: Any
+    settings: SessionSettings
+    clock: IReactorTime
     state: str
-    transport: Any
+    transport: IStreamTransport
     maildrop: Any
+    paused: bool
+    _gate: OutputGate
     _disconnected: bool
+    _bad_commands: int
+    _logout: Callable[[], object] | None
+    _live_count: int
+    _live_size: int
+    report: SessionLog
+
+    if TYPE_CHECKING:
+        # What the other parts of the session (framing, transaction) do.
+        def _close(self) -> None: ...
+        def clearLineBuffer(self) -> bytes: ...
+        def _release(self) -> None: ...
+        def _enter_transaction(self, maildrop: Any) -> None: ...
+        def _send_and_close(self, reply: bytes) -> None: ...
 
     def _init_authorization(self) -> None:
         self._login_timer: Any = None
@@ -93,6 +126,10 @@ class AuthorizationCommands:
         self._challenge = b""
         self._sasl: Any = None
         self._tls_started = False
+        # TLS started and no line came over it yet: a connection lost now
+        # with a TLS error is a failed handshake.
+        self._tls_pending = False
+        self._sasl_method = ""
         self.utf8 = False
 
     def _start_login_timer(self) -> None:
@@ -121,8 +158,7 @@ class AuthorizationCommands:
         self._login_timer = None
         if self._disconnected or self.state != AUTHORIZATION:
             return
-        self.log.info("closing session: no login within {seconds:g} s",
-                      seconds=self.settings.login_timeout)
+        self.report.ending("login-timeout")
         if self.paused or self._gate.blocked:
             self.transport.abortConnection()
             return
@@ -177,8 +213,10 @@ class AuthorizationCommands:
         # not be run as if it came over TLS (CVE-2011-0411): drop it.
         self.clearLineBuffer()
         self.transport.write(r.ok(b"Begin TLS negotiation now."))
-        self.transport.startTLS(self.tls)
+        # _stls_available checked that this transport has startTLS.
+        cast(ITLSTransport, self.transport).startTLS(self.tls)
         self._tls_started = True
+        self._tls_pending = True
         # RFC 2595 section 4: forget what the client said before.
         self._user = None
         self.utf8 = False
@@ -201,12 +239,13 @@ class AuthorizationCommands:
     def pop3_PASS(self, argument: bytes) -> defer.Deferred[None] | None:
         # RFC 1939: the password is the rest of the line, spaces included.
         if not self.plaintext_allowed():
+            self._refused("USER", self._user, "plaintext-disallowed")
             self.transport.write(_PLAINTEXT_REFUSED)
             return None
         if self._user is None:
             raise BadArgument("No username given.")
         user, self._user = self._user, None
-        return self.login(UsernamePassword(user, argument))
+        return self.login(UsernamePassword(user, argument), "USER")
 
     def pop3_APOP(self, argument: bytes) -> defer.Deferred[None] | None:
         if not self._challenge:
@@ -217,7 +256,7 @@ class AuthorizationCommands:
             raise BadArgument("Invalid parameters.")
         if not _HEX_DIGEST.fullmatch(digest):
             raise BadArgument("Invalid characters in MD5 response.")
-        return self.login(APOPCredentials(self._challenge, user, digest))
+        return self.login(APOPCredentials(self._challenge, user, digest), "APOP")
 
     def _usable_mechanisms(self) -> list[sasl.MechanismInfo]:
         return sasl.usable(self.plaintext_allowed(), self._secrets_checkable())
@@ -237,7 +276,9 @@ class AuthorizationCommands:
         info = sasl.find(words[0])
         if info is None or (info.needs_secret and not self._secrets_checkable()):
             raise BadArgument("Unsupported authentication mechanism.", r.AUTH)
+        self._sasl_method = info.name.decode("ascii")
         if info.plaintext and not self.plaintext_allowed():
+            self._refused(self._sasl_method, None, "plaintext-disallowed")
             self.transport.write(_PLAINTEXT_REFUSED)
             return None
         response = None
@@ -245,6 +286,7 @@ class AuthorizationCommands:
             try:
                 response = sasl.decode(words[1])
             except sasl.MalformedResponse:
+                self._refused(self._sasl_method, None, "bad-sasl")
                 raise BadArgument("Invalid base64 data in initial response.", r.AUTH) from None
         mechanism = info.make(self.settings.hostname, self.clock.seconds())
         return self._sasl_step(mechanism, response)
@@ -254,11 +296,13 @@ class AuthorizationCommands:
         mechanism, self._sasl = self._sasl, None
         line = line.strip()
         if line == b"*":
+            self._refused(self._sasl_method, None, "aborted")
             self.transport.write(r.err(b"Authentication aborted by client."))
             return None
         try:
             response = sasl.decode(line)
         except sasl.MalformedResponse:
+            self._refused(self._sasl_method, None, "bad-sasl")
             self.transport.write(r.err(b"Invalid base64 data in continued response.", r.AUTH))
             return None
         return self._sasl_step(mechanism, response)
@@ -269,31 +313,39 @@ class AuthorizationCommands:
         except sasl.SASLError:
             # Broken or refused credentials: a failed login like any other
             # (penalty, delay, attempt limit), without asking the portal.
-            if self.penalty is None:
-                return self._login_failed(Failure(cred_error.UnauthorizedLogin()))
-            return self.login(None)
+            return self.login(None, self._sasl_method)
         if isinstance(result, sasl.Challenge):
             self._sasl = mechanism
             self.transport.write(b"+ " + sasl.encode(result.data) + b"\r\n")
             return None
-        return self.login(result)
+        return self.login(result, self._sasl_method)
+
+    def _refused(self, method: str, user: bytes | None, reason: str) -> None:
+        """A login attempt refused without a check (logged, not counted)."""
+        self.report.attempt(method, user)
+        self.report.refused(reason, self.tls_active())
 
     def peer_ip(self) -> str:
         """The client's address, for the per-IP login penalty."""
         peer = self.transport.getPeer()
         return str(getattr(peer, "host", peer))
 
-    def login(self, credentials: Any) -> defer.Deferred[None]:
+    def login(self, credentials: Any, method: str) -> defer.Deferred[None]:
         """
         Run C{credentials} through the portal and enter TRANSACTION.  With a
         login penalty, the check waits its turn: one check at a time per
         client address, each after that address's penalty.  C{None}: a
         broken SASL exchange, a failed login that still waits its turn.
+        C{method} (USER, APOP, the SASL mechanism) is for the log.
         """
+        attempt = _Attempt(LoginMind(), self.report.attempt(
+            method, getattr(credentials, "username", None)))
+
         def check() -> defer.Deferred[Any]:
+            attempt.checked = self.clock.seconds()
             if credentials is None:
-                return defer.fail(cred_error.UnauthorizedLogin())
-            d = self.portal.login(credentials, None, IMaildrop)
+                return defer.fail(BadSASL())
+            d: defer.Deferred[Any] = self.portal.login(credentials, attempt.mind, IMaildrop)
             d.addCallback(self._give_back_if_gone)
             return d
 
@@ -310,7 +362,8 @@ class AuthorizationCommands:
             if not d.called:
                 self._pending_login = d
         d.addBoth(self._login_done)
-        d.addCallbacks(self._logged_in, self._login_failed)
+        d.addCallbacks(self._logged_in, self._login_failed, callbackArgs=(attempt,),
+                       errbackArgs=(attempt,))
         return d
 
     def _login_done(self, result: Any) -> Any:
@@ -328,7 +381,8 @@ class AuthorizationCommands:
             raise defer.CancelledError("the client left during the login")
         return result
 
-    def _logged_in(self, result: tuple[Any, Any, Callable[[], object]]) -> None:
+    def _logged_in(self, result: tuple[Any, Any, Callable[[], object]],
+                   attempt: _Attempt) -> None:
         _, maildrop, logout = result
         self.maildrop = maildrop
         self._logout = logout
@@ -339,20 +393,33 @@ class AuthorizationCommands:
         self._enter_transaction(maildrop)
         self.state = TRANSACTION
         self._bad_commands = 0
+        self.report.logged_in(attempt.mind.account or self.report.user, self.tls_active(),
+                              attempt.started, attempt.checked, self._live_count,
+                              self._live_size)
         self.transport.write(r.ok(b"Logged in."))
 
-    def _login_failed(self, failure: Failure) -> defer.Deferred[None] | None:
+    def _login_failed(self, failure: Failure, attempt: _Attempt) -> defer.Deferred[None] | None:
+        # Expected failures are one line, from the report; an unexpected
+        # one also gets its traceback.
+        if not failure.check(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials,
+                             cred_error.LoginDenied, defer.CancelledError,
+                             errors.MaildropInUse, errors.TemporaryFailure,
+                             errors.PermanentFailure):
+            self.log.failure("login failed", failure)
+        self.report.login_failed(failure, attempt.mind, self.tls_active(), attempt.started,
+                                 attempt.checked)
         if self._disconnected:
             return None
         if failure.check(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials,
                          cred_error.LoginDenied):
             self._auth_failures += 1
             last = self._auth_failures >= self.settings.max_auth_failures
+            if last:
+                self.report.ending("too-many-failures")
             return self._after_delay(self.settings.auth_failure_delay,
                                      r.err(b"Authentication failed.", r.AUTH), close=last)
         if failure.check(PenaltyQueueFull):
-            self.log.info("refusing login from {ip}: too many logins waiting from that address",
-                          ip=self.peer_ip())
+            self.report.ending("penalty")
             self._send_and_close(r.err(b"Too many logins in progress from your address.",
                                        r.SYS_TEMP))
             return None
@@ -362,15 +429,9 @@ class AuthorizationCommands:
             reply = r.err(b"Mailbox is locked by another POP3 session.", r.IN_USE)
         elif failure.check(errors.PermanentFailure):
             # A refused user name, a mailbox that is not one: expected, and
-            # the message says which.
-            self.log.error("login refused: mailbox cannot be opened: {why}",
-                           why=failure.getErrorMessage())
+            # the report's line says which.
             reply = r.err(b"Mailbox cannot be opened.", r.SYS_PERM)
         else:
-            if not failure.check(errors.TemporaryFailure):
-                self.log.failure("login failed", failure)
-            else:
-                self.log.warn("temporary login failure: {why}", why=failure.getErrorMessage())
             reply = r.err(b"Temporary server failure, try again later.", r.SYS_TEMP)
         self.transport.write(reply)
         return None
@@ -388,5 +449,5 @@ class AuthorizationCommands:
     def _secrets_checkable(self) -> bool:
         """Whether the user stores can check a proof of the secret (APOP,
         CRAM-MD5): a checker for C{IUsernameHashedPassword} is registered."""
-        interfaces = getattr(self.portal, "listCredentialsInterfaces", lambda: [])()
+        interfaces: list[object] = getattr(self.portal, "listCredentialsInterfaces", lambda: [])()
         return IUsernameHashedPassword in interfaces

@@ -11,7 +11,7 @@ budget), so the result is the same whatever the chunk sizes are.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from popgate.wire import to_crlf
 

@@ -13,16 +13,25 @@ our memory.  Overlong lines close the connection, as Dovecot does.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from popgate.interfaces import IStreamTransport
 from popgate.pop3 import responses as r
 from popgate.pop3.base import UPDATE
 from popgate.pop3.output import OutputGate
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
+    from popgate.pop3.session_log import SessionLog
+    from popgate.pop3.settings import SessionSettings
 
 # Input kept while nothing is parsed before reading is paused.
 READ_AHEAD = 64 * 1024
@@ -39,10 +48,15 @@ class FramedSession(LineReceiver, TimeoutMixin):
     """
 
     delimiter = b"\r\n"
+    # Set by makeConnection, before anything here runs.
+    transport: IStreamTransport
+    log: Logger
     state: str
-    clock: Any
-    settings: Any
+    clock: IReactorTime
+    settings: SessionSettings
     _disconnected: bool
+    _sasl: Any
+    report: SessionLog
 
     def _init_framing(self) -> None:
         # Input not yet parsed is self._buffer[self._pos:]; lines are taken
@@ -74,7 +88,7 @@ class FramedSession(LineReceiver, TimeoutMixin):
         raise NotImplementedError
 
     # -- TimeoutMixin uses our injected clock, never the global reactor.
-    def callLater(self, period: float, func: Callable[[], object]) -> Any:  # type: ignore[override]
+    def callLater(self, period: float, func: Callable[[], object]) -> Any:
         return self.clock.callLater(period, func)
 
     def writeConnectionLost(self) -> None:
@@ -87,11 +101,20 @@ class FramedSession(LineReceiver, TimeoutMixin):
             # loseConnection would wait for the full buffer forever,
             # keeping the maildrop locked.  Drop the connection, as
             # Dovecot does.
-            self.log.info("closing session stuck in a command or not reading")
+            self.report.ending("idle-timeout")
             self.transport.abortConnection()
             return
-        self.log.info("closing idle session")
+        self.report.ending("idle-timeout")
         self.transport.write(r.err(b"Disconnected for inactivity."))
+        self._close()
+
+    def disconnect_by_admin(self) -> None:
+        """C{popgate kick}: as the idle timeout, with its own words."""
+        self.report.ending("kicked")
+        if self.paused or self._gate.blocked:
+            self.transport.abortConnection()  # see timeoutConnection
+            return
+        self.transport.write(r.err(b"Disconnected by the administrator.", r.SYS_PERM))
         self._close()
 
     def _close(self) -> None:
@@ -196,7 +219,7 @@ class FramedSession(LineReceiver, TimeoutMixin):
                 and not self.transport.disconnecting):
             # Half-closed and every complete command answered: the client
             # has left without QUIT, so nothing is deleted.
-            self.log.info("client closed its side without QUIT")
+            self.report.ending("disconnect")
             self._close()
 
     def clearLineBuffer(self) -> bytes:
@@ -205,6 +228,7 @@ class FramedSession(LineReceiver, TimeoutMixin):
         return buf
 
     def _line_too_long(self) -> None:
+        self.report.ending("line-too-long")
         self._sasl = None
         self._buffer, self._pos = b"", 0
         self.transport.write(r.err(b"Input line too long."))

@@ -17,7 +17,8 @@ disk never stalls the other sessions.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectionLost

@@ -12,10 +12,13 @@ counts bad ones.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+from OpenSSL import SSL
 from twisted.internet import defer
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -25,6 +28,8 @@ from popgate.pop3.authorization import AuthorizationCommands, peer_is_trusted
 from popgate.pop3.base import AUTHORIZATION, UPDATE, BadArgument
 from popgate.pop3.framing import FramedSession
 from popgate.pop3.output import CHUNK_SIZE
+from popgate.pop3.session_log import SessionLog
+from popgate.pop3.settings import SessionSettings
 from popgate.pop3.transaction import TransactionCommands
 
 __all__ = ["POP3ServerProtocol", "peer_is_trusted"]
@@ -41,14 +46,18 @@ class POP3ServerProtocol(FramedSession, AuthorizationCommands, TransactionComman
     """
 
     log = Logger()
+    #: The L{popgate.pop3.sessions.SessionRegistry} listing this session
+    #: (set by it), left when the connection is lost.
+    sessions: Any = None
 
-    def __init__(self, portal: Any, settings: Any, clock: Any) -> None:
+    def __init__(self, portal: Any, settings: SessionSettings, clock: IReactorTime) -> None:
         self.portal = portal
         self.settings = settings
         self.clock = clock
         self.state = AUTHORIZATION
         self._disconnected = False
         self._bad_commands = 0
+        self.report = SessionLog(self.log, clock)
         self._init_framing()
         self._init_authorization()
         self._init_transaction()
@@ -64,6 +73,8 @@ class POP3ServerProtocol(FramedSession, AuthorizationCommands, TransactionComman
                 pass
         self._start_framing()
         self._start_login_timer()
+        self._tls_pending = self.tls_active()  # POP3S: the handshake is still to come
+        self.report.connected(self.transport, self.tls_active())
         greeting = self.settings.greeting.encode("utf-8", "replace")
         if self._secrets_checkable():
             self._challenge = b"<%d.%d.%d@%s>" % (
@@ -73,11 +84,18 @@ class POP3ServerProtocol(FramedSession, AuthorizationCommands, TransactionComman
             greeting += b" " + self._challenge
         self.transport.write(r.ok(greeting))
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._disconnected = True
+        if self.sessions is not None:
+            self.sessions.discard(self)
         self._stop_framing()
         self._stop_authorization()
+        if self._tls_pending and reason.check(SSL.Error):
+            self.report.tls_failed("stls" if self._tls_started else "pop3s",
+                                   reason.getErrorMessage())
         self._release()
+        if not self._updating:  # else once the deletions are applied (or not)
+            self.report.ended(self.tls_active())
 
     def readConnectionLost(self) -> None:
         """
@@ -87,7 +105,7 @@ class POP3ServerProtocol(FramedSession, AuthorizationCommands, TransactionComman
         self._read_closed = True
         self._reading_paused = False
         if self._abandoned_login():
-            self.log.info("client left while its login waited for the penalty")
+            self.report.ending("aborted")
             self.transport.abortConnection()
             return
         self.dataReceived(b"")
@@ -110,6 +128,9 @@ class POP3ServerProtocol(FramedSession, AuthorizationCommands, TransactionComman
 
     def lineReceived(self, line: bytes) -> None:
         self.resetTimeout()
+        if self._tls_pending:
+            self._tls_pending = False
+            self._tls_done()
         if self.state == UPDATE:
             return
         if self._sasl is not None:
@@ -145,6 +166,17 @@ class POP3ServerProtocol(FramedSession, AuthorizationCommands, TransactionComman
         if isinstance(result, defer.Deferred):
             self._wait_for(result)
 
+    def _tls_done(self) -> None:
+        """The first line over TLS: the handshake succeeded (for the log
+        and the metrics, with the version and cipher it agreed on)."""
+        get_handle = getattr(self.transport, "getHandle", None)
+        connection = get_handle() if get_handle is not None else None
+        version = cipher = ""
+        if isinstance(connection, SSL.Connection):
+            version = connection.get_protocol_version_name()
+            cipher = connection.get_cipher_name() or ""
+        self.report.tls_done("stls" if self._tls_started else "pop3s", version, cipher)
+
     def _handler(self, keyword: bytes) -> Callable[[bytes], Any] | None:
         if not keyword.isalnum() or len(keyword) > 8:
             return None
@@ -174,9 +206,11 @@ class POP3ServerProtocol(FramedSession, AuthorizationCommands, TransactionComman
         self.transport.write(r.err(text, code))
         if self.state == AUTHORIZATION:
             if self._bad_commands >= self.settings.max_login_bad_commands:
+                self.report.ending("too-many-bad-commands")
                 self.transport.write(r.err(b"Too many invalid bad commands."))
                 self._close()
         elif self._bad_commands > self.settings.max_bad_commands:
+            self.report.ending("too-many-bad-commands")
             self.transport.write(r.err(b"Too many bad commands."))
             self._close()
 
@@ -186,7 +220,8 @@ class POP3ServerProtocol(FramedSession, AuthorizationCommands, TransactionComman
         if self.state == AUTHORIZATION:
             caps.extend(self.authorization_capabilities())
         if self.settings.implementation:
-            caps.append(b"IMPLEMENTATION " + self.settings.implementation.encode("ascii", "replace"))
+            implementation = self.settings.implementation.encode("ascii", "replace")
+            caps.append(b"IMPLEMENTATION " + implementation)
         return caps
 
     def pop3_CAPA(self, argument: bytes) -> None:

@@ -15,10 +15,11 @@ import binascii
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-from twisted.cred.credentials import IUsernameHashedPassword, UsernamePassword
+from twisted.cred.credentials import UsernamePassword
 
 from popgate.pop3.apop import DigestCredentials
 

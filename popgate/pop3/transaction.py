@@ -8,18 +8,21 @@ L{popgate.pop3.output.MessageSender}.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectionLost
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from popgate import errors
+from popgate.interfaces import IStreamTransport
 from popgate.pop3 import responses as r
 from popgate.pop3.base import AUTHORIZATION, UPDATE, BadArgument, describe
 from popgate.pop3.encoder import MessageEncoder
-from popgate.pop3.output import MessageSender, OutputGate
+from popgate.pop3.output import MessageSender, OutputGate, Reader, read_inline
+from popgate.pop3.session_log import SessionLog, store_kind
 
 # Message numbers are 32-bit and TOP line counts 64-bit, as in Dovecot:
 # larger values are an error, not "all lines".
@@ -37,9 +40,20 @@ class TransactionCommands:
 
     log = Logger()
     state: str
-    transport: Any
+    transport: IStreamTransport
     _gate: OutputGate
     _disconnected: bool
+    # How RETR reads its source: the factory sets a PoolReader (disk reads
+    # off the reactor thread); inline for a protocol built without one.
+    reader: Reader = staticmethod(read_inline)
+
+    report: SessionLog
+
+    if TYPE_CHECKING:
+        # What the framing and authorization parts of the session do.
+        def _close(self) -> None: ...
+        def resetTimeout(self) -> None: ...
+        def tls_active(self) -> bool: ...
 
     def _init_transaction(self) -> None:
         self.maildrop: Any = None
@@ -73,6 +87,7 @@ class TransactionCommands:
 
     def pop3_QUIT(self, argument: bytes) -> defer.Deferred[None] | None:
         if self.state == AUTHORIZATION:
+            self.report.ending("quit")
             self.transport.write(r.ok(b"Logging out."))
             self._close()
             return None
@@ -84,8 +99,23 @@ class TransactionCommands:
 
         def updated(result: object) -> object:
             self._updating = False
+            if isinstance(result, Failure):
+                self.report.ending("update-failed")
+                if result.check(OSError, errors.TemporaryFailure, errors.PermanentFailure):
+                    # Disk full, a read-only file system, a store gone away:
+                    # nothing was lost, and one line says why.
+                    self.report.store_error("commit", store_kind(result), describe(result),
+                                            level=LogLevel.error)
+                else:
+                    self.log.failure("UPDATE failed", result)
+                    self.report.store_error("commit", "internal", describe(result),
+                                            level=LogLevel.debug)
+            else:
+                self.report.ending("quit")
+                self.report.committed(len(deleted), sum(self._messages[i].size for i in deleted))
             if self._disconnected:
                 self._release()
+                self.report.ended(self.tls_active())
             return result
 
         def done(_: object) -> None:
@@ -93,12 +123,6 @@ class TransactionCommands:
             self._send_and_close(r.ok(text))
 
         def failed(failure: Failure) -> None:
-            if failure.check(OSError, errors.TemporaryFailure, errors.PermanentFailure):
-                # Disk full, a read-only file system, a store gone away:
-                # nothing was lost, and one line says why.
-                self.log.error("UPDATE failed, nothing deleted: {why}", why=describe(failure))
-            else:
-                self.log.failure("UPDATE failed", failure)
             self._send_and_close(r.err(b"Some deleted messages were not removed.", r.SYS_TEMP))
 
         d.addBoth(updated)
@@ -127,7 +151,7 @@ class TransactionCommands:
         if rest[:1] != (b" " if then_space else b""):
             raise BadArgument("Noise after message number.")
         if number < 1 or number > len(self._messages):
-            raise BadArgument("There's no message %d." % number)
+            raise BadArgument(f"There's no message {number}.")
         index = number - 1
         if self._deleted[index]:
             raise BadArgument("Message is deleted.")
@@ -147,7 +171,8 @@ class TransactionCommands:
         reply = self._listings.get(b"LIST")
         if reply is None:
             deleted = self._deleted
-            lines = [b"%d %d" % (i + 1, m.size) for i, m in enumerate(self._messages) if not deleted[i]]
+            lines = [b"%d %d" % (i + 1, m.size)
+                     for i, m in enumerate(self._messages) if not deleted[i]]
             reply = self._listings[b"LIST"] = r.multiline(b"%d messages:" % self._live_count, lines)
         self.transport.write(reply)
 
@@ -161,7 +186,8 @@ class TransactionCommands:
         reply = self._listings.get(b"UIDL")
         if reply is None:
             deleted = self._deleted
-            lines = [b"%d %s" % (i + 1, m.uid) for i, m in enumerate(self._messages) if not deleted[i]]
+            lines = [b"%d %s" % (i + 1, m.uid)
+                     for i, m in enumerate(self._messages) if not deleted[i]]
             reply = self._listings[b"UIDL"] = r.multiline(b"", lines)
         self.transport.write(reply)
 
@@ -198,28 +224,39 @@ class TransactionCommands:
             raise BadArgument("Noise after size.")
         return self._send_message(index, r.ok(), count)
 
-    def _send_message(self, index: int, first: bytes, body_lines: int | None) -> defer.Deferred[None]:
+    def _send_message(self, index: int, first: bytes,
+                      body_lines: int | None) -> defer.Deferred[None]:
         d = defer.maybeDeferred(self.maildrop.open_message, index)
+        octets = 0
+
+        def write(data: bytes) -> None:
+            nonlocal octets
+            octets += len(data)
+            self.transport.write(data)
 
         def opened(source: Any) -> defer.Deferred[None] | None:
             if self._disconnected:
                 source.close()
                 return None
             sender = MessageSender(self._gate, source, MessageEncoder(body_lines),
-                                   self.transport.write, self.resetTimeout)
-            return sender.start(first)
+                                   write, self.resetTimeout, self.reader)
+            return sender.start(first).addCallback(
+                lambda _: self.report.sent(body_lines is None, octets))
 
         def failed(failure: Failure) -> None:
             if self._disconnected:
                 return
+            why = f"message {index + 1}: {describe(failure)}"
             if failure.check(errors.PermanentFailure, FileNotFoundError):
-                self.log.warn("message {n} vanished: {why}", n=index + 1, why=failure.getErrorMessage())
+                # Vanished: deleted by another program since the login.
+                self.report.store_error("open", "permanent", why)
                 self.transport.write(r.err(b"Message is no longer available.", r.SYS_PERM))
             elif failure.check(errors.TemporaryFailure, OSError):
-                self.log.warn("cannot open message {n}: {why}", n=index + 1, why=describe(failure))
+                self.report.store_error("open", "temporary", why)
                 self.transport.write(r.err(b"Temporary failure reading the message.", r.SYS_TEMP))
             else:
                 self.log.failure("reading message {n}", failure, n=index + 1)
+                self.report.store_error("open", "internal", why, level=LogLevel.debug)
                 self.transport.write(r.err(b"Temporary failure reading the message.", r.SYS_TEMP))
 
         def sent_or_failed(result: object) -> None:
@@ -230,13 +267,16 @@ class TransactionCommands:
             # "RETR 1, DELE 1, QUIT" must not go on to delete).
             if isinstance(result, Failure) and not self._disconnected:
                 self._disconnected = True
+                why = f"message {index + 1}: {describe(result)}"
                 if result.check(ConnectionLost):
-                    self.log.info("connection lost while sending message {n}", n=index + 1)
+                    self.report.ending("disconnect")
                 elif result.check(OSError, errors.TemporaryFailure):
-                    self.log.error("reading message {n} failed while sending it: {why}",
-                                   n=index + 1, why=describe(result))
+                    self.report.ending("error")
+                    self.report.store_error("read", "temporary", why, level=LogLevel.error)
                 else:
+                    self.report.ending("error")
                     self.log.failure("sending message {n}", result, n=index + 1)
+                    self.report.store_error("read", "internal", why, level=LogLevel.debug)
                 self.transport.abortConnection()
 
         d.addCallbacks(opened, failed)

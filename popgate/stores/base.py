@@ -31,7 +31,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-from typing import Any, Callable, Iterable, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
@@ -80,20 +81,17 @@ class LockingStore:
     """
     Base of a store whose maildrops are locked for a session.
 
-    @param reactor: provides C{getThreadPool} and C{callFromThread}.
+    @param reactor: provides C{getThreadPool} and C{callFromThread}: the
+        server's (the composition root hands it to the store plugin).
     """
 
-    def __init__(self, reactor: Any = None) -> None:
+    def __init__(self, reactor: Any) -> None:
         self._reactor = reactor
         self.sessions = SessionLocks()
 
     def in_thread(self, f: Callable[..., T], *args: Any) -> defer.Deferred[T]:
         """Run blocking C{f} in the reactor's thread pool."""
         reactor = self._reactor
-        if reactor is None:
-            # A store made by its plugin (makeStore) before the server has
-            # handed it a reactor: the running one.
-            from twisted.internet import reactor
         return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
 
     def open_locked(self, key: str, open_in_thread: Callable[[], T], wrap: Callable[[T], M],

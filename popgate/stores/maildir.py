@@ -22,19 +22,22 @@ import re
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from popgate import errors, wire
-from popgate.interfaces import IMaildrop, IMailStore
+from popgate.interfaces import IDeliveryTarget, IMaildrop, IMailStore
 from popgate.maildrop import MessageInfo, is_valid_uid
+from popgate.plural import plural
 from popgate.stores import mailpath, nowait
 from popgate.stores.base import LockedMaildrop, LockingStore, take_flock
 from popgate.stores.durable import fsync_dir
+from popgate.stores.maildir_delivery import deliver_to_maildir, ensure_maildir
 from popgate.stores.sources import FileSource
 
 LOCK_FILE = "popgate-pop3.lock"
@@ -270,12 +273,6 @@ class SnapshotCache:
                 self._held -= len(old[1])
 
 
-def ensure_maildir(directory: str) -> None:
-    """Create an empty Maildir (mode 0700) where none exists yet."""
-    for sub in ("cur", "new", "tmp"):
-        os.makedirs(os.path.join(directory, sub), mode=0o700, exist_ok=True)
-
-
 def _find_moved(directory: str, entry: _Entry) -> str | None:
     """Where a message went after another agent renamed it (flags, new->cur)."""
     for subdir in ("cur", "new"):
@@ -292,7 +289,7 @@ def _find_moved(directory: str, entry: _Entry) -> str | None:
 class MaildirMaildrop(LockedMaildrop):
     """An opened, locked snapshot of one Maildir."""
 
-    def __init__(self, store: "MaildirStore", directory: str, lock_fd: int,
+    def __init__(self, store: MaildirStore, directory: str, lock_fd: int,
                  entries: list[_Entry]) -> None:
         super().__init__(store, directory, lock_fd)
         self._store = store
@@ -362,17 +359,19 @@ class MaildirMaildrop(LockedMaildrop):
         for path in touched:
             fsync_dir(path)
         if failed:
-            raise errors.TemporaryFailure(f"{failed} messages could not be removed")
+            raise errors.TemporaryFailure(f"{plural(failed, 'message')} could not be removed")
 
 
-@implementer(IMailStore)
+@implementer(IMailStore, IDeliveryTarget)
 class MaildirStore(LockingStore):
     """
     Users' Maildirs found by a template: C{%u} full user name, C{%n} local
-    part, C{%d} domain (C{/var/mail/%d/%n}).
+    part, C{%d} domain (C{/var/mail/%d/%n}).  Mail is delivered into them
+    (LMTP, C{popgate deliver}) in C{reactor}'s thread pool, as
+    L{popgate.stores.maildir_delivery} writes it.
     """
 
-    def __init__(self, template: str, reactor: Any = None, create: bool = True) -> None:
+    def __init__(self, template: str, reactor: Any, create: bool = True) -> None:
         super().__init__(reactor)
         self.template = mailpath.check_template(template)
         self.create = create
@@ -384,7 +383,7 @@ class MaildirStore(LockingStore):
         LDAP attribute, a SQL column; C{maildir:} prefix allowed), else the
         template expanded for C{user}.
         """
-        location = getattr(user, "mail_location", None)
+        location: str | None = getattr(user, "mail_location", None)  # an AvatarId's
         if location:
             if location.startswith("maildir:"):
                 location = location[len("maildir:"):]
@@ -392,6 +391,19 @@ class MaildirStore(LockingStore):
                 raise errors.PermanentFailure(f"mail location {location!r} is not an absolute path")
             return location
         return mailpath.expand(self.template, user)
+
+    # IDeliveryTarget
+
+    def deliver(self, user: str, message: bytes, sender: str | None = None) -> defer.Deferred[str]:
+        """Write C{message} durably into C{user}'s Maildir (in a thread);
+        fires with the new file's name."""
+        try:
+            directory = os.path.abspath(self.maildir_for(user))
+        except Exception:
+            return defer.fail()
+        return self.in_thread(deliver_to_maildir, directory, message)
+
+    # IMailStore
 
     def open_maildrop(self, avatar_id: str) -> defer.Deferred[MaildirMaildrop]:
         try:
@@ -454,11 +466,11 @@ class MaildirStore(LockingStore):
             raise
 
 
-def make_store(argstring: str) -> MaildirStore:
+def make_store(argstring: str, reactor: Any) -> MaildirStore:
     """
-    The C{maildir:TEMPLATE[,shared=yes]} store plugin.  A template without
-    C{%u}/C{%n} is refused unless C{shared=yes}: every user would read
-    everyone's mail.
+    The C{maildir:TEMPLATE[,shared=yes]} store plugin, on C{reactor}.  A
+    template without C{%u}/C{%n} is refused unless C{shared=yes}: every
+    user would read everyone's mail.
 
     @raise ValueError: with a one-line reason.
     """
@@ -467,4 +479,4 @@ def make_store(argstring: str) -> MaildirStore:
     template, shared = mailpath.pop_shared(argstring, "maildir")
     mailpath.check_template(template)
     mailpath.check_per_user(template, "maildir", shared)
-    return MaildirStore(template)
+    return MaildirStore(template, reactor)

@@ -7,6 +7,9 @@ mail and never shows a half-written message.
 File names follow the Maildir convention, C{time.M<usec>P<pid>Q<n>.host},
 with C{,S=} (octets on disk) and C{,W=} (octets on the POP3 wire, CRLF line
 ends) appended, so popgate's scanner never has to read the file to size it.
+
+Blocking functions only: L{popgate.stores.maildir.MaildirStore.deliver}
+runs them in the server's thread pool.
 """
 
 from __future__ import annotations
@@ -17,20 +20,19 @@ import os
 import socket
 import threading
 import time
-from typing import Any
-
-from twisted.internet import defer
-from twisted.internet.threads import deferToThreadPool
-from zope.interface import implementer
 
 from popgate import errors
-from popgate.interfaces import IDeliveryTarget
-from popgate.wire import wire_size
-from popgate.stores.maildir import ensure_maildir
 from popgate.stores.durable import fsync_dir, write_all
+from popgate.wire import wire_size
 
 _counter = itertools.count(1)
 _counter_lock = threading.Lock()
+
+
+def ensure_maildir(directory: str) -> None:
+    """Create an empty Maildir (mode 0700) where none exists yet."""
+    for sub in ("cur", "new", "tmp"):
+        os.makedirs(os.path.join(directory, sub), mode=0o700, exist_ok=True)
 
 
 def _host() -> str:
@@ -98,27 +100,3 @@ def deliver_to_maildir(directory: str, message: bytes) -> str:
         raise
     except OSError as e:
         raise errors.TemporaryFailure(f"cannot deliver to {directory}: {e}") from e
-
-
-@implementer(IDeliveryTarget)
-class MaildirDeliveryTarget:
-    """
-    L{IDeliveryTarget} for a L{popgate.stores.maildir.MaildirStore}: the
-    user's Maildir comes from the store's template, the writing happens in
-    the reactor's thread pool.
-    """
-
-    def __init__(self, store: Any, reactor: Any = None) -> None:
-        self.store = store
-        self._reactor = reactor
-
-    def deliver(self, user: str, message: bytes, sender: str | None = None) -> defer.Deferred[str]:
-        try:
-            directory = os.path.abspath(self.store.maildir_for(user))
-        except Exception:
-            return defer.fail()
-        reactor = self._reactor
-        if reactor is None:
-            from twisted.internet import reactor
-        return deferToThreadPool(reactor, reactor.getThreadPool(), deliver_to_maildir,
-                                 directory, message)

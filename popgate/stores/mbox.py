@@ -5,9 +5,10 @@ on Debian: C{--store mbox:/var/mail/%u}.
 Locking, like Dovecot and qpopper:
 
 - a POP3 session holds popgate's own lock for its whole length (the
-  sequence of L{popgate.stores.base}): the in-process lock and an C{flock} on C{<spool>.popgate-lock}
-  (or a file in C{lockdir=}), so a second session gets C{[IN-USE]} but the
-  MTA is never kept waiting by a session;
+  sequence of L{popgate.stores.base}): the in-process lock and an
+  C{flock} on C{<spool>.popgate-lock} (or a file in C{lockdir=}), so a
+  second session gets C{[IN-USE]} but the MTA is never kept waiting by a
+  session;
 - the MTA's locks (dotlock, then fcntl; see L{popgate.stores.mboxlock}) are
   taken only for a moment: while the snapshot is read at login, while a
   delivery appends, and while QUIT rewrites the spool.
@@ -48,10 +49,10 @@ from popgate.interfaces import IDeliveryTarget, IMaildrop, IMailStore
 from popgate.maildrop import MessageInfo
 from popgate.stores import mailpath, mboxfile, mboxlock
 from popgate.stores.base import LockedMaildrop, LockingStore, take_flock
+from popgate.stores.durable import fsync_dir, write_all
 from popgate.stores.mboxfile import MboxEntry, MessageReader, NotAnMbox
 from popgate.stores.mboxlock import LockSettings
 from popgate.stores.mboxuidl import DuplicateIds, assign_uids
-from popgate.stores.durable import fsync_dir, write_all
 
 log = Logger()
 
@@ -174,14 +175,16 @@ def rewrite_spool(spool: str, snapshot: Snapshot, deleted: set[int], locks: Lock
         try:
             mboxlock.lock_fcntl(fd, True, locks)
             st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) != (snapshot.dev, snapshot.ino) or st.st_size < snapshot.length:
+            if ((st.st_dev, st.st_ino) != (snapshot.dev, snapshot.ino)
+                    or st.st_size < snapshot.length):
                 raise errors.TemporaryFailure(f"{spool} was replaced since login; nothing deleted")
             tmp = rewrite_path(spool)
             try:
                 os.unlink(tmp)  # left over from a crash
             except FileNotFoundError:
                 pass
-            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          0o600)
             try:
                 _copy_kept(fd, out, snapshot, deleted)
                 _copy(fd, out, snapshot.length, st.st_size, None)  # appended since login
@@ -327,14 +330,15 @@ def _give_to(fd: int, user: str, directory: str) -> None:
 class MboxMaildrop(LockedMaildrop):
     """One session's snapshot of a spool, holding popgate's session lock."""
 
-    def __init__(self, store: "MboxStore", spool: str, opened: "_Opened") -> None:
+    def __init__(self, store: MboxStore, spool: str, opened: _Opened) -> None:
         super().__init__(store, spool, opened.lock_fd)
         self._store = store
         self.spool = spool
         self._snapshot = opened.snapshot
         self._uids = opened.uids
         self._duplicates = opened.duplicates
-        self._infos = [MessageInfo(uid, e.size) for uid, e in zip(opened.uids, opened.snapshot.entries, strict=True)]
+        self._infos = [MessageInfo(uid, e.size)
+                       for uid, e in zip(opened.uids, opened.snapshot.entries, strict=True)]
 
     def list_messages(self) -> list[MessageInfo]:
         return self._infos
@@ -369,7 +373,7 @@ class _Opened:
 class MboxStore(LockingStore):
     """Spools found by a template: C{/var/mail/%u}, C{/var/mail/%d/%n}."""
 
-    def __init__(self, settings: MboxSettings, reactor: Any = None) -> None:
+    def __init__(self, settings: MboxSettings, reactor: Any) -> None:
         super().__init__(reactor)
         mailpath.check_template(settings.template)
         self.settings = settings
@@ -476,10 +480,11 @@ def parse_argstring(argstring: str) -> MboxSettings:
     return MboxSettings(template, lockdir, LockSettings(**locks), xuidl)
 
 
-def make_store(argstring: str) -> MboxStore:
-    """The C{mbox:TEMPLATE[,options][,shared=yes]} store plugin; a template
-    without C{%u}/C{%n} needs C{shared=yes} (L{mailpath.check_per_user})."""
+def make_store(argstring: str, reactor: Any) -> MboxStore:
+    """The C{mbox:TEMPLATE[,options][,shared=yes]} store plugin, on
+    C{reactor}; a template without C{%u}/C{%n} needs C{shared=yes}
+    (L{mailpath.check_per_user})."""
     argstring, shared = mailpath.pop_shared(argstring, "mbox")
     settings = parse_argstring(argstring)
     mailpath.check_per_user(settings.template, "mbox", shared)
-    return MboxStore(settings)
+    return MboxStore(settings, reactor)

@@ -26,8 +26,8 @@ import hashlib
 import os
 import re
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from zope.interface import implementer
 
@@ -39,6 +39,8 @@ from popgate.wire import WireSizer
 CHUNK = 1 << 16
 _QUOTED = re.compile(rb">+From ")
 _NOT_GT = re.compile(rb"[^>]")
+_QUOTED_AFTER_LF = re.compile(rb"\n>(>*From )")  # (not "^" with MULTILINE: ten times slower)
+_MAY_BECOME_QUOTED = re.compile(rb">+(?:F(?:r(?:o(?:m)?)?)?)?")
 _TO_QUOTE = re.compile(rb"^(>*From )", re.MULTILINE)
 _SENDER_UNSAFE = re.compile(r"[\s\x00-\x1f\x7f]")
 
@@ -143,6 +145,48 @@ def unquote(piece: bytes, at_line_start: bool) -> bytes:
     return piece
 
 
+class Unquoter:
+    """
+    L{unquote} for a message fed in chunks of any size, one regular
+    expression pass per chunk instead of a Python step per line (RETR of a
+    large message: the per-line way costs ten times the CPU of the rest of
+    the send).  Only a last line that may still turn out to be a quoted
+    C{From } line (a run of C{>}, perhaps with the start of C{From}) is
+    held back for the next chunk.
+    """
+
+    def __init__(self) -> None:
+        self._held = b""  # starts a line
+        self._at_line_start = True
+
+    def feed(self, data: bytes) -> bytes:
+        at_start = self._at_line_start
+        if self._held:
+            if self._held.endswith(b">") and _NOT_GT.search(data) is None:
+                self._held += data  # the run of ">" goes on: no rescan
+                return b""
+            data, self._held, at_start = self._held + data, b"", True
+        # The last line, if it starts in this chunk, may not be decided yet.
+        tail = data.rfind(b"\n") + 1
+        if (tail or at_start) and tail < len(data) and _MAY_BECOME_QUOTED.fullmatch(data, tail):
+            self._held, data = data[tail:], data[:tail]
+            self._at_line_start = True
+        else:
+            self._at_line_start = tail == len(data)
+        # (memchr for ">" first: most chunks have none.  A chunk is copied
+        # only if it has a quoted line.)
+        if b">" in data:
+            if at_start and data[:1] == b">" and _QUOTED.match(data):
+                data = data[1:]
+            data = _QUOTED_AFTER_LF.sub(rb"\n\1", data)
+        return data
+
+    def finish(self) -> bytes:
+        """What was held back, at the end of the message."""
+        held, self._held = self._held, b""
+        return held
+
+
 def _is_blank(piece: bytes, at_line_start: bool) -> bool:
     return at_line_start and piece in (b"\n", b"\r\n")
 
@@ -185,7 +229,7 @@ class _Builder:
                          self.sizer.size, self.digest.hexdigest(), self.xuidl)
 
 
-def parse(fd: int, length: int, digest: "hashlib._Hash | None" = None) -> list[MboxEntry]:
+def parse(fd: int, length: int, digest: hashlib._Hash | None = None) -> list[MboxEntry]:
     """
     The messages in the first C{length} octets of the spool open on C{fd}.
 
@@ -277,26 +321,27 @@ class MessageReader:
         self._fd = os.dup(fd)
         self._pos = entry.body_start
         self._end = entry.body_end
-        self._splitter = LineSplitter(entry.body_start)
-        self._buffer = b""
+        self._unquoter = Unquoter()
+        self._buffer = b""  # un-quoted, not returned yet
         self._done = False
 
     def _fill(self, size: int, pread: Callable[[int, int, int], bytes | None]) -> None:
-        """Read until C{size} octets are buffered, the message ends, or
-        C{pread} says it would wait (returns C{None})."""
-        while not self._done and (size < 0 or len(self._buffer) < size):
-            data = pread(self._fd, min(CHUNK, self._end - self._pos), self._pos) \
-                if self._pos < self._end else b""
+        """Read (C{size} octets at a time, at least L{CHUNK}) until some
+        octets are buffered, the message ends, or C{pread} says it would
+        wait (returns C{None})."""
+        while not self._buffer and not self._done:
+            if self._pos >= self._end:
+                self._done = True
+                self._buffer = self._unquoter.finish()
+                return
+            data = pread(self._fd, min(max(size, CHUNK), self._end - self._pos), self._pos)
             if data is None:
                 return
-            if data:
-                self._pos += len(data)
-                found = self._splitter.feed(data)
-            else:
-                self._done = True
-                found = self._splitter.finish()
-            if found:
-                self._buffer += b"".join(unquote(piece, at_start) for _, piece, at_start in found)
+            if not data:
+                self._end = self._pos  # the spool is shorter than it was: end here
+                continue
+            self._pos += len(data)
+            self._buffer = self._unquoter.feed(data)
 
     def _take(self, size: int) -> bytes:
         if size < 0 or size >= len(self._buffer):
@@ -308,6 +353,11 @@ class MessageReader:
     def read(self, size: int = -1) -> bytes:
         if self._fd < 0:
             raise ValueError("read from a closed message")
+        if size < 0:
+            parts = []
+            while chunk := self.read(1 << 20):
+                parts.append(chunk)
+            return b"".join(parts)
         self._fill(size, os.pread)
         return self._take(size)
 
@@ -324,7 +374,7 @@ class MessageReader:
             fd, self._fd = self._fd, -1
             os.close(fd)
 
-    def __enter__(self) -> "MessageReader":
+    def __enter__(self) -> MessageReader:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -32,9 +32,9 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 from twisted.logger import Logger
 
@@ -43,7 +43,7 @@ from popgate.stores.durable import write_all
 
 log = Logger()
 
-_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", None)
+_OFD_SETLK: int | None = getattr(fcntl, "F_OFD_SETLK", None)
 # struct flock on 64-bit Linux: short l_type, short l_whence, off_t l_start,
 # off_t l_len, pid_t l_pid (l_pid must be 0 for OFD locks), padded to 32.
 _FLOCK = "hhqqi4x"
@@ -273,8 +273,10 @@ def owner_state(owner: LockOwner, mtime: float, host: Host) -> tuple[Owner, str]
         if owner.start != started:
             return Owner.DEAD, f"its owner is gone: process {owner.pid} is another process now"
         return Owner.ALIVE, f"process {owner.pid} is running"
-    if host.booted_at is not None and host.booted_at + started / host.clock_ticks > mtime + _REUSE_SLACK:
-        return Owner.DEAD, f"its owner is gone: process {owner.pid} started after the lock was taken"
+    if (host.booted_at is not None
+            and host.booted_at + started / host.clock_ticks > mtime + _REUSE_SLACK):
+        return Owner.DEAD, (f"its owner is gone: process {owner.pid} started after the lock "
+                            "was taken")
     return Owner.ALIVE, f"process {owner.pid} is running"
 
 
@@ -358,7 +360,8 @@ def acquire_dotlock(spool: str, settings: LockSettings) -> Dotlock | None:
         except OSError as e:
             hint = (" (popgate needs write access to the spool directory, e.g. group mail "
                     "on /var/mail)" if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else "")
-            raise errors.TemporaryFailure(f"cannot create the dotlock {path}: {e.strerror}{hint}") from e
+            raise errors.TemporaryFailure(
+                f"cannot create the dotlock {path}: {e.strerror}{hint}") from e
         if _stale_at(path, settings, host) is not None:
             try:
                 why = _break(path, settings, host)
@@ -503,7 +506,7 @@ def release_dotlock(lock: Dotlock | None) -> None:
 
 
 def _set_lock(fd: int, kind: int, wait: bool) -> None:
-    if _USE_OFD:
+    if _USE_OFD and _OFD_SETLK is not None:  # (the first implies the second)
         cmd = _OFD_SETLK
         fcntl.fcntl(fd, cmd, struct.pack(_FLOCK, kind, os.SEEK_SET, 0, 0, 0))
     else:  # pragma: no cover - not Linux

@@ -6,7 +6,7 @@ store.  Contents are lost when the process ends.
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable
+from collections.abc import Iterable
 
 from twisted.internet import defer
 from zope.interface import implementer
@@ -14,9 +14,9 @@ from zope.interface import implementer
 from popgate import errors
 from popgate.interfaces import IDeliveryTarget, IMaildrop, IMailStore
 from popgate.maildrop import MessageInfo
-from popgate.wire import wire_size
 from popgate.stores.base import SessionLocks
 from popgate.stores.sources import BytesSource
+from popgate.wire import wire_size
 
 
 class _StoredMessage:
@@ -55,7 +55,7 @@ class MemoryStore:
         self.add_message(user, message)
         return defer.succeed(None)
 
-    def open_maildrop(self, avatar_id: str) -> "MemoryMaildrop":
+    def open_maildrop(self, avatar_id: str) -> MemoryMaildrop:
         self._locks.acquire(avatar_id)
         return MemoryMaildrop(self, avatar_id, list(self._boxes.get(avatar_id, [])))
 
@@ -98,7 +98,10 @@ class MemoryMaildrop:
 
 
 def make_store(argstring: str) -> MemoryStore:
-    """The C{memory:} store plugin: an empty in-memory store."""
+    """The C{memory:} store plugin: an empty in-memory store.  It needs
+    no reactor (no threads, no timers), so it takes none: the registry
+    calls a maker with the argument string alone when that is all it
+    takes."""
     if argstring:
         raise ValueError("memory: takes no arguments")
     return MemoryStore()

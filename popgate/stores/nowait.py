@@ -40,7 +40,7 @@ class _OpenHow(ctypes.Structure):
                 ("resolve", ctypes.c_uint64)]
 
 
-def _load_syscall() -> "ctypes._NamedFuncPointer | None":
+def _load_syscall() -> ctypes._NamedFuncPointer | None:
     if sys.platform != "linux" or _SYS_OPENAT2 is None:
         return None
     try:
@@ -64,12 +64,12 @@ def open_cached(path: str, flags: int) -> int | None:
     @raise OSError: as C{os.open} would (C{FileNotFoundError}...).
     """
     global _syscall
-    if _syscall is None:
+    if _syscall is None or _SYS_OPENAT2 is None:  # (the first implies the second)
         return None
     how = _hows.get(flags)
     if how is None:
         how = _hows[flags] = _OpenHow(flags, 0, _RESOLVE_CACHED)
-    fd = _syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(_AT_FDCWD), os.fsencode(path),
+    fd: int = _syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(_AT_FDCWD), os.fsencode(path),
                   ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
     if fd >= 0:
         return fd

@@ -10,6 +10,7 @@ from typing import Any
 from twisted.plugin import getPlugins
 
 from popgate.interfaces import IMailStoreFactory
+from popgate.plugin_support import call_maker
 
 
 def store_factories() -> dict[str, Any]:
@@ -19,9 +20,11 @@ def store_factories() -> dict[str, Any]:
     return {f.storeType: f for f in getPlugins(IMailStoreFactory, plugins)}
 
 
-def make_store(description: str) -> Any:
+def make_store(description: str, reactor: Any) -> Any:
     """
-    Build the store that C{description} (C{maildir:/var/mail/%d/%n}) names.
+    Build the store that C{description} (C{maildir:/var/mail/%d/%n}) names,
+    running on C{reactor} (handed to the plugin's C{makeStore} when it
+    takes one; see L{IMailStoreFactory.makeStore}).
 
     @raise ValueError: with a one-line reason.
     """
@@ -31,7 +34,7 @@ def make_store(description: str) -> Any:
     if factory is None:
         known = ", ".join(sorted(factories)) or "none"
         raise ValueError(f"unknown store type {store_type!r} (known: {known})")
-    return factory.makeStore(argstring)
+    return call_maker(factory.makeStore, argstring, reactor)
 
 
 def describe_store_factories() -> str:

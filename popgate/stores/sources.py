@@ -70,7 +70,7 @@ class FileSource:
             fd, self._fd = self._fd, -1
             os.close(fd)
 
-    def __enter__(self) -> "FileSource":
+    def __enter__(self) -> FileSource:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.task import deferLater
@@ -37,6 +38,7 @@ from zope.interface import implementer
 from popgate import errors, wire
 from popgate.interfaces import ILoadingMaildrop, IMessageSource
 from popgate.maildrop import MessageInfo, is_valid_uid
+from popgate.plural import plural
 
 # Hand the reactor back after this many in-memory messages while loading.
 _YIELD_EVERY = 64
@@ -90,7 +92,7 @@ class BinaryReader:
         if close is not None:
             close()
 
-    def __enter__(self) -> "BinaryReader":
+    def __enter__(self) -> BinaryReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -122,15 +124,15 @@ def _unique(uid: bytes, seen: set[bytes]) -> bytes:
 @implementer(ILoadingMaildrop)
 class MailboxMaildrop:
     """
-    Wraps one Twisted C{IMailbox}.  Registered as the adapter from
-    C{IMailbox} to L{IMaildrop}; the realm calls L{load} before the session
-    sees it.
+    Wraps one Twisted C{IMailbox}: the adapter from C{IMailbox} to
+    L{IMaildrop} (L{popgate.stores.adapters.as_maildrop}); the realm calls
+    L{load} before the session sees it.
 
-    @param reactor: for the thread pool that measures real files; the
-        global reactor when omitted (an adapter gets one argument).
+    @param reactor: its thread pool measures real files, its clock paces
+        the load of a big mailbox.
     """
 
-    def __init__(self, mailbox: Any, reactor: Any = None) -> None:
+    def __init__(self, mailbox: Any, reactor: Any) -> None:
         self.mailbox = mailbox
         self._reactor = reactor
         self._indexes: list[int] = []
@@ -138,13 +140,6 @@ class MailboxMaildrop:
         self._infos: list[MessageInfo] = []
         self._loaded = False
         self._closed = False
-
-    def _get_reactor(self) -> Any:
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            self._reactor = reactor
-        return self._reactor
 
     # -- ILoadingMaildrop
 
@@ -161,18 +156,19 @@ class MailboxMaildrop:
             if not listed:
                 continue  # Twisted lists deleted messages with size 0
             raw = uid_bytes(await defer.maybeDeferred(mailbox.getUidl, i))
-            size = await self._measure(BinaryReader(await defer.maybeDeferred(mailbox.getMessage, i)))
+            message = await defer.maybeDeferred(mailbox.getMessage, i)
+            size = await self._measure(BinaryReader(message))
             self._indexes.append(i)
             self._raw_uids.append(raw)
             self._infos.append(MessageInfo(_unique(raw, seen), size))
             if len(self._indexes) % _YIELD_EVERY == 0:
-                await deferLater(self._get_reactor(), 0, lambda: None)
+                await deferLater(self._reactor, 0, lambda: None)
         self._loaded = True
 
     def _measure(self, reader: BinaryReader) -> defer.Deferred[int]:
         if not reader.blocking:
             return defer.maybeDeferred(measure, reader)
-        reactor = self._get_reactor()
+        reactor = self._reactor
         return deferToThreadPool(reactor, reactor.getThreadPool(), measure, reader)
 
     # -- IMaildrop
@@ -211,7 +207,9 @@ class MailboxMaildrop:
                 failed += 1
         await defer.maybeDeferred(mailbox.sync)
         if failed:
-            raise errors.TemporaryFailure(f"{failed} of {len(deleted)} messages were not deleted")
+            raise errors.TemporaryFailure(
+                f"{failed} of {plural(len(deleted), 'message')} "
+                f"{'was' if failed == 1 else 'were'} not deleted")
 
     def close(self) -> None:
         # Nothing to undo: the mailbox only hears of deletions at QUIT.

@@ -17,8 +17,9 @@ process (L{POP3TestServer}) or with no sockets and no threads at all
     session = MemoryPOP3Server(users={"alice": "pw"}).connect()
     assert session.send(b"USER alice\\r\\n") == b"+OK\\r\\n"
 
-With pytest, the C{pop3_server} fixture (L{popgate.testing.pytest_plugin})
-gives one socket server per test.
+With pytest, the C{pop3_server} and C{pop3_memory_server} fixtures
+(L{popgate.testing.pytest_plugin}) give one server per test, on a socket
+or in memory.
 """
 
 from popgate.testing.faults import LOGIN_ERRORS, Faults, InjectedFault

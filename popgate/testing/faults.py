@@ -7,8 +7,9 @@ and TOP.  Packet splitting and slow replies are in L{popgate.testing.shaping}.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
-from typing import Any, Iterable
+from typing import Any
 
 from twisted.internet import defer
 from zope.interface import implementer
@@ -148,25 +149,28 @@ class FaultyMaildrop:
 
 @implementer(IMailStore)
 class FaultyStore:
-    """Wraps a mail store: login errors, and maildrops that drop messages."""
+    """Wraps a mail store: login errors, and maildrops that drop messages.
+    C{reactor} is the server's, for the adapters L{ready_maildrop} uses."""
 
-    def __init__(self, store: Any, faults: Faults) -> None:
+    def __init__(self, store: Any, faults: Faults, reactor: Any) -> None:
         self.store = store
         self.faults = faults
+        self.reactor = reactor
 
     def open_maildrop(self, avatar_id: str) -> defer.Deferred[FaultyMaildrop]:
         error = self.faults.take_login_error()
         if error is not None:
             return defer.fail(error(f"injected fault at login of {avatar_id}"))
         d = defer.maybeDeferred(self.store.open_maildrop, avatar_id)
-        d.addCallback(lambda opened: defer.Deferred.fromCoroutine(ready_maildrop(opened)))
+        d.addCallback(lambda opened: defer.Deferred.fromCoroutine(
+            ready_maildrop(opened, self.reactor)))
         return d.addCallback(FaultyMaildrop, self.faults)
 
 
 class FaultyProtocol(POP3ServerProtocol):
     """popgate's protocol, minus UIDL and TOP when the faults say so."""
 
-    factory: "FaultyFactory"
+    factory: FaultyFactory
 
     def capabilities(self) -> list[bytes]:
         caps = super().capabilities()

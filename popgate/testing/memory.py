@@ -9,11 +9,14 @@ session's idle and login timeouts come only when the test moves time on.
     server = MemoryPOP3Server(users={"alice": "pw"}, mailboxes={"alice": [b"..."]})
     session = server.connect()
     session.send(b"USER alice\\r\\nPASS pw\\r\\n")   # -> b"+OK\\r\\n+OK Logged in.\\r\\n"
+
+With pytest it is the C{pop3_memory_server} fixture.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -55,7 +58,7 @@ class MemorySession:
     @ivar clock: the server's clock.
     """
 
-    def __init__(self, server: "MemoryPOP3Server", peer: Any) -> None:
+    def __init__(self, server: MemoryPOP3Server, peer: Any) -> None:
         self.clock = server.clock
         self._transport = _RecordingTransport(peer)
         self._protocol = server._connections.buildProtocol(peer)
@@ -94,7 +97,7 @@ class MemorySession:
         """Run the clock as far as the replies need; what was written since
         the last C{send} or C{take}."""
         self._settle()
-        out = self._transport.value()
+        out: bytes = self._transport.value()
         self._transport.clear()
         return out
 
@@ -184,7 +187,7 @@ class MemoryPOP3Server(TestSite):
             session.close()
         self._sessions = []
 
-    def __enter__(self) -> "MemoryPOP3Server":
+    def __enter__(self) -> MemoryPOP3Server:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,8 +1,10 @@
 """
 The pytest plugin of L{popgate.testing} (the C{pytest11} entry point
-C{popgate}): a C{pop3_server} fixture, one fresh server per test.
+C{popgate.testing.pytest_plugin}): one fresh server per test, on a loopback port
+(C{pop3_server}, a L{POP3TestServer}) or in memory (C{pop3_memory_server},
+a L{MemoryPOP3Server}: no sockets, no threads, time on a fake clock).
 
-Override C{pop3_server_config} to give it users, mailboxes or faults:
+Override C{pop3_server_config} to give either users, mailboxes or faults:
 
     @pytest.fixture
     def pop3_server_config():
@@ -15,14 +17,16 @@ they install).
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 
 @pytest.fixture
 def pop3_server_config() -> dict[str, Any]:
-    """Keyword arguments for L{popgate.testing.POP3TestServer}."""
+    """Keyword arguments for L{popgate.testing.POP3TestServer} and
+    L{popgate.testing.MemoryPOP3Server}."""
     return {}
 
 
@@ -32,4 +36,13 @@ def pop3_server(pop3_server_config: dict[str, Any]) -> Iterator[Any]:
     from popgate.testing import POP3TestServer
 
     with POP3TestServer(**pop3_server_config) as server:
+        yield server
+
+
+@pytest.fixture
+def pop3_memory_server(pop3_server_config: dict[str, Any]) -> Iterator[Any]:
+    """A L{popgate.testing.MemoryPOP3Server}; its sessions dropped after the test."""
+    from popgate.testing import MemoryPOP3Server
+
+    with MemoryPOP3Server(**pop3_server_config) as server:
         yield server

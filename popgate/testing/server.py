@@ -5,7 +5,8 @@ testing POP3 clients.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from popgate.pop3.settings import SessionSettings
 from popgate.testing import reactor_thread
@@ -51,7 +52,7 @@ class POP3TestServer(TestSite):
 
     # -- life cycle
 
-    def start(self) -> "POP3TestServer":
+    def start(self) -> POP3TestServer:
         """Listen; C{port} is then the real port number."""
         if self._listening is None:
             reactor_thread.run(self._start, reactor_thread.start_reactor())
@@ -74,7 +75,7 @@ class POP3TestServer(TestSite):
         assert self._connections is not None
         await self._connections.close_all()
 
-    def __enter__(self) -> "POP3TestServer":
+    def __enter__(self) -> POP3TestServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -19,6 +19,8 @@ from collections import deque
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import ITransport
+from twisted.internet.protocol import connectionDone
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 
@@ -46,7 +48,9 @@ class ShapingProtocol(ProtocolWrapper):
     part of the reply that was sent before the drop.
     """
 
-    factory: "ShapingFactory"
+    factory: ShapingFactory
+    # Set by makeConnection, before anything here runs.
+    transport: ITransport
 
     def connectionMade(self) -> None:
         faults = self.factory.faults
@@ -157,7 +161,7 @@ class ShapingProtocol(ProtocolWrapper):
         elif not self._queue:
             producer.resumeProducing()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if getattr(self, "_shaped", False):
             self._lost = True
             self._queue.clear()

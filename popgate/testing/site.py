@@ -6,7 +6,8 @@ loopback port; L{MemoryPOP3Server} connects it to in-memory transports.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
@@ -64,7 +65,8 @@ class TestSite:
         self._checker = InMemoryUsernamePasswordDatabaseDontUse()
         for name, password in (users or {}).items():
             self._checker.addUser(_bytes(name), _bytes(password))
-        self._initial = {_text(user): list(messages) for user, messages in (mailboxes or {}).items()}
+        self._initial = {_text(user): list(messages)
+                         for user, messages in (mailboxes or {}).items()}
 
     def _serving(self, clock: Any) -> ShapingFactory:
         """The initial mail stored; the factory of connections, on C{clock}."""
@@ -72,7 +74,8 @@ class TestSite:
             for message in messages:
                 self.store.add_message(user, message)
         self._initial = {}
-        portal = Portal(MaildropRealm(FaultyStore(self.store, self.faults)), [self._checker])
+        store = FaultyStore(self.store, self.faults, clock)
+        portal = Portal(MaildropRealm(store, clock), [self._checker])
         pop3 = FaultyFactory(portal, self.settings, clock, self.faults)
         return ShapingFactory(pop3, self.faults, clock, self._seed)
 
@@ -89,11 +92,13 @@ class TestSite:
     def add_message(self, user: str | bytes, message: bytes) -> bytes:
         """Deliver C{message} to C{user}; return its UIDL.  A session that
         is open sees it at its next login, as with a real mailbox."""
-        return self._on_store("add_message", _text(user), message)
+        uid: bytes = self._on_store("add_message", _text(user), message)
+        return uid
 
     def messages(self, user: str | bytes) -> list[bytes]:
         """The messages C{user} has now: what is left after the QUITs."""
-        return self._on_store("messages", _text(user))
+        messages: list[bytes] = self._on_store("messages", _text(user))
+        return messages
 
     def _on_store(self, name: str, *args: Any) -> Any:
         if not isinstance(self.store, MemoryStore):

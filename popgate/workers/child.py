@@ -2,20 +2,28 @@
 One of the C{--workers} processes: popgate's server, without a pool of its
 own, started the way twistd starts one, and gone when its parent is.
 
-Run as C{python -m popgate.workers.child ARGS} by L{popgate.workers.pool}.
+Run as C{python -m popgate.workers.child --log-form=FORM ARGS} by
+L{popgate.workers.pool}: ARGS is the first process's command line, FORM
+how it takes this worker's log lines (L{popgate.workers.log_relay}),
+written to standard output, a pipe to it.  Standard input is the other
+pipe: the parent's SIGHUPs come that way, and its end is the parent's.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import IO, Any, cast
 
-from twisted.internet import protocol, stdio
-from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+from twisted.internet import process, protocol
+from twisted.logger import Logger, globalLogBeginner
 
 from popgate.build import build_server
-from popgate.tap import Options
-from popgate.workers.pool import HANGUP_LINE
+from popgate.logs import worker_log
+from popgate.reload import install as install_reload
+from popgate.tap import Options, parse_config
+from popgate.workers.log_relay import PipeWriter
+from popgate.workers.pool import HANGUP_LINE, LOG_FORM_OPTION
 
 log = Logger()
 
@@ -43,13 +51,53 @@ class ParentWatcher(protocol.Protocol):
             self.reactor.stop()
 
 
+class _Stdin:
+    """What reads standard input reports to (as to a process): the data
+    and the end, for a L{ParentWatcher}."""
+
+    def __init__(self, watcher: ParentWatcher) -> None:
+        self.watcher = watcher
+
+    def childDataReceived(self, name: str, data: bytes) -> None:
+        self.watcher.dataReceived(data)
+
+    def childConnectionLost(self, name: str, reason: Any) -> None:
+        self.watcher.connectionLost(reason)
+
+
+def watch_parent(watcher: ParentWatcher, reactor: Any, fd: int = 0) -> Any:
+    """
+    Read C{fd} (standard input) for C{watcher}.  Not C{StandardIO}: it
+    would make standard output, the log's pipe, non-blocking, and a log
+    line would fail when the pipe is full instead of waiting.
+    """
+    return process.ProcessReader(reactor, _Stdin(watcher), "stdin", fd)
+
+
+def split_log_form(argv: Sequence[str]) -> tuple[str, list[str]]:
+    """The log form (C{lines} without C{--log-form=}) and the rest."""
+    args = list(argv)
+    if args and args[0].startswith(LOG_FORM_OPTION):
+        return args[0][len(LOG_FORM_OPTION):], args[1:]
+    return "lines", args
+
+
 def worker_main(argv: Sequence[str], reactor: Any) -> None:
-    """Run one worker on C{reactor} with the parent's command line."""
+    """Run one worker on C{reactor} with the parent's command line (after
+    C{--log-form=FORM})."""
+    form, argv = split_log_form(argv)
     options = Options()
     options.parseOptions([*argv, "--worker"])
-    server = build_server(options.config, reactor)
-    stdio.StandardIO(ParentWatcher(reactor, server.hangup.hangup), reactor=reactor)
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
+    config = options.config
+    server = build_server(config, reactor)
+    install_reload(server, parse_config, reactor)
+    watch_parent(ParentWatcher(reactor, server.hangup.hangup), reactor)
+    # In the parent's format, at its level, marked with this worker's
+    # number, for the parent to write where it writes its own lines.
+    out = cast(IO[str], PipeWriter(1))  # write and flush: all a log observer calls
+    server.log_observer = worker_log(form, out, config.log_format, config.log_level,
+                                     config.worker_number)
+    globalLogBeginner.beginLoggingTo([server.log_observer])
     server.privilegedStartService()
     server.startService()
     reactor.addSystemEventTrigger("before", "shutdown", server.stopService)

@@ -5,7 +5,8 @@ Listening on a TCP port that several processes share (C{SO_REUSEPORT}).
 from __future__ import annotations
 
 import socket
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.application import service
 from twisted.python import usage
@@ -42,7 +43,8 @@ def parse_tcp_endpoint(description: str) -> tuple[socket.AddressFamily, str, int
             else:
                 raise ValueError(part)
         except ValueError:
-            raise usage.UsageError(f"cannot share endpoint {description!r} between workers")
+            raise usage.UsageError(
+                f"cannot share endpoint {description!r} between workers") from None
     if port is None:
         raise usage.UsageError(f"endpoint {description!r} has no port")
     return family, interface, port, backlog

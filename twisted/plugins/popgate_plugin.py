@@ -37,6 +37,7 @@ ldap = LazyCheckerFactory(
     "entry found.",
     "ldap:url=ldap://host/,base=dc=example,dc=org[,filter=...][,binddn=...,bindpw=...]",
     [IUsernamePassword],
+    arguments="popgate.cred.ldap_settings.ARGS",
 )
 
 sql = LazyCheckerFactory(
@@ -46,6 +47,7 @@ sql = LazyCheckerFactory(
     "password hash.",
     "sql:dsn=postgresql://host/db[,query=SELECT password FROM users WHERE userid = %(user)s]",
     [IUsernamePassword, IUsernameHashedPassword],
+    arguments="popgate.cred.sql_settings.ARGS",
 )
 
 maildir = LazyStoreFactory(

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.cred.credentials import UsernamePassword
+from twisted.cred.credentials import IUsernameHashedPassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 
 from popgate.cred import schemes, timing
@@ -28,6 +28,7 @@ from popgate.cred.sql_settings import connect_args, redact
 from popgate.cred.userinfo import UserInfo
 from popgate.errors import TemporaryFailure
 from popgate.pop3.apop import APOPCredentials
+from tests.helpers import connect, make_portal
 from tests.reactor_thread import run, start_reactor
 from tests.services import need
 
@@ -389,6 +390,34 @@ def test_make_checker_from_argstring(sqlite_backend: Backend) -> None:
     sqlite_backend.checkers.append(checker)
     assert login(checker, "dave", "dave-pw") == "dave"
     assert run(checker.lookup_user, "alice") == UserInfo("alice", "/var/mail/alice")
+
+
+@pytest.mark.parametrize("extra, challenge", [
+    ("", False),                      # hashed or unknown: APOP/CRAM-MD5 would always fail
+    (",scheme=SHA256", False),
+    (",scheme=PLAIN", True),
+    (",scheme=cleartext", True),
+    (",scheme=PLAIN,challenge=no", False),
+    (",challenge=yes", True),
+])
+def test_challenge_mechanisms_are_offered_only_when_they_can_succeed(
+        sqlite_backend: Backend, extra: str, challenge: bool) -> None:
+    checker = make_checker(f"dsn={sqlite_backend.dsn}{extra}")
+    sqlite_backend.checkers.append(checker)
+    assert (IUsernameHashedPassword in checker.credentialInterfaces) is challenge
+    # What the server announces follows: APOP in the greeting, CRAM-MD5 in SASL.
+    portal, _ = make_portal(checker=checker)
+    session = connect(portal)
+    greeting = session.take()
+    assert (b"<" in greeting) is challenge
+    capa = session.send(b"CAPA\r\n")
+    sasl = b"".join(line for line in capa.split(b"\r\n") if line.startswith(b"SASL"))
+    assert (b"CRAM-MD5" in sasl) is challenge
+
+
+def test_challenge_must_be_yes_or_no() -> None:
+    with pytest.raises(ValueError, match="challenge= must be yes or no"):
+        parse_args("dsn=sqlite:///x,challenge=maybe")
 
 
 # -- argument parsing (no database) --------------------------------------------

@@ -47,7 +47,9 @@ __all__ = [
 DUMMY_HASH = "$2y$10$H3xlqqGXEOBE/OG/Z.u6JukO2F6iS4hYmTKaCG6wcOCMzjIiVo1tO"
 
 _BCRYPT_MAX_BYTES = 72
-_PLAIN_NAMES = frozenset({"PLAIN", "CLEAR", "CLEARTEXT"})
+#: The schemes that keep the password in clear (what APOP and CRAM-MD5 need).
+PLAIN_NAMES = frozenset({"PLAIN", "CLEAR", "CLEARTEXT"})
+_PLAIN_NAMES = PLAIN_NAMES
 
 
 class UnknownScheme(ValueError):

@@ -78,8 +78,11 @@ class SQLChecker:
     column named C{user} is the user's stored name (not counted in the
     positions above).
 
-    APOP (L{IUsernameHashedPassword}) only succeeds for C{{PLAIN}} /
-    C{{CLEARTEXT}} passwords: it needs the secret itself.
+    APOP and CRAM-MD5 (L{IUsernameHashedPassword}) only succeed for
+    C{{PLAIN}} / C{{CLEARTEXT}} passwords: they need the secret itself.  So
+    the checker offers them (its C{credentialInterfaces}, which decide what
+    the server announces) only with C{challenge}, by default only when
+    C{default_scheme} is a clear-text one.
 
     @param dsn: C{sqlite:///path}, C{postgresql://user@host:port/db} or
         C{mysql://user:pw@host:port/db}.
@@ -89,7 +92,7 @@ class SQLChecker:
     @raise ValueError: with a one-line reason for a bad configuration.
     """
 
-    credentialInterfaces = (IUsernamePassword, IUsernameHashedPassword)
+    credentialInterfaces: tuple[Any, ...] = (IUsernamePassword,)
     log = Logger()
 
     def __init__(
@@ -100,6 +103,7 @@ class SQLChecker:
         *,
         reactor: Any,
         default_scheme: str | None = None,
+        challenge: bool | None = None,
         pool_min: int = 1,
         pool_max: int = 4,
         timeout: float = DEFAULT_TIMEOUT,
@@ -118,6 +122,10 @@ class SQLChecker:
                 raise ARGS.error(f"unknown scheme= {default_scheme[:40]!r}") from None
         self.dsn = dsn
         self.default_scheme = default_scheme
+        if challenge is None:
+            challenge = (default_scheme or "").upper() in schemes.PLAIN_NAMES
+        if challenge:
+            self.credentialInterfaces = (IUsernamePassword, IUsernameHashedPassword)
         self.timeout = timeout
         self._kind = driver.kind
         self._reactor = reactor

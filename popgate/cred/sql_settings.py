@@ -31,6 +31,11 @@ ARGS = ArgSpec(
                       "mail location (default: query).",
         "scheme": "The scheme of a stored password with no {SCHEME} prefix and no $id$, "
                   "e.g. SHA256 (default: none: such passwords are refused).",
+        "challenge": "yes or no: offer APOP and CRAM-MD5 for these users. They prove the "
+                     "password without sending it, so they need it stored in clear "
+                     "({PLAIN} or {CLEARTEXT}); with hashed passwords every such login "
+                     "fails, and clients that try them first (fetchmail) fail each poll "
+                     "(default: yes when scheme=PLAIN or CLEARTEXT, else no).",
         "pool_min": "Connections kept open (default: 1).",
         "pool_max": "Connections at most (default: 4).",
         "timeout": f"Seconds for connecting and for each query (default: {DEFAULT_TIMEOUT:g}).",
@@ -66,7 +71,7 @@ _SCHEME_ALIASES = {
 
 def parse_args(argstring: str) -> dict[str, Any]:
     """
-    Parse C{dsn=...[,query=...][,user_query=...][,scheme=...][,pool_min=1]
+    Parse C{dsn=...[,query=...][,user_query=...][,scheme=...][,challenge=no][,pool_min=1]
     [,pool_max=4][,timeout=5]} into L{popgate.cred.sql.SQLChecker} keyword
     arguments (see L{popgate.cred.args}: queries keep their commas).
 
@@ -78,6 +83,8 @@ def parse_args(argstring: str) -> dict[str, Any]:
     for key, name in renamed:
         if args.text(key):
             kwargs[name] = args[key]
+    if "challenge" in args:
+        kwargs["challenge"] = args.yes_no("challenge")
     for key in ("pool_min", "pool_max"):
         if key in args:
             kwargs[key] = args.number(key, int, 0)

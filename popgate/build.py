@@ -24,22 +24,18 @@ from twisted.python import usage
 from twisted.python.systemd import ListenFDs
 
 from popgate import startup_checks
+from popgate.addresses import parse_networks
 from popgate.admin.server import admin_listener
 from popgate.backends import build_checkers, build_store
 from popgate.cred.cache import CachingChecker
 from popgate.cred.chain import ChainedChecker
 from popgate.cred.penalty import LoginPenalty
-from popgate.delivery.lmtp import LMTPFactory
+from popgate.delivery.lmtp_factory import LMTPFactory
 from popgate.delivery.service import lmtp_factory
 from popgate.hangup import HangupHook
-from popgate.limits import (
-    LMTP_REFUSALS,
-    LimitedFactory,
-    ProcessLimits,
-    build_limits,
-    parse_networks,
-    prepare_listener,
-)
+from popgate.limits.listener import prepare_listener
+from popgate.limits.process import ProcessLimits, build_limits
+from popgate.limits.refusal import LMTP_REFUSALS, LimitedFactory
 from popgate.logs import ServerLog, install_on
 from popgate.metrics import Metrics
 from popgate.metrics_web import MetricsService, metrics_site, worker_endpoint

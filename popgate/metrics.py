@@ -69,7 +69,7 @@ class LiveCollector:
     listener of the process, as the connection limits count them),
     the limit, and POP3 sessions logged in now.
 
-    @param connections: a L{popgate.limits.ConnectionLimits}, or None.
+    @param connections: a L{popgate.limits.counts.ConnectionLimits}, or None.
     @param sessions: returns the number of logged-in sessions (a
         L{popgate.pop3.factory.POP3ServerFactory}'s C{logged_in_count}),
         or None.

@@ -48,12 +48,13 @@ from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 
 from popgate import startup_checks
+from popgate.addresses import parse_networks
 from popgate.backends import build_checker, build_store
 from popgate.build import Server, build_portal, build_tls, session_settings
 from popgate.cred.penalty import LoginPenalty
 from popgate.delivery.users import UserResolver
 from popgate.events import emit
-from popgate.limits import build_limits, parse_networks
+from popgate.limits.process import build_limits
 from popgate.logs import LEVELS
 from popgate.settings import BY_KEY, SETTINGS, Config
 from popgate.tls import ServerTLS

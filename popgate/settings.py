@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from twisted.python import usage
 
-from popgate.limits import parse_networks
+from popgate.addresses import parse_networks
 from popgate.pop3.settings import SessionSettings
 
 Kind = Literal["text", "int", "float", "flag", "list"]

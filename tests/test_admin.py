@@ -30,7 +30,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from popgate import limits, tap
+from popgate import tap
 from popgate.admin import check
 from popgate.admin.commands import MAX_LISTED, Kick, Who
 from popgate.admin.passwd import (
@@ -48,6 +48,7 @@ from popgate.cred.htpasswd import HtpasswdChecker
 from popgate.cred.memory import MemoryChecker
 from popgate.errors import TemporaryFailure
 from popgate.interfaces import IReachable, IUserLookup
+from popgate.limits import process as limits_process
 from popgate.probes import StartupProbe, probe_all
 from tests.helpers import InlineReactor, connect, make_portal
 from tests.tlscerts import make_pki
@@ -369,7 +370,7 @@ def test_user_file_probe(tmp_path: Path) -> None:
 
 @pytest.fixture(autouse=True)
 def no_descriptor_limit_change(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(limits, "raise_nofile_limit", lambda: (1024, 1024))
+    monkeypatch.setattr(limits_process, "raise_nofile_limit", lambda: (1024, 1024))
 
 
 def _config(args: list[str]) -> Any:

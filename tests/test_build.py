@@ -18,8 +18,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.python.systemd import ListenFDs
 
-from popgate import limits, tap
+from popgate import tap
 from popgate.build import build_server, systemd_socket_missing
+from popgate.limits import process as limits_process
 from popgate.plugin_support import LazyStoreFactory, call_maker
 from popgate.plural import plural
 from popgate.stores import registry
@@ -59,7 +60,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
 @pytest.fixture(autouse=True)
 def no_descriptor_limit_change(monkeypatch: pytest.MonkeyPatch) -> None:
     """build_limits raises the soft descriptor limit: not of the test runner."""
-    monkeypatch.setattr(limits, "raise_nofile_limit", lambda: (1024, 1024))
+    monkeypatch.setattr(limits_process, "raise_nofile_limit", lambda: (1024, 1024))
 
 
 @pytest.fixture

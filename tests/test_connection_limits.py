@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from popgate.cred.schemes import hash_password
-from popgate.limits import derived_limit
+from popgate.limits.budget import derived_limit
 from tests.harness import free_port, greets
 from tests.pop3_oracle import RawClient
 from tests.popgate_server import PopgateProcess

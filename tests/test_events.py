@@ -32,11 +32,13 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from popgate import errors, events, limits, logs
+from popgate import errors, events, logs
 from popgate.cred.penalty import LoginPenalty
 from popgate.delivery import deliver
-from popgate.delivery.lmtp import LMTPFactory
-from popgate.limits import ConnectionLimits, LimitedFactory
+from popgate.delivery.lmtp_factory import LMTPFactory
+from popgate.limits import process as limits_process
+from popgate.limits.counts import ConnectionLimits
+from popgate.limits.refusal import LimitedFactory
 from popgate.pop3.factory import POP3ServerFactory
 from popgate.pop3.settings import SessionSettings
 from popgate.realm import MaildropRealm
@@ -615,7 +617,7 @@ def test_twistd_gets_the_observer_from_the_application(monkeypatch: pytest.Monke
 
     from popgate import tap
 
-    monkeypatch.setattr(limits, "raise_nofile_limit", lambda: (1024, 1024))
+    monkeypatch.setattr(limits_process, "raise_nofile_limit", lambda: (1024, 1024))
     options = ServerOptions()
     options.parseOptions(["-n", "--pidfile=", "popgate", "--store", "memory:",
                           "--auth", "memory:alice:secret", "--pop3", "tcp:0:interface=127.0.0.1",

@@ -214,7 +214,7 @@ def _watched_endpoint(tmp: Any) -> Any:
     from twisted.internet.endpoints import TCP4ServerEndpoint
     from twisted.internet.testing import MemoryReactor
 
-    from popgate.limits import _WatchedEndpoint
+    from popgate.limits.accept_errors import _WatchedEndpoint
 
     return _WatchedEndpoint(TCP4ServerEndpoint(MemoryReactor(), 0), lambda port: None)
 
@@ -291,7 +291,7 @@ CASES: list[tuple[Case, str, tuple[Any, ...]]] = [
     (_pop3_protocol, "popgate.pop3.protocol.POP3ServerProtocol",
      (IProtocol, IHalfCloseableProtocol, ILoggingContext)),
     (_output_gate, "popgate.pop3.output.OutputGate", (IPushProducer,)),
-    (_watched_endpoint, "popgate.limits._WatchedEndpoint", (IStreamServerEndpoint,)),
+    (_watched_endpoint, "popgate.limits.accept_errors._WatchedEndpoint", (IStreamServerEndpoint,)),
     (_message_sender, "popgate.pop3.output.MessageSender", (IPushProducer,)),
     (_cram_md5, "popgate.pop3.sasl.CramMD5Credentials", (IUsernameHashedPassword,)),
     (_server_tls, "popgate.tls.ServerTLS", (IOpenSSLServerConnectionCreator,)),

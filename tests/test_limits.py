@@ -19,22 +19,19 @@ from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 from zope.interface import alsoProvides
 
-from popgate import limits, tap
-from popgate.limits import (
-    LMTP_REFUSALS,
-    AcceptErrorWatch,
-    ConnectionLimits,
-    LimitedFactory,
-    OncePerInterval,
-    address_key,
-    build_limits,
-    derived_limit,
-    listen_backlog,
-    parse_networks,
-    prepare_listener,
-    raise_nofile_limit,
-    with_backlog,
-)
+from popgate import tap
+from popgate.addresses import address_key, parse_networks
+from popgate.limits import budget as limits_budget
+from popgate.limits import counts as limits_counts
+from popgate.limits import process as limits_process
+from popgate.limits import reports as limits_reports
+from popgate.limits.accept_errors import AcceptErrorWatch
+from popgate.limits.budget import derived_limit, raise_nofile_limit
+from popgate.limits.counts import ConnectionLimits
+from popgate.limits.listener import listen_backlog, prepare_listener, with_backlog
+from popgate.limits.process import build_limits
+from popgate.limits.refusal import LMTP_REFUSALS, LimitedFactory
+from popgate.limits.reports import OncePerInterval
 from popgate.pop3.factory import POP3ServerFactory
 from popgate.proxy_protocol import ProxyHeaderFactory
 from tests.helpers import make_portal
@@ -127,7 +124,7 @@ def test_parse_networks_takes_lists_and_commas() -> None:
     (1024, 277, 192), (65536, 21781, 192), (20000, 6602, 192), (40, 10, 10), (4, 1, 1)])
 def test_derived_limit_keeps_the_reserve(nofile: int, limit: int, reserve: int) -> None:
     assert derived_limit(nofile) == (limit, reserve)
-    assert limit * limits.FDS_PER_SESSION + reserve <= max(nofile, 4)
+    assert limit * limits_budget.FDS_PER_SESSION + reserve <= max(nofile, 4)
 
 
 class FakeRlimit:
@@ -338,7 +335,7 @@ def test_once_per_interval() -> None:
 
 def test_refusals_log_once_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:
     captured = Captured()
-    monkeypatch.setattr(limits, "log", captured.log)
+    monkeypatch.setattr(limits_reports, "log", captured.log)
     clock = Clock()
     counts = ConnectionLimits(clock, 3, max_per_ip=1)
     factory = LimitedFactory(RecordingFactory(), counts)
@@ -361,16 +358,16 @@ def test_refusals_log_once_per_interval(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_per_address_reports_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     captured = Captured()
-    monkeypatch.setattr(limits, "log", captured.log)
+    monkeypatch.setattr(limits_reports, "log", captured.log)
     clock = Clock()
     factory = LimitedFactory(RecordingFactory(), ConnectionLimits(clock, 10**6, max_per_ip=1))
     for n in range(300):
         for _ in range(3):
             Client(factory, v6(f"2001:db8:{n:x}::1"))
-    assert len(captured.texts()) == limits._ADDRESSES_REPORTED + 1
+    assert len(captured.texts()) == limits_counts._ADDRESSES_REPORTED + 1
     assert captured.texts()[-1] == "too many connections from many addresses (1 each): refusing"
     timers = [c for c in clock.getDelayedCalls() if c.func.__name__ == "_end"]
-    assert len(timers) == limits._ADDRESSES_REPORTED + 1
+    assert len(timers) == limits_counts._ADDRESSES_REPORTED + 1
 
 
 # -- accept errors
@@ -539,12 +536,12 @@ def test_option_errors(tmp_path: Path, args: list[str], toml: str | None, messag
 
 def test_build_limits_derives_clamps_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     captured = Captured()
-    monkeypatch.setattr(limits, "log", captured.log)
+    monkeypatch.setattr(limits_process, "log", captured.log)
     built = build_limits(Clock(), nofile=lambda: (1024, 1024))
     assert built.connections.max_connections == 277 and built.connections.max_per_ip == 20
     assert captured.texts() == [("file descriptors: 1024; connection limit 277 (3 per session, "
                                 "192 kept in reserve), 20 per address")]
-    built = build_limits(Clock(), 5000, 0, limits.parse_networks(["10.0.0.0/8"]),
+    built = build_limits(Clock(), 5000, 0, parse_networks(["10.0.0.0/8"]),
                          nofile=lambda: (1024, 4096))
     assert built.connections.max_connections == 4096 - 192
     assert captured.texts()[1:] == [
@@ -561,7 +558,7 @@ def test_build_server_wraps_every_listener(tmp_path: Path, monkeypatch: pytest.M
 
     from popgate.build import build_server
 
-    monkeypatch.setattr(limits, "raise_nofile_limit", lambda: (1024, 1024))
+    monkeypatch.setattr(limits_process, "raise_nofile_limit", lambda: (1024, 1024))
     options = parse(base_args(tmp_path) + ["--pop3", "tcp:0:interface=127.0.0.1",
                                            "--pop3", "haproxy:tcp:0:interface=127.0.0.1",
                                            "--lmtp", "tcp:0:interface=127.0.0.1:backlog=7"])

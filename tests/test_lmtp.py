@@ -30,12 +30,14 @@ from zope.interface import implementer
 from popgate import errors
 from popgate.cred.userinfo import UserInfo
 from popgate.delivery import message as trace
-from popgate.delivery.lmtp import MAX_BAD_COMMANDS, LMTPFactory, LMTPServerProtocol
+from popgate.delivery.lmtp import MAX_BAD_COMMANDS, LMTPServerProtocol
+from popgate.delivery.lmtp_factory import LMTPFactory
 from popgate.delivery.service import lmtp_factory
 from popgate.delivery.users import UserResolver, candidate_names
 from popgate.interfaces import IDeliveryTarget, IUserLookup
 from popgate.maildrop import wire_size
-from popgate.stores.maildir import MaildirStore, scan
+from popgate.stores.maildir import MaildirStore
+from popgate.stores.maildir_scan import scan
 from popgate.stores.memory import MemoryStore
 from tests.helpers import InlineReactor
 from tests.ldap_server import USERS as LDAP_USERS

@@ -22,7 +22,7 @@ from popgate import errors, wire
 from popgate.interfaces import IMaildrop, IMailStore
 from popgate.maildrop import is_valid_uid
 from popgate.pop3.encoder import encode_message
-from popgate.stores import maildir
+from popgate.stores import maildir, maildir_scan
 from popgate.stores.maildir import MaildirMaildrop, MaildirStore, make_store
 from popgate.wire import wire_size
 
@@ -183,7 +183,7 @@ def test_file_wire_size_across_read_chunks(tmp_path_factory: Any, data: bytes, c
     original = wire._READ_CHUNK
     wire._READ_CHUNK = chunk
     try:
-        assert maildir.file_wire_size(str(path)) == wire_size(data)
+        assert maildir_scan.file_wire_size(str(path)) == wire_size(data)
     finally:
         wire._READ_CHUNK = original
 
@@ -196,7 +196,7 @@ def test_w_size_in_the_name_is_used_without_reading(store: MaildirStore, root: P
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     deliver(root, "1.M1P1.h,S=3,W=4:2,S", b"a\nb", subdir="cur")
     deliver(root, "2.M1P1.h,S=10,W=12", b"a\nb")
-    monkeypatch.setattr(maildir, "file_wire_size", no_reading)
+    monkeypatch.setattr(maildir_scan, "file_wire_size", no_reading)
     drop = open_drop(store)
     assert [m.size for m in drop.list_messages()] == [4, 12]
     assert [m.uid for m in drop.list_messages()] == [b"1.M1P1.h,S=3,W=4", b"2.M1P1.h,S=10,W=12"]
@@ -210,9 +210,9 @@ def test_size_cache_is_written_and_reused(store: MaildirStore, root: Path,
     drop = open_drop(store)
     first = drop.list_messages()
     drop.close()
-    cache = (root / "alice" / maildir.SIZE_CACHE).read_bytes()
+    cache = (root / "alice" / maildir_scan.SIZE_CACHE).read_bytes()
     assert sorted(cache.splitlines()) == [b"1.M1P1.h 10", b"2.M1P1.h 7"]
-    monkeypatch.setattr(maildir, "file_wire_size", no_reading)
+    monkeypatch.setattr(maildir_scan, "file_wire_size", no_reading)
     # A flag change (new -> cur, :2,S) keeps the size and the uid.
     os.rename(root / "alice" / "new" / "1.M1P1.h", root / "alice" / "cur" / "1.M1P1.h:2,S")
     drop = open_drop(store)
@@ -227,13 +227,13 @@ def test_size_cache_forgets_removed_messages(store: MaildirStore, root: Path) ->
     for i in range(1, 4):
         os.unlink(root / "alice" / "new" / f"{i}.M1P1.h")
     open_drop(store).close()
-    cache = (root / "alice" / maildir.SIZE_CACHE).read_bytes()
+    cache = (root / "alice" / maildir_scan.SIZE_CACHE).read_bytes()
     assert cache == b"4.M1P1.h 3\n"
 
 
 def test_bad_size_cache_lines_are_ignored(store: MaildirStore, root: Path) -> None:
     deliver(root, "1.M1P1.h", b"one\n")
-    (root / "alice" / maildir.SIZE_CACHE).write_bytes(b"garbage\n 5\n1.M1P1.h x\n\xff\xfe 3\n")
+    (root / "alice" / maildir_scan.SIZE_CACHE).write_bytes(b"garbage\n 5\n1.M1P1.h x\n\xff\xfe 3\n")
     drop = open_drop(store)
     assert [m.size for m in drop.list_messages()] == [5]
     drop.close()
@@ -261,7 +261,7 @@ def test_uids(store: MaildirStore, root: Path) -> None:
     assert all(is_valid_uid(uid) for uid in ids)
     assert len(set(ids)) == 4
     assert len(ids[1]) == 40
-    assert ids[1] == maildir.unique_id(long_name)
+    assert ids[1] == maildir_scan.unique_id(long_name)
     # Stable: same names, same ids, in a new session.
     drop = open_drop(store)
     assert [m.uid for m in drop.list_messages()] == ids
@@ -269,8 +269,8 @@ def test_uids(store: MaildirStore, root: Path) -> None:
 
 
 def test_unique_id_ignores_flags() -> None:
-    assert maildir.base_name("1.M1P1.h:2,RS") == "1.M1P1.h"
-    assert maildir.unique_id(maildir.base_name("1.M1P1.h:2,S")) == maildir.unique_id("1.M1P1.h")
+    assert maildir_scan.base_name("1.M1P1.h:2,RS") == "1.M1P1.h"
+    assert maildir_scan.unique_id(maildir_scan.base_name("1.M1P1.h:2,S")) == maildir_scan.unique_id("1.M1P1.h")
 
 
 # -- the lock
@@ -422,13 +422,13 @@ def test_snapshot_reused_while_maildir_unchanged(tmp_path, monkeypatch):
     """A second login to an unchanged Maildir reuses the snapshot (two
     stat() calls, no scan); a delivery, or a directory changed too recently
     to trust its time stamp, forces a new scan."""
-    from popgate.stores import maildir
+    from popgate.stores import maildir_snapshots
 
     root = tmp_path / "box"
     for sub in ("cur", "new", "tmp"):
         (root / sub).mkdir(parents=True)
     (root / "new" / "1700000000.M1P1.host").write_bytes(b"Subject: a\n\nx\n")
-    cache = maildir.SnapshotCache()
+    cache = maildir_snapshots.SnapshotCache()
 
     # Just delivered: the time stamps are too fresh to trust, no reuse.
     first = cache.get(str(root))
@@ -439,19 +439,19 @@ def test_snapshot_reused_while_maildir_unchanged(tmp_path, monkeypatch):
     for sub in ("cur", "new"):
         os.utime(root / sub, (old, old))
     kept = cache.get(str(root))
-    real_scan = maildir.scan
-    monkeypatch.setattr(maildir, "scan", lambda d: pytest.fail("rescanned an unchanged Maildir"))
+    real_scan = maildir_snapshots.scan
+    monkeypatch.setattr(maildir_snapshots, "scan", lambda d: pytest.fail("rescanned an unchanged Maildir"))
     assert cache.get(str(root)) is kept
 
-    monkeypatch.setattr(maildir, "scan", real_scan)
+    monkeypatch.setattr(maildir_snapshots, "scan", real_scan)
     (root / "new" / "1700000001.M1P1.host").write_bytes(b"Subject: b\n\ny\n")
     assert [e.base for e in cache.get(str(root))] == ["1700000000.M1P1.host", "1700000001.M1P1.host"]
 
 
 def test_snapshot_cache_is_bounded(tmp_path):
-    from popgate.stores import maildir
+    from popgate.stores import maildir_snapshots
 
-    cache = maildir.SnapshotCache(budget=3)
+    cache = maildir_snapshots.SnapshotCache(budget=3)
     old = 1_600_000_000
     for n in range(3):
         root = tmp_path / f"box{n}"

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from twisted.python.failure import Failure
 
 from popgate import errors
-from popgate.stores import mbox, mboxfile, mboxlock
+from popgate.stores import mboxappend, mboxfile, mboxlock
 from popgate.stores.mbox import MboxStore, parse_argstring
 from popgate.wire import wire_size
 from tests.helpers import InlineReactor, connect, make_portal
@@ -425,7 +425,7 @@ def test_no_permission_for_the_dotlock_is_a_temporary_failure(request):
             else:
                 spool_dir.chmod(0o555)
             try:
-                mbox.append_to_spool(str(spool_dir / "alice"), b"x\n", "s@x",
+                mboxappend.append_to_spool(str(spool_dir / "alice"), b"x\n", "s@x",
                                      mboxlock.LockSettings(timeout=0.2))
             except errors.TemporaryFailure as e:
                 code = 0 if "dotlock" in str(e) else 2

@@ -22,9 +22,10 @@ import pytest
 from twisted.logger import capturedLogs, formatEvent
 
 from popgate.cred.schemes import hash_password
-from popgate.stores import mbox, mboxfile, mboxlock
+from popgate.stores import mbox, mboxdotlock, mboxfile, mboxlock, mboxlockowner, mboxspool
 from popgate.stores.mbox import MboxStore, parse_argstring
-from popgate.stores.mboxlock import LockSettings, Owner
+from popgate.stores.mboxlock import LockSettings
+from popgate.stores.mboxlockowner import Owner
 from tests.helpers import InlineReactor
 from tests.pop3_oracle import RawClient
 from tests.popgate_server import PopgateProcess
@@ -59,7 +60,7 @@ def reap(pid: int) -> int:
 
 def die_holding_the_lock(spool: str) -> Callable[[], None]:
     def child() -> None:
-        mboxlock.acquire_dotlock(spool, LockSettings(timeout=2))  # never released
+        mboxdotlock.acquire_dotlock(spool, LockSettings(timeout=2))  # never released
 
     return child
 
@@ -70,10 +71,10 @@ def held_by_a_live_child(spool: str) -> tuple[int, int]:
     go_r, go_w = os.pipe()
 
     def child() -> None:
-        lock = mboxlock.acquire_dotlock(spool, LockSettings(timeout=2))
+        lock = mboxdotlock.acquire_dotlock(spool, LockSettings(timeout=2))
         os.write(ready_w, b"x")
         os.read(go_r, 1)
-        mboxlock.release_dotlock(lock)
+        mboxdotlock.release_dotlock(lock)
 
     pid = fork(child)
     assert os.read(ready_r, 1) == b"x"
@@ -82,9 +83,9 @@ def held_by_a_live_child(spool: str) -> tuple[int, int]:
     return pid, go_w
 
 
-def timed_acquire(spool: str, settings: LockSettings = QUICK) -> tuple[mboxlock.Dotlock, float]:
+def timed_acquire(spool: str, settings: LockSettings = QUICK) -> tuple[mboxdotlock.Dotlock, float]:
     started = time.monotonic()
-    lock = mboxlock.acquire_dotlock(spool, settings)
+    lock = mboxdotlock.acquire_dotlock(spool, settings)
     assert lock is not None
     return lock, time.monotonic() - started
 
@@ -99,16 +100,16 @@ def age(path: Path | str, seconds: float) -> None:
 
 def test_the_dotlock_names_its_owner_as_liblockfile_and_dovecot_read_it(tmp_path):
     spool = spool_with(tmp_path)
-    lock = mboxlock.acquire_dotlock(spool, QUICK)
+    lock = mboxdotlock.acquire_dotlock(spool, QUICK)
     data = Path(spool + ".lock").read_bytes()
-    mboxlock.release_dotlock(lock)
+    mboxdotlock.release_dotlock(lock)
     first, second, end = data.split(b"\n")
-    host = mboxlock.this_host()
+    host = mboxlockowner.this_host()
     assert first == b"%d:%s" % (os.getpid(), host.name.encode())  # atoi() reads the PID
     assert int(re.match(rb"\d+", data).group()) == os.getpid()
     assert end == b""
     assert re.fullmatch(rb"popgate boot=[0-9a-f-]+ pidns=\d+ start=\d+", second), second
-    owner = mboxlock.parse_owner(data)
+    owner = mboxlockowner.parse_owner(data)
     assert (owner.pid, owner.host, owner.start) == (os.getpid(), host.name, host.start)
     assert not Path(spool + ".lock").exists()
 
@@ -125,16 +126,16 @@ def test_the_dotlock_names_its_owner_as_liblockfile_and_dovecot_read_it(tmp_path
     (b"12 34\n", None, None, None),
 ])
 def test_parse_owner(data, pid, host, start):
-    owner = mboxlock.parse_owner(data)
+    owner = mboxlockowner.parse_owner(data)
     assert (owner.pid, owner.host, owner.start) == (pid, host, start)
 
 
 @pytest.mark.integration
 def test_the_process_start_time_is_read_from_proc():
-    state = mboxlock.process_state(os.getpid())
+    state = mboxlockowner.process_state(os.getpid())
     assert state is not None and state[0] in "RS"
-    assert state[1] == mboxlock.this_host().start
-    assert mboxlock.process_state(dead_pid()) is None
+    assert state[1] == mboxlockowner.this_host().start
+    assert mboxlockowner.process_state(dead_pid()) is None
 
 
 def dead_pid() -> int:
@@ -156,7 +157,7 @@ def test_a_dead_owners_lock_is_broken_at_once(tmp_path):
         lock, took = timed_acquire(spool, LockSettings(timeout=20))
     assert took < 0.5
     assert Path(spool + ".lock").read_bytes().startswith(b"%d:" % os.getpid())
-    mboxlock.release_dotlock(lock)
+    mboxdotlock.release_dotlock(lock)
     lines = [formatEvent(e) for e in events]
     assert lines == [f"removed the dotlock {spool}.lock: its owner, process {pid}, is gone"]
 
@@ -166,12 +167,12 @@ def test_an_exited_but_unreaped_owner_is_dead(tmp_path):
     spool = spool_with(tmp_path)
     pid = fork(die_holding_the_lock(spool))
     deadline = time.monotonic() + 5
-    while (mboxlock.process_state(pid) or ("Z",))[0] != "Z":  # a zombie: kill(pid, 0) works
+    while (mboxlockowner.process_state(pid) or ("Z",))[0] != "Z":  # a zombie: kill(pid, 0) works
         assert time.monotonic() < deadline
         time.sleep(0.01)
     try:
         lock, took = timed_acquire(spool)
-        mboxlock.release_dotlock(lock)
+        mboxdotlock.release_dotlock(lock)
     finally:
         reap(pid)
     assert took < 0.2
@@ -185,7 +186,7 @@ def test_a_live_owners_lock_is_waited_for_however_old(tmp_path):
         age(spool + ".lock", 3600)  # a live owner is never overridden (as liblockfile)
         started = time.monotonic()
         with pytest.raises(mboxlock.LockTimeout, match=f"held by process {pid}$"):
-            mboxlock.acquire_dotlock(spool, QUICK)
+            mboxdotlock.acquire_dotlock(spool, QUICK)
         assert time.monotonic() - started >= 0.3
         assert Path(spool + ".lock").read_bytes().startswith(b"%d:" % pid)
     finally:
@@ -193,7 +194,7 @@ def test_a_live_owners_lock_is_waited_for_however_old(tmp_path):
         os.close(go)
         assert reap(pid) == 0
     lock, took = timed_acquire(spool)  # released by its owner: free at once
-    mboxlock.release_dotlock(lock)
+    mboxdotlock.release_dotlock(lock)
     assert took < 0.2
 
 
@@ -201,12 +202,12 @@ def test_another_thread_of_this_process_is_a_live_owner(tmp_path):
     """An LMTP delivery and a QUIT rewrite in one popgate: same PID, same
     start time, and the lock is theirs."""
     spool = spool_with(tmp_path)
-    held = mboxlock.acquire_dotlock(spool, QUICK)
+    held = mboxdotlock.acquire_dotlock(spool, QUICK)
     try:
         with pytest.raises(mboxlock.LockTimeout):
-            mboxlock.acquire_dotlock(spool, LockSettings(timeout=0.2))
+            mboxdotlock.acquire_dotlock(spool, LockSettings(timeout=0.2))
     finally:
-        mboxlock.release_dotlock(held)
+        mboxdotlock.release_dotlock(held)
 
 
 UNCHECKABLE = {
@@ -225,36 +226,36 @@ def test_a_lock_whose_owner_cannot_be_checked_waits_for_the_stale_time(tmp_path,
     settings = LockSettings(timeout=0.2, stale_after=5)
     age(lock_file, 4)
     with pytest.raises(mboxlock.LockTimeout):
-        mboxlock.acquire_dotlock(spool, settings)
+        mboxdotlock.acquire_dotlock(spool, settings)
     assert lock_file.read_bytes() == UNCHECKABLE[kind]
     age(lock_file, 6)
     lock, took = timed_acquire(spool, settings)
-    mboxlock.release_dotlock(lock)
+    mboxdotlock.release_dotlock(lock)
     assert took < 0.2
 
 
 def test_the_default_stale_time_is_ten_minutes():
-    host = mboxlock.this_host()
+    host = mboxlockowner.this_host()
     now = time.time()
     foreign = UNCHECKABLE["foreign host"]
-    assert mboxlock.stale_reason(foreign, now - 590, LockSettings(), host, now) is None
-    why = mboxlock.stale_reason(foreign, now - 610, LockSettings(), host, now)
+    assert mboxlockowner.stale_reason(foreign, now - 590, LockSettings(), host, now) is None
+    why = mboxlockowner.stale_reason(foreign, now - 610, LockSettings(), host, now)
     assert why == "it belongs to host elsewhere.example and is 610 s old (stale_lock=600)"
 
 
 def test_pid_reuse_is_told_by_the_start_time_popgate_records(tmp_path):
     """A lock naming this very process (alive) but another start time: it
     was written by an earlier process that had the same PID."""
-    host = mboxlock.this_host()
+    host = mboxlockowner.this_host()
     assert host.start is not None
     earlier = dataclasses.replace(host, start=host.start - 1)
-    data = mboxlock.lock_content(earlier)
-    assert mboxlock.owner_state(mboxlock.parse_owner(data), time.time(), host) == \
+    data = mboxlockowner.lock_content(earlier)
+    assert mboxlockowner.owner_state(mboxlockowner.parse_owner(data), time.time(), host) == \
         (Owner.DEAD, f"its owner is gone: process {os.getpid()} is another process now")
     spool = spool_with(tmp_path)
     Path(spool + ".lock").write_bytes(data)
     lock, took = timed_acquire(spool)
-    mboxlock.release_dotlock(lock)
+    mboxdotlock.release_dotlock(lock)
     assert took < 0.2
 
 
@@ -266,12 +267,12 @@ def test_pid_reuse_without_a_recorded_start_compares_the_mtime(tmp_path):
     lock_file = Path(spool + ".lock")
     pid, go = held_by_a_live_child(str(tmp_path / "other"))  # some live process
     try:
-        lock_file.write_bytes(b"%d:%s" % (pid, mboxlock.this_host().name.encode()))
+        lock_file.write_bytes(b"%d:%s" % (pid, mboxlockowner.this_host().name.encode()))
         with pytest.raises(mboxlock.LockTimeout):  # made now, by a running process
-            mboxlock.acquire_dotlock(spool, QUICK)
+            mboxdotlock.acquire_dotlock(spool, QUICK)
         age(lock_file, 60)  # made before that process started
         lock, took = timed_acquire(spool)
-        mboxlock.release_dotlock(lock)
+        mboxdotlock.release_dotlock(lock)
         assert took < 0.2
     finally:
         os.write(go, b"x")
@@ -280,16 +281,16 @@ def test_pid_reuse_without_a_recorded_start_compares_the_mtime(tmp_path):
 
 
 def test_a_lock_from_before_the_last_boot_is_dead_another_boot_id_alone_is_not():
-    host = mboxlock.this_host()
+    host = mboxlockowner.this_host()
     if host.booted_at is None or host.boot_id is None:  # pragma: no cover - not Linux
         pytest.skip("no /proc/stat btime or boot_id")
-    data = mboxlock.lock_content(dataclasses.replace(host, boot_id="an-earlier-boot"))
-    owner = mboxlock.parse_owner(data)
-    assert mboxlock.owner_state(owner, host.booted_at - 60, host)[0] is Owner.DEAD
+    data = mboxlockowner.lock_content(dataclasses.replace(host, boot_id="an-earlier-boot"))
+    owner = mboxlockowner.parse_owner(data)
+    assert mboxlockowner.owner_state(owner, host.booted_at - 60, host)[0] is Owner.DEAD
     # Written since this boot: a machine of the same name sharing the spool.
-    assert mboxlock.owner_state(owner, time.time(), host)[0] is Owner.UNKNOWN
-    other_ns = mboxlock.lock_content(dataclasses.replace(host, pid_ns="1"))
-    assert mboxlock.owner_state(mboxlock.parse_owner(other_ns), time.time(), host) == \
+    assert mboxlockowner.owner_state(owner, time.time(), host)[0] is Owner.UNKNOWN
+    other_ns = mboxlockowner.lock_content(dataclasses.replace(host, pid_ns="1"))
+    assert mboxlockowner.owner_state(mboxlockowner.parse_owner(other_ns), time.time(), host) == \
         (Owner.UNKNOWN, "it belongs to another PID namespace (container)")
 
 
@@ -316,7 +317,7 @@ def test_a_live_lock_taken_while_breaking_is_put_back(tmp_path, monkeypatch):
     spool = spool_with(tmp_path)
     lock_file = Path(spool + ".lock")
     reap(fork(die_holding_the_lock(spool)))
-    live = mboxlock.lock_content(mboxlock.this_host())
+    live = mboxlockowner.lock_content(mboxlockowner.this_host())
     real_rename = os.rename
     fresh: list[int] = []
 
@@ -329,7 +330,7 @@ def test_a_live_lock_taken_while_breaking_is_put_back(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "rename", rename)
     with pytest.raises(mboxlock.LockTimeout):
-        mboxlock.acquire_dotlock(spool, LockSettings(timeout=0.2))
+        mboxdotlock.acquire_dotlock(spool, LockSettings(timeout=0.2))
     assert fresh and lock_file.stat().st_ino == fresh[0] and lock_file.read_bytes() == live
     assert sorted(p.name for p in tmp_path.iterdir()) == ["alice", "alice.lock"]
 
@@ -342,23 +343,23 @@ def test_breakers_take_turns(tmp_path):
     try:
         fcntl.flock(turn, fcntl.LOCK_EX)  # another breaker is at work
         with pytest.raises(mboxlock.LockTimeout):
-            mboxlock.acquire_dotlock(spool, LockSettings(timeout=0.2))
+            mboxdotlock.acquire_dotlock(spool, LockSettings(timeout=0.2))
         assert Path(spool + ".lock").exists()
     finally:
         os.close(turn)
     lock, took = timed_acquire(spool)
-    mboxlock.release_dotlock(lock)
+    mboxdotlock.release_dotlock(lock)
     assert took < 0.2
 
 
 def test_release_leaves_a_lock_that_replaced_ours(tmp_path):
     spool = spool_with(tmp_path)
-    lock = mboxlock.acquire_dotlock(spool, QUICK)
+    lock = mboxdotlock.acquire_dotlock(spool, QUICK)
     lock_file = Path(spool + ".lock")
     lock_file.unlink()
     lock_file.write_bytes(b"")  # someone broke ours and holds their own
     with capturedLogs() as events:
-        mboxlock.release_dotlock(lock)
+        mboxdotlock.release_dotlock(lock)
     assert lock_file.exists()
     assert [formatEvent(e) for e in events] == [
         f"the dotlock {spool}.lock was removed or replaced by another program while held"]
@@ -372,8 +373,8 @@ def test_processes_racing_over_dead_owners_locks_never_share_the_lock(tmp_path):
     spool = spool_with(tmp_path)
     inside = tmp_path / "inside"
 
-    def hold_once() -> mboxlock.Dotlock | None:
-        lock = mboxlock.acquire_dotlock(spool, LockSettings(timeout=15))
+    def hold_once() -> mboxdotlock.Dotlock | None:
+        lock = mboxdotlock.acquire_dotlock(spool, LockSettings(timeout=15))
         try:
             fd = os.open(inside, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
@@ -385,7 +386,7 @@ def test_processes_racing_over_dead_owners_locks_never_share_the_lock(tmp_path):
 
     def taker() -> None:
         for _ in range(15):
-            mboxlock.release_dotlock(hold_once())
+            mboxdotlock.release_dotlock(hold_once())
 
     def dier() -> None:
         hold_once()  # and exit with the lock in place
@@ -406,7 +407,7 @@ def test_processes_racing_over_dead_owners_locks_never_share_the_lock(tmp_path):
 
 def test_a_leftover_rewrite_file_is_removed_at_login(tmp_path):
     spool = spool_with(tmp_path)
-    leftover = Path(mbox.rewrite_path(spool))
+    leftover = Path(mboxspool.rewrite_path(spool))
     leftover.write_bytes(FROM + b"Subject: m0\n\nbody 0\n\n")  # a half-written copy
     store = MboxStore(parse_argstring(f"{tmp_path}/%u,lock_timeout=0.3"), reactor=InlineReactor())
     with capturedLogs() as events:
@@ -508,7 +509,7 @@ def test_the_real_server_killed_during_quit_costs_the_next_login_nothing(tmp_pat
                     assert wait_for(mail / "alice.lock")
                     time.sleep(0.1)
                 elif point == "rewrite-file":
-                    wait_for(Path(mbox.rewrite_path(str(spool))))
+                    wait_for(Path(mboxspool.rewrite_path(str(spool))))
                 victim.stop(signal.SIGKILL)
                 assert victim.process is not None and victim.process.returncode == -signal.SIGKILL
                 if mta is not None:
@@ -530,5 +531,5 @@ def test_the_real_server_killed_during_quit_costs_the_next_login_nothing(tmp_pat
             assert subjects in (everything, kept), point
             assert stat.startswith(b"+OK %d " % len(subjects)), (point, stat)
             assert not (mail / "alice.lock").exists()
-            assert not Path(mbox.rewrite_path(str(spool))).exists()
+            assert not Path(mboxspool.rewrite_path(str(spool))).exists()
     assert "Traceback" not in survivor.log()

@@ -27,9 +27,10 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import Logger, LogPublisher, globalLogPublisher
 from twisted.python import usage
 
-from popgate import events, limits, tap
+from popgate import events, tap
 from popgate.build import build_server
 from popgate.cred.schemes import hash_password
+from popgate.limits import process as limits_process
 from popgate.metrics import Metrics
 from popgate.metrics_web import MetricsService, metrics_site, worker_endpoint
 from popgate.workers.pool import WorkerPool
@@ -266,7 +267,7 @@ def test_metrics_resource_serves_the_text_format_and_nothing_else() -> None:
 
 @pytest.fixture
 def no_descriptor_limit_change(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(limits, "raise_nofile_limit", lambda: (1024, 1024))
+    monkeypatch.setattr(limits_process, "raise_nofile_limit", lambda: (1024, 1024))
 
 
 def config(args: list[str]) -> Any:

@@ -17,6 +17,7 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
 from popgate import errors
+from popgate.addresses import address_key
 from popgate.cred.penalty import LoginPenalty, PenaltyQueueFull
 
 # A loop bug here must fail fast, not hold a shared CPU for minutes.
@@ -536,6 +537,14 @@ def test_ipv6_clients_are_grouped_by_prefix_and_mapped_ipv4_unmapped() -> None:
     _, fine = make(ipv6_prefix=128)
     fail_once(fine, ip="2001:db8::1")
     assert fine.penalty("2001:db8::2") == 0.0
+
+
+@pytest.mark.parametrize("ip", ["192.0.2.7", "::ffff:192.0.2.7", "2001:db8:1:2:aaaa::1",
+                                "fe80::1%eth0", "/run/popgate.sock"])
+def test_addresses_are_keyed_as_the_connection_limits_key_them(ip: str) -> None:
+    _, penalty = make()
+    fail_once(penalty, ip=ip)
+    assert list(penalty._entries) == [address_key(ip)]
 
 
 def test_non_ip_peers_are_keyed_as_given() -> None:

@@ -26,10 +26,11 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, capturedLogs, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
-from popgate import limits, tap
+from popgate import tap
 from popgate.build import Server, build_server
 from popgate.cred.schemes import hash_password
 from popgate.interfaces import IMaildrop
+from popgate.limits import process as limits_process
 from popgate.logs import file_log
 from popgate.reload import Outcome, Reloader, install
 from popgate.settings import SETTINGS
@@ -49,7 +50,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
 @pytest.fixture(autouse=True)
 def no_descriptor_limit_change(monkeypatch: pytest.MonkeyPatch) -> None:
     """build_limits raises the soft descriptor limit: not of the test runner."""
-    monkeypatch.setattr(limits, "raise_nofile_limit", lambda: (4096, 4096))
+    monkeypatch.setattr(limits_process, "raise_nofile_limit", lambda: (4096, 4096))
 
 
 def endpoint(reactor: Any, description: str) -> Any:

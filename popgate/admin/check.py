@@ -35,7 +35,7 @@ from popgate.admin.options import parse_as_twistd
 from popgate.backends import build_checker, build_store
 from popgate.build import build_tls
 from popgate.delivery.service import lmtp_factory
-from popgate.limits import prepare_listener
+from popgate.limits.listener import prepare_listener
 from popgate.probes import one_line, probe_all
 from popgate.settings import Config
 

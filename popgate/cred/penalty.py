@@ -26,24 +26,22 @@ import hmac
 import ipaddress
 import itertools
 import secrets
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from twisted.cred.error import LoginDenied, UnauthorizedLogin, UnhandledCredentials
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from popgate import errors
+from popgate.addresses import Network, address_key, client_address
+from popgate.cred.penalty_record import Attempt, Entry, remember
 from popgate.events import emit
 
 T = TypeVar("T")
-
-_IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-_IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Failures that mean "wrong credentials" and so count against the address;
 # anything else (a store that is down) says nothing about the password.
@@ -55,43 +53,6 @@ _EPSILON = 1e-6
 
 class PenaltyQueueFull(errors.TemporaryFailure):
     """Too many login attempts from one address are already pending."""
-
-
-@dataclass(eq=False)
-class _Attempt:
-    username: bytes
-    fingerprint: bytes | None
-    check: Callable[[], Any]
-    release: Callable[[Any], object] | None
-    result: Deferred[Any] = field(init=False)
-    # Cancelled while its check ran: the outcome still counts, but nobody
-    # is left to receive it.
-    abandoned: bool = False
-
-
-@dataclass(eq=False)
-class _Entry:
-    key: str
-    delay: float = 0.0
-    not_before: float = 0.0
-    last_failure: float | None = None
-    last_used: float = 0.0
-    # User names that logged in from here, least recently used first.
-    forgiven: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
-    # HMACs of (user, secret) pairs that failed from here, oldest first.
-    failed: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
-    queue: deque[_Attempt] = field(default_factory=deque)
-    running: _Attempt | None = None
-    timer: IDelayedCall | None = None
-    pumping: bool = False
-
-    def idle(self) -> bool:
-        return self.running is None and not self.queue
-
-    def pending(self) -> int:
-        """Attempts someone still waits for (an abandoned check is not)."""
-        live = self.running is not None and not self.running.abandoned
-        return len(self.queue) + live
 
 
 class LoginPenalty:
@@ -107,7 +68,8 @@ class LoginPenalty:
 
     IPv6 clients are grouped by their C{/ipv6_prefix} network, IPv4-mapped
     IPv6 addresses count as the IPv4 address, and anything that is not an
-    IP address (a UNIX socket) is used as given.
+    IP address (a UNIX socket) is used as given: the connection limits'
+    rule, L{popgate.addresses.address_key}.
 
     @param clock: the reactor, or a L{twisted.internet.task.Clock} in tests.
     @param base_delay: seconds of penalty after the first failure.
@@ -163,7 +125,7 @@ class LoginPenalty:
         self.max_entries = max_entries
         self.expire_after = expire_after
         self.ipv6_prefix = ipv6_prefix
-        self.exempt_networks: tuple[_IPNetwork, ...] = tuple(
+        self.exempt_networks: tuple[Network, ...] = tuple(
             _network(text) for text in exempt_networks
         )
         self.max_forgiven = max_forgiven
@@ -172,7 +134,7 @@ class LoginPenalty:
         # and never reveal a password: an HMAC under a key made here.
         self._hmac_key = secrets.token_bytes(32)
         # Least recently used first: eviction takes from the front.
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._entries: OrderedDict[str, Entry] = OrderedDict()
 
     # -- public
 
@@ -207,19 +169,19 @@ class LoginPenalty:
             once, but the check goes on (it is not cancelled), still holds
             C{ip}'s turn, and its outcome is still recorded.
         """
-        address = _address(ip)
+        address = client_address(ip)
         if address is not None and any(address in net for net in self.exempt_networks):
             # Neither queued nor recorded, but cancelled like the others.
-            free = _Attempt(username, None, check, release)
+            free = Attempt(username, None, check, release)
             free.result = Deferred(lambda _: setattr(free, "abandoned", True))
             maybeDeferred(check).addBoth(self._deliver, free)
             return free.result
         now = self._clock.seconds()
-        entry = self._use(self._key(ip, address), now)
+        entry = self._use(address_key(ip, self.ipv6_prefix), now)
         if entry.pending() >= self.max_queue:
             return _failed(PenaltyQueueFull(
                 f"{self.max_queue} login attempts from {entry.key} already pending"))
-        item = _Attempt(username, self._fingerprint(username, secret), check, release)
+        item = Attempt(username, self._fingerprint(username, secret), check, release)
         item.result = Deferred(lambda _: self._cancel(entry, item))
         entry.queue.append(item)
         self._prune(now)
@@ -242,7 +204,7 @@ class LoginPenalty:
 
     # -- the queue
 
-    def _pump(self, entry: _Entry) -> None:
+    def _pump(self, entry: Entry) -> None:
         """Start whatever may start now, else wake up when it may."""
         if entry.pumping:
             # A check finished (or an attempt came) from inside this loop:
@@ -264,7 +226,7 @@ class LoginPenalty:
             entry.pumping = False
         self._forget_if_unused(entry)
 
-    def _next_ready(self, entry: _Entry, now: float) -> _Attempt | None:
+    def _next_ready(self, entry: Entry, now: float) -> Attempt | None:
         if now >= entry.not_before - _EPSILON:
             return entry.queue[0]
         for item in entry.queue:
@@ -272,11 +234,11 @@ class LoginPenalty:
                 return item
         return None
 
-    def _run(self, entry: _Entry, item: _Attempt) -> None:
+    def _run(self, entry: Entry, item: Attempt) -> None:
         entry.running = item
         maybeDeferred(item.check).addBoth(self._finished, entry, item)
 
-    def _finished(self, result: object, entry: _Entry, item: _Attempt) -> None:
+    def _finished(self, result: object, entry: Entry, item: Attempt) -> None:
         entry.running = None
         now = self._clock.seconds()
         if isinstance(result, Failure):
@@ -287,7 +249,7 @@ class LoginPenalty:
         self._deliver(result, item)
         self._pump(entry)
 
-    def _deliver(self, result: object, item: _Attempt) -> None:
+    def _deliver(self, result: object, item: Attempt) -> None:
         """Hand the check's outcome to the caller, or release it if gone."""
         if not item.abandoned:
             if isinstance(result, Failure):
@@ -300,7 +262,7 @@ class LoginPenalty:
             except Exception:  # the caller's code must not stall the queue
                 self._log.failure("releasing an abandoned login failed")
 
-    def _cancel(self, entry: _Entry, item: _Attempt) -> None:
+    def _cancel(self, entry: Entry, item: Attempt) -> None:
         """The client went away: Deferred.cancel then fires CancelledError."""
         if item is entry.running:
             item.abandoned = True
@@ -310,7 +272,7 @@ class LoginPenalty:
             self._stop_timer(entry)
         self._forget_if_unused(entry)
 
-    def _wake_at(self, entry: _Entry, delay: float) -> None:
+    def _wake_at(self, entry: Entry, delay: float) -> None:
         delay = max(0.0, delay)
         when = self._clock.seconds() + delay
         if entry.timer is not None:
@@ -319,24 +281,24 @@ class LoginPenalty:
             entry.timer.cancel()
         entry.timer = self._clock.callLater(delay, self._woken, entry)
 
-    def _woken(self, entry: _Entry) -> None:
+    def _woken(self, entry: Entry) -> None:
         entry.timer = None
         self._pump(entry)
 
-    def _stop_timer(self, entry: _Entry) -> None:
+    def _stop_timer(self, entry: Entry) -> None:
         if entry.timer is not None:
             entry.timer.cancel()
             entry.timer = None
 
     # -- the record
 
-    def _record_failure(self, entry: _Entry, item: _Attempt, now: float) -> None:
+    def _record_failure(self, entry: Entry, item: Attempt, now: float) -> None:
         self._refresh(entry, now)
         entry.forgiven.pop(item.username, None)
         repeated = False
         if item.fingerprint is not None:
             repeated = item.fingerprint in entry.failed
-            _remember(entry.failed, item.fingerprint, self.max_fingerprints)
+            remember(entry.failed, item.fingerprint, self.max_fingerprints)
         if entry.last_failure is None:
             entry.delay = min(self.base_delay, self.max_delay)
         elif not repeated:
@@ -347,9 +309,9 @@ class LoginPenalty:
         emit(self._log, "auth.penalty", rip=entry.key, delay=entry.delay,
              repeated="yes" if repeated else "no")
 
-    def _record_success(self, entry: _Entry, item: _Attempt, now: float) -> None:
+    def _record_success(self, entry: Entry, item: Attempt, now: float) -> None:
         self._refresh(entry, now)
-        _remember(entry.forgiven, item.username, self.max_forgiven)
+        remember(entry.forgiven, item.username, self.max_forgiven)
         self._touch(entry, now)
 
     def _fingerprint(self, username: bytes, secret: bytes | None) -> bytes | None:
@@ -360,30 +322,30 @@ class LoginPenalty:
 
     # -- the table
 
-    def _lookup(self, ip: str) -> _Entry | None:
-        address = _address(ip)
+    def _lookup(self, ip: str) -> Entry | None:
+        address = client_address(ip)
         if address is not None and any(address in net for net in self.exempt_networks):
             return None
-        entry = self._entries.get(self._key(ip, address))
+        entry = self._entries.get(address_key(ip, self.ipv6_prefix))
         if entry is not None:
             self._refresh(entry, self._clock.seconds())
         return entry
 
-    def _use(self, key: str, now: float) -> _Entry:
+    def _use(self, key: str, now: float) -> Entry:
         entry = self._entries.get(key)
         if entry is None:
-            entry = self._entries[key] = _Entry(key)
+            entry = self._entries[key] = Entry(key)
         else:
             self._refresh(entry, now)
         self._touch(entry, now)
         return entry
 
-    def _touch(self, entry: _Entry, now: float) -> None:
+    def _touch(self, entry: Entry, now: float) -> None:
         entry.last_used = now
         if self._entries.get(entry.key) is entry:
             self._entries.move_to_end(entry.key)
 
-    def _refresh(self, entry: _Entry, now: float) -> None:
+    def _refresh(self, entry: Entry, now: float) -> None:
         """Forget what has expired; survive a clock that jumped back."""
         if entry.last_failure is not None and now - entry.last_failure >= self.expire_after:
             entry.delay = 0.0
@@ -394,7 +356,7 @@ class LoginPenalty:
             entry.forgiven.clear()
         entry.not_before = min(entry.not_before, now + entry.delay)
 
-    def _forget_if_unused(self, entry: _Entry) -> None:
+    def _forget_if_unused(self, entry: Entry) -> None:
         if (entry.idle() and entry.last_failure is None and not entry.forgiven
                 and self._entries.get(entry.key) is entry):
             del self._entries[entry.key]
@@ -416,37 +378,12 @@ class LoginPenalty:
             for key in list(itertools.islice(idle, excess)):
                 del self._entries[key]
 
-    def _key(self, ip: str, address: _IPAddress | None) -> str:
-        if address is None:
-            return ip
-        if isinstance(address, ipaddress.IPv6Address):
-            return str(ipaddress.IPv6Network((address, self.ipv6_prefix), strict=False))
-        return str(address)
 
-
-def _address(ip: str) -> _IPAddress | None:
-    """C{ip} as an address, IPv4-mapped IPv6 as IPv4; None if not an IP."""
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
-def _network(text: str) -> _IPNetwork:
+def _network(text: str) -> Network:
     try:
         return ipaddress.ip_network(text, strict=False)
     except ValueError:
         raise ValueError(f"exempt_networks: {text!r} is not an IP network") from None
-
-
-def _remember(table: OrderedDict[bytes, None], key: bytes, bound: int) -> None:
-    table[key] = None
-    table.move_to_end(key)
-    while len(table) > bound:
-        table.popitem(last=False)
 
 
 def _failed(exception: Exception) -> Deferred[Any]:

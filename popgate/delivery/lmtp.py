@@ -21,90 +21,38 @@ a small protocol of its own:
 
 from __future__ import annotations
 
-import errno
-import functools
-import re
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from popgate import errors
-from popgate.delivery.message import add_trace_headers
-from popgate.delivery.target import delivery_target
-from popgate.delivery.users import UserResolver
+from popgate.delivery.lmtp_data import DataReader
+from popgate.delivery.lmtp_recipients import RecipientDelivery, Transaction
+from popgate.delivery.lmtp_syntax import VERB, BadPath, parse_path
+from popgate.delivery.lmtp_syntax import shown as _shown
 from popgate.events import address_text, emit
-from popgate.interfaces import IStreamTransport, IUserLookup
+from popgate.interfaces import IStreamTransport
 from popgate.wire import to_stored
 
-DEFAULT_MAX_MESSAGE_SIZE = 50 * 1024 * 1024
-DEFAULT_IDLE_TIMEOUT = 300.0  # RFC 5321 4.5.3.2.7: at least 5 minutes
+if TYPE_CHECKING:
+    from popgate.delivery.lmtp_factory import LMTPFactory
+
 MAX_COMMAND_LINE = 2048  # RFC 5321 says 512; MTAs send longer with parameters
 MAX_RECIPIENTS = 1000
 MAX_BAD_COMMANDS = 20
-_FRAGMENT = 1 << 16  # a message line longer than this is taken in pieces
 _PAUSE_ABOVE = 1 << 16  # read-ahead while busy before the transport is paused
 
-_PATH = re.compile(rb"^<([^<>]*)>(.*)$", re.DOTALL)
-_VERB = re.compile(rb"^[A-Za-z]{1,16}$")
-_UNPRINTABLE = re.compile(r"[^\x21-\x7e]")
 _COMMAND, _DATA = "command", "data"
 
 
-@dataclass(slots=True)
-class _Transaction:
-    sender: str | None = None
-    recipients: list[tuple[str, str]] = field(default_factory=list)  # (address, user)
-
-
-class _BadPath(ValueError):
-    pass
-
-
-def _parse_path(argument: bytes, keyword: bytes) -> tuple[str, list[bytes]]:
-    """C{FROM:<a@b> SIZE=10} -> (C{a@b}, [C{SIZE=10}])."""
-    if argument[:len(keyword)].upper() != keyword:
-        raise _BadPath()
-    match = _PATH.match(argument[len(keyword):].lstrip())
-    if match is None:
-        raise _BadPath()
-    raw = match.group(1)
-    if raw.startswith(b"@") and b":" in raw:
-        raw = raw.split(b":", 1)[1]  # an RFC 821 source route: ignored
-    try:
-        address = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise _BadPath() from None
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in address):
-        raise _BadPath()
-    return address, match.group(2).split()
-
-
-def _shown(address: str) -> bytes:
-    """An address as echoed in a reply: printable ASCII only."""
-    return _UNPRINTABLE.sub("?", address)[:256].encode("ascii")
-
-
-def as_resolver(user_lookup: Any) -> UserResolver:
-    """A L{UserResolver} from a resolver, one L{IUserLookup}, a list of
-    checkers, or C{None} (accept anyone)."""
-    if isinstance(user_lookup, UserResolver):
-        return user_lookup
-    if user_lookup is None:
-        return UserResolver([])
-    if IUserLookup.providedBy(user_lookup):
-        return UserResolver([user_lookup])
-    return UserResolver.from_checkers(user_lookup)
-
-
-class LMTPServerProtocol(Protocol):
-    """One LMTP connection."""
+class LMTPServerProtocol(DataReader, RecipientDelivery, Protocol):
+    """One LMTP connection: framing, the command state machine, replies."""
 
     log = Logger()
     factory: LMTPFactory
@@ -123,7 +71,7 @@ class LMTPServerProtocol(Protocol):
         self._skipping = False
         self._greeted = False
         self._bad_commands = 0
-        self._transaction = _Transaction()
+        self._transaction = Transaction()
         self._timer: IDelayedCall | None = None
         self._data_parts: list[bytes] = []
         self._data_size = 0
@@ -259,7 +207,7 @@ class LMTPServerProtocol(Protocol):
     def _command(self, line: bytes) -> None:
         verb, _, argument = line.strip().partition(b" ")
         handler = None
-        if _VERB.match(verb):
+        if VERB.match(verb):
             handler = getattr(self, "lmtp_" + verb.decode("ascii").upper(), None)
         if handler is None:
             self._reply(500, "5.5.2", "Command not recognized")
@@ -285,7 +233,7 @@ class LMTPServerProtocol(Protocol):
         self._process()
 
     def _reset(self) -> None:
-        self._transaction = _Transaction()
+        self._transaction = Transaction()
 
     def lmtp_LHLO(self, argument: bytes) -> None:
         if not argument:
@@ -313,8 +261,8 @@ class LMTPServerProtocol(Protocol):
             self._reply(503, "5.5.1", "Nested MAIL command")
             return
         try:
-            sender, parameters = _parse_path(argument, b"FROM:")
-        except _BadPath:
+            sender, parameters = parse_path(argument, b"FROM:")
+        except BadPath:
             self._reply(501, "5.5.4", "Syntax: MAIL FROM:<address>")
             return
         for parameter in parameters:
@@ -342,8 +290,8 @@ class LMTPServerProtocol(Protocol):
             self._reply(503, "5.5.1", "Need MAIL command")
             return None
         try:
-            address, parameters = _parse_path(argument, b"TO:")
-        except _BadPath:
+            address, parameters = parse_path(argument, b"TO:")
+        except BadPath:
             self._reply(501, "5.5.4", "Syntax: RCPT TO:<address>")
             return None
         if not address:
@@ -416,152 +364,17 @@ class LMTPServerProtocol(Protocol):
 
     # -- DATA
 
-    def _take_data(self) -> bool:
-        """Consume message lines from the buffer; True once the final
-        C{.} was seen."""
-        buf = self._buffer
-        i = 0
-        try:
-            while (j := buf.find(b"\n", i)) >= 0:
-                line = bytes(buf[i:j + 1])
-                i = j + 1
-                if self._data_line_start:
-                    if line == b".\r\n":
-                        self._end_data()
-                        return True
-                    if line[:1] == b".":
-                        line = line[1:]
-                self._add_data(line)
-            if len(buf) - i > _FRAGMENT:
-                piece = bytes(buf[i:])
-                i = len(buf)
-                if self._data_line_start and piece[:1] == b".":
-                    piece = piece[1:]
-                self._add_data(piece)
-            return False
-        finally:
-            del buf[:i]
-
-    def _add_data(self, piece: bytes) -> None:
-        # A line starts after CRLF only: a bare LF is data, as is a "."
-        # after it, so "\n.\n" can never end a message (SMTP smuggling).
-        self._data_line_start = piece.endswith(b"\r\n") or (
-            piece == b"\n" and self._data_previous_cr)
-        self._data_previous_cr = piece.endswith(b"\r")
-        self._data_size += len(piece)
-        if self._data_size > self.factory.max_message_size:
-            self._data_parts = []  # keep reading to the end, storing nothing
-        else:
-            self._data_parts.append(piece)
-
     def _end_data(self) -> None:
         self._mode = _COMMAND
         too_big = self._data_size > self.factory.max_message_size
         message = b"" if too_big else to_stored(b"".join(self._data_parts))
         self._data_parts = []
-        transaction, self._transaction = self._transaction, _Transaction()
+        transaction, self._transaction = self._transaction, Transaction()
         self._busy = True
         d = defer.Deferred.fromCoroutine(
             self._deliver_all(transaction, message, self._data_size if too_big else 0))
         d.addErrback(self._command_failed)
         d.addBoth(self._command_done)
 
-    async def _deliver_all(self, transaction: _Transaction, message: bytes,
-                           too_big: int) -> None:
-        """One reply per recipient, in RCPT order, each after its copy is
-        durable; C{too_big}: the size of a message over the limit (0 if
-        it is not)."""
-        sender = transaction.sender
-        for address, user in transaction.recipients:
-            shown = _shown(address)
-            started = self.factory.clock.seconds()
-            if too_big:
-                self._report("failed", "too-big", address, user, sender, too_big, 552, "5.3.4",
-                             started, level=LogLevel.info)
-                self._reply(552, "5.3.4", b"<%s> Message too big" % shown)
-                continue
-            copy = add_trace_headers(message, sender, address)
-            report = functools.partial(self._report, address=address, user=user, sender=sender,
-                                       size=len(copy), started=started)
-            try:
-                await defer.maybeDeferred(self.factory.target.deliver, user, copy, sender)
-            except errors.InvalidUserName as e:
-                report(result="failed", reason="bad-mailbox", code=550, status="5.1.3",
-                       why=str(e))
-                self._reply(550, "5.1.3", b"<%s> Bad destination mailbox address" % shown)
-            except errors.TemporaryFailure as e:
-                code, status = _temporary_reply(e)
-                self._store_error("temporary", user, str(e))
-                report(result="tempfail", reason=_TEMPORARY_REASONS.get(status, "temporary"),
-                       code=code, status=status, why=str(e))
-                self._reply(code, status, b"<%s> Temporary failure, try again later" % shown)
-            except errors.PermanentFailure as e:
-                self._store_error("permanent", user, str(e))
-                report(result="failed", reason="permanent", code=554, status="5.3.0",
-                       why=str(e), level=LogLevel.error)
-                self._reply(554, "5.3.0", b"<%s> Mailbox unavailable" % shown)
-            except Exception as e:
-                self.log.failure("lmtp: delivery to {user}", user=user)
-                self._store_error("internal", user, repr(e))
-                report(result="tempfail", reason="internal", code=451, status="4.3.0",
-                       why=repr(e))
-                self._reply(451, "4.3.0", b"<%s> Local error, try again later" % shown)
-            else:
-                report(result="ok", reason="", code=250, status="2.0.0")
-                self._reply(250, "2.0.0", b"<%s> Delivered" % shown)
 
-    def _store_error(self, kind: str, user: str, why: str) -> None:
-        # Counted; the lmtp.delivery line says it in words.
-        emit(self.log, "store.error", level=LogLevel.debug, op="deliver", kind=kind, user=user,
-             why=why, session=self._session)
-
-
-_TEMPORARY_REASONS = {"4.2.2": "quota", "4.3.1": "disk-full"}
-
-
-def _temporary_reply(failure: BaseException) -> tuple[int, str]:
-    """Disk full and over quota have codes of their own (RFC 3463)."""
-    cause = failure.__cause__
-    code = getattr(cause, "errno", None)
-    if code == errno.EDQUOT:
-        return 452, "4.2.2"
-    if code == errno.ENOSPC:
-        return 452, "4.3.1"
-    return 451, "4.3.0"
-
-
-class LMTPFactory(ServerFactory[LMTPServerProtocol]):
-    """
-    Builds L{LMTPServerProtocol}s delivering into C{store}.
-
-    @param store: an L{IDeliveryTarget}: a mail store that takes mail
-        (checked with L{popgate.delivery.target.delivery_target}).
-    @param user_lookup: a L{UserResolver}, an L{IUserLookup}, a list of
-        checkers (those providing L{IUserLookup} are asked), or C{None} to
-        accept every recipient.
-    @param clock: for the idle timer (an C{IReactorTime}); required, so no
-        session falls back to the global reactor.
-    """
-
-    def __init__(self, store: Any, user_lookup: Any, hostname: str, clock: Any,
-                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> None:
-        self.target = delivery_target(store)
-        self.resolver = as_resolver(user_lookup)
-        self.set_hostname(hostname)
-        self.clock = clock
-        self.max_message_size = max_message_size
-        self.idle_timeout = idle_timeout
-
-    def set_hostname(self, hostname: str) -> None:
-        """The name in the greeting and the LHLO reply of new sessions (a
-        reload may change it)."""
-        self.hostname_bytes = _UNPRINTABLE.sub("", hostname).encode("ascii") or b"localhost"
-
-    def buildProtocol(self, addr: Any) -> LMTPServerProtocol:
-        protocol = LMTPServerProtocol(self)
-        protocol.factory = self
-        return protocol
-
-
-__all__: Sequence[str] = ["LMTPFactory", "LMTPServerProtocol", "DEFAULT_MAX_MESSAGE_SIZE"]
+__all__: Sequence[str] = ["LMTPServerProtocol"]

@@ -10,7 +10,7 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.python import usage
 
-from popgate.delivery.lmtp import LMTPFactory
+from popgate.delivery.lmtp_factory import LMTPFactory
 from popgate.delivery.target import delivery_target
 from popgate.delivery.users import UserResolver
 

@@ -51,6 +51,7 @@ from popgate.interfaces import IReachable, IUserLookup
 from popgate.limits import process as limits_process
 from popgate.probes import StartupProbe, probe_all
 from tests.helpers import InlineReactor, connect, make_portal
+from tests.services import need
 from tests.tlscerts import make_pki
 
 _sync = SynchronousTestCase()
@@ -191,8 +192,7 @@ def test_passwd_follows_a_symlink(tmp_path: Path) -> None:
 
 
 def test_passwd_keeps_the_owner(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("changing a file's owner needs root")
+    need(os.geteuid() == 0, "changing a file's owner needs root")
     path = tmp_path / "users"
     set_password(str(path), "alice", "pw")
     os.chown(path, 65534, 65534)

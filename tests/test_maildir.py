@@ -465,61 +465,11 @@ def test_snapshot_cache_is_bounded(tmp_path):
     assert cache._held <= 3
 
 
-def test_open_with_a_kept_snapshot_needs_no_thread(tmp_path):
-    """A login to a Maildir whose snapshot is kept is served inline (lock +
-    two stat calls); a stale snapshot goes back to the thread pool."""
+def _aged_store(tmp_path):
+    """A Maildir store on a L{CountingReactor}, with one message in
+    C{alice}'s Maildir, whose directories are old enough for a snapshot
+    to be kept."""
     from popgate.stores.maildir import MaildirStore
-
-    class CountingReactor:
-        def __init__(self):
-            self.calls = 0
-
-        def getThreadPool(self):
-            reactor = self
-
-            class Pool:
-                def callInThreadWithCallback(self, on_result, f, *a, **kw):
-                    reactor.calls += 1
-                    try:
-                        result = f(*a, **kw)
-                    except BaseException:
-                        from twisted.python.failure import Failure
-                        on_result(False, Failure())
-                    else:
-                        on_result(True, result)
-
-            return Pool()
-
-        def callFromThread(self, f, *a, **kw):
-            f(*a, **kw)
-
-    reactor = CountingReactor()
-    store = MaildirStore(str(tmp_path / "%n"), reactor=reactor)
-    root = tmp_path / "alice"
-    for sub in ("cur", "new", "tmp"):
-        (root / sub).mkdir(parents=True)
-    (root / "new" / "1700000000.M1P1.h").write_bytes(b"a\n")
-    old = 1_600_000_000
-    for sub in ("cur", "new"):
-        os.utime(root / sub, (old, old))
-    drop = successResultOf(store.open_maildrop("alice"))
-    assert reactor.calls == 1
-    successResultOf(drop.commit([]))
-    drop = successResultOf(store.open_maildrop("alice"))
-    assert reactor.calls == 1  # served from the kept snapshot
-    assert len(drop.list_messages()) == 1
-    failureResultOf(store.open_maildrop("alice"), errors.MaildropInUse)
-    drop.close()
-    (root / "new" / "1700000001.M1P1.h").write_bytes(b"b\n")
-    drop = successResultOf(store.open_maildrop("alice"))
-    assert reactor.calls == 2 and len(drop.list_messages()) == 2
-    drop.close()
-
-
-def test_what_the_kernel_has_not_cached_is_opened_in_a_thread(tmp_path, monkeypatch):
-    """When an open could wait for the disk (nowait says None), the login
-    with a kept snapshot and the RETR open both go to the thread pool."""
-    from popgate.stores import nowait
     from tests.test_output import CountingReactor
 
     reactor = CountingReactor()
@@ -531,6 +481,33 @@ def test_what_the_kernel_has_not_cached_is_opened_in_a_thread(tmp_path, monkeypa
     old = 1_600_000_000
     for sub in ("cur", "new"):
         os.utime(root / sub, (old, old))
+    return reactor, store, root
+
+
+def test_open_with_a_kept_snapshot_needs_no_thread(tmp_path):
+    """A login to a Maildir whose snapshot is kept is served inline (lock +
+    two stat calls); a stale snapshot goes back to the thread pool."""
+    reactor, store, root = _aged_store(tmp_path)
+    drop = successResultOf(store.open_maildrop("alice"))
+    assert reactor.pool.calls == 1
+    successResultOf(drop.commit([]))
+    drop = successResultOf(store.open_maildrop("alice"))
+    assert reactor.pool.calls == 1  # served from the kept snapshot
+    assert len(drop.list_messages()) == 1
+    failureResultOf(store.open_maildrop("alice"), errors.MaildropInUse)
+    drop.close()
+    (root / "new" / "1700000001.M1P1.h").write_bytes(b"b\n")
+    drop = successResultOf(store.open_maildrop("alice"))
+    assert reactor.pool.calls == 2 and len(drop.list_messages()) == 2
+    drop.close()
+
+
+def test_what_the_kernel_has_not_cached_is_opened_in_a_thread(tmp_path, monkeypatch):
+    """When an open could wait for the disk (nowait says None), the login
+    with a kept snapshot and the RETR open both go to the thread pool."""
+    from popgate.stores import nowait
+
+    reactor, store, _ = _aged_store(tmp_path)
     successResultOf(successResultOf(store.open_maildrop("alice")).commit([]))
     assert reactor.pool.calls == 1
     monkeypatch.setattr(nowait, "open_cached", lambda path, flags: None)

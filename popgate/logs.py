@@ -43,6 +43,7 @@ from twisted.logger import (
     LogLevelFilterPredicate,
     formatEvent,
     formatEventAsClassicLogText,
+    formatTime,
 )
 from twisted.python import log as legacy_log
 from twisted.python import usage
@@ -73,7 +74,7 @@ def json_line(event: LogEvent, worker: int = 0) -> str:
                  .replace("+00:00", "Z") if isinstance(when, (int, float)) else None),
         "level": getattr(level, "name", "info"),
         "event": name if spec is not None else "log",
-        "text": formatEvent(event),
+        "text": event_text(event),
         "namespace": event.get("log_namespace", "-"),
     }
     if worker:
@@ -90,6 +91,36 @@ def json_line(event: LogEvent, worker: int = 0) -> str:
     return json.dumps(record, default=str) + "\n"
 
 
+def event_text(event: LogEvent) -> str | None:
+    """The event's text: rendered once by L{popgate.events.emit}
+    (C{log_text}), else by Twisted's formatter (events of other code)."""
+    text = event.get("log_text")
+    if isinstance(text, str):
+        return text
+    return formatEvent(event)
+
+
+class _SecondClock:
+    """twistd's timestamp (RFC 3339 to the second, local time), made once
+    per second rather than once per line."""
+
+    def __init__(self) -> None:
+        self._second: int | None = None
+        self._text = "-"
+
+    def __call__(self, when: float | None) -> str:
+        if when is None:
+            return "-"
+        second = int(when)
+        if second != self._second:
+            self._text = formatTime(second)
+            self._second = second
+        return self._text
+
+
+_timestamp = _SecondClock()
+
+
 def text_line(event: LogEvent, worker: int = 0) -> str | None:
     """One event as twistd writes it: C{TIME [NAMESPACE#LEVEL] TEXT}, or
     C{TIME [worker=N NAMESPACE#LEVEL] TEXT} from a C{--workers} process
@@ -99,6 +130,15 @@ def text_line(event: LogEvent, worker: int = 0) -> str | None:
         system = event.get("log_system") or (
             f"{event.get('log_namespace', '-')}#{getattr(level, 'name', '-')}")
         event = {**event, "log_system": f"worker={worker} {system}"}
+    text = event.get("log_text")
+    if isinstance(text, str) and "log_failure" not in event:
+        # formatEventAsClassicLogText's line, without its formatter.
+        system = event.get("log_system")
+        if system is None:
+            level = event.get("log_level")
+            system = f"{event.get('log_namespace', '-')}#{getattr(level, 'name', '-')}"
+        text = text.replace("\n", "\n\t")
+        return f"{_timestamp(event.get('log_time'))} [{system}] {text}\n"
     return formatEventAsClassicLogText(event)
 
 

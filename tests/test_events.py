@@ -26,7 +26,14 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, globalLogPublisher
+from twisted.logger import (
+    ILogObserver,
+    LogEvent,
+    Logger,
+    LogLevel,
+    formatEventAsClassicLogText,
+    globalLogPublisher,
+)
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -552,6 +559,8 @@ def test_json_lines_parse_and_have_the_documented_keys(store: MemoryStore, check
         assert list(record) == list(events.JSON_KEYS) + [f.name for f in spec.fields]
         assert record["event"] == event["event"] and record["level"] == event["log_level"].name
         assert record["time"].endswith("Z") and record["text"] == logs.formatEvent(event)
+        # The text rendered once by emit is what Twisted's formatter makes.
+        assert logs.text_line(event) == formatEventAsClassicLogText(event)
         for f in spec.fields:
             assert isinstance(record[f.name], int if f.type == "int" else
                               float if f.type == "float" else str), (spec.name, f.name)

@@ -4,14 +4,18 @@ A per-address login penalty that really slows password guessing.
 Dovecot's auth penalty delays each auth request of a penalised address
 before the lookup, but lets one address run lookups in parallel, so twenty
 connections guess twenty times as fast.  Here each address (an IPv6 /64)
-has one queue: its attempts are checked one at a time, in order, and after
-a failure no check starts before the penalty has passed (doubling per
+has one queue: once it has failed, its attempts are checked one at a time,
+in order, and no check starts before the penalty has passed (doubling per
 failure, capped).  The wait comes before the check, so a right password is
 answered no sooner than a wrong one, and a client that gives up early and
 reconnects does not get its turn any sooner.
 
-Three exceptions keep real users out of harm's way: a user name that
-logged in from the address skips the wait (until it fails again); the same
+An address with a clean record (no failure remembered) and user names that
+logged in from the address are checked a few at a time (C{max_parallel}),
+without waiting: a busy NAT or a fetcher polling many accounts is not
+slowed to one check at a time, and a guesser gains at most C{max_parallel}
+checks before its first failure puts it in line (each failure in that first
+burst doubles the penalty, so the burst brings the cap closer).  The same
 wrong user and password retried by a misconfigured client does not double
 the penalty; trusted networks are neither delayed nor queued.
 
@@ -60,9 +64,9 @@ class LoginPenalty:
     Serialise and delay the login checks of each client address.
 
     C{attempt(ip, username, secret, check)} runs C{check()} once it is
-    this address's turn (at most one check per address at a time, first
-    come first served) and its penalty has passed, and passes the result
-    through.  After each failed check the penalty doubles from
+    this address's turn (for a penalised address, one check at a time,
+    first come first served) and its penalty has passed, and passes the
+    result through.  After each failed check the penalty doubles from
     C{base_delay} up to C{max_delay}, and the next check of the address
     starts no earlier than C{failure time + penalty}.
 
@@ -74,9 +78,13 @@ class LoginPenalty:
     @param clock: the reactor, or a L{twisted.internet.task.Clock} in tests.
     @param base_delay: seconds of penalty after the first failure.
     @param max_delay: the cap of the doubling.
-    @param max_queue: attempts of one address that may be pending at once
-        (waiting, or being checked for a client still there); one more
-        fails at once with L{PenaltyQueueFull}.
+    @param max_queue: attempts of one penalised address that may be
+        pending at once (waiting, or being checked for a client still
+        there); one more fails at once with L{PenaltyQueueFull}.  (Attempts
+        that may run in parallel are not refused: they are bounded by the
+        connections of the address, one login at a time each.)
+    @param max_parallel: checks of one address that may run at once while
+        it has a clean record, or for names it has forgiven.
     @param max_entries: addresses remembered; the least recently used idle
         one is forgotten first.
     @param expire_after: seconds without a failure after which an address's
@@ -103,13 +111,16 @@ class LoginPenalty:
         expire_after: float = 3600.0,
         ipv6_prefix: int = 64,
         exempt_networks: tuple[str, ...] = (),
-        max_forgiven: int = 8,
+        max_forgiven: int = 64,
         max_fingerprints: int = 8,
+        max_parallel: int = 4,
     ) -> None:
         if base_delay < 0 or max_delay < 0:
             raise ValueError("delays must not be negative")
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1")
+        if max_parallel < 1:
+            raise ValueError("max_parallel must be at least 1")
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         if expire_after <= 0:
@@ -122,6 +133,7 @@ class LoginPenalty:
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.max_queue = max_queue
+        self.max_parallel = max_parallel
         self.max_entries = max_entries
         self.expire_after = expire_after
         self.ipv6_prefix = ipv6_prefix
@@ -178,7 +190,7 @@ class LoginPenalty:
             return free.result
         now = self._clock.seconds()
         entry = self._use(address_key(ip, self.ipv6_prefix), now)
-        if entry.pending() >= self.max_queue:
+        if not self._may_overlap(entry, username) and entry.pending() >= self.max_queue:
             return _failed(PenaltyQueueFull(
                 f"{self.max_queue} login attempts from {entry.key} already pending"))
         item = Attempt(username, self._fingerprint(username, secret), check, release)
@@ -212,34 +224,47 @@ class LoginPenalty:
             return
         entry.pumping = True
         try:
-            while entry.running is None and entry.queue:
+            while entry.queue:
                 now = self._clock.seconds()
                 self._refresh(entry, now)
                 item = self._next_ready(entry, now)
                 if item is None:
-                    self._wake_at(entry, entry.not_before - now)
-                    return
+                    break
                 entry.queue.remove(item)
                 self._run(entry, item)
-            self._stop_timer(entry)
+            if entry.queue and not entry.running:
+                # Only the penalty holds the queue: wake up when it is over.
+                # (A running check pumps again when it finishes.)
+                self._wake_at(entry, entry.not_before - self._clock.seconds())
+            else:
+                self._stop_timer(entry)
         finally:
             entry.pumping = False
         self._forget_if_unused(entry)
 
+    def _may_overlap(self, entry: Entry, username: bytes) -> bool:
+        """May this name's check run beside others, without waiting?"""
+        return entry.last_failure is None or username in entry.forgiven
+
     def _next_ready(self, entry: Entry, now: float) -> Attempt | None:
-        if now >= entry.not_before - _EPSILON:
-            return entry.queue[0]
+        if len(entry.running) >= self.max_parallel:
+            return None
+        due = now >= entry.not_before - _EPSILON
         for item in entry.queue:
-            if item.username in entry.forgiven:
+            if self._may_overlap(entry, item.username):
                 return item
+            if due:
+                # The first one in line whose penalty is over runs alone,
+                # and goes before anyone behind it: it cannot be starved.
+                return None if entry.running else item
         return None
 
     def _run(self, entry: Entry, item: Attempt) -> None:
-        entry.running = item
+        entry.running.append(item)
         maybeDeferred(item.check).addBoth(self._finished, entry, item)
 
     def _finished(self, result: object, entry: Entry, item: Attempt) -> None:
-        entry.running = None
+        entry.running.remove(item)
         now = self._clock.seconds()
         if isinstance(result, Failure):
             if result.check(*WRONG_CREDENTIALS):
@@ -264,7 +289,7 @@ class LoginPenalty:
 
     def _cancel(self, entry: Entry, item: Attempt) -> None:
         """The client went away: Deferred.cancel then fires CancelledError."""
-        if item is entry.running:
+        if item in entry.running:
             item.abandoned = True
             return
         entry.queue.remove(item)

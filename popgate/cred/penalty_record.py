@@ -43,17 +43,18 @@ class Entry:
     # HMACs of (user, secret) pairs that failed from here, oldest first.
     failed: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
     queue: deque[Attempt] = field(default_factory=deque)
-    running: Attempt | None = None
+    # Checks that run now: at most one while the address is penalised,
+    # a few at once for an address with a clean record or forgiven names.
+    running: list[Attempt] = field(default_factory=list)
     timer: IDelayedCall | None = None
     pumping: bool = False
 
     def idle(self) -> bool:
-        return self.running is None and not self.queue
+        return not self.running and not self.queue
 
     def pending(self) -> int:
         """Attempts someone still waits for (an abandoned check is not)."""
-        live = self.running is not None and not self.running.abandoned
-        return len(self.queue) + live
+        return len(self.queue) + sum(not item.abandoned for item in self.running)
 
 
 def remember(table: OrderedDict[bytes, None], key: bytes, bound: int) -> None:

@@ -12,7 +12,7 @@ from twisted.internet.interfaces import IHalfCloseableProtocol, ISSLTransport, I
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
-from zope.interface import alsoProvides, directlyProvides, providedBy
+from zope.interface import directlyProvides, providedBy
 
 from popgate.events import emit
 from popgate.limits.counts import ConnectionLimits, Ticket
@@ -80,9 +80,13 @@ class _LimitedProtocol(ProtocolWrapper):
         # As ProtocolWrapper's, but a half-closeable protocol stays one:
         # the wrapper would otherwise provide only its transport's
         # interfaces, and a client's shutdown(SHUT_WR) would close.
-        directlyProvides(self, providedBy(transport))
+        # One directlyProvides call: zope caches the declaration made of
+        # the same interfaces (alsoProvides would build a new one, and its
+        # resolution order, per connection).
         if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
-            alsoProvides(self, IHalfCloseableProtocol)
+            directlyProvides(self, providedBy(transport), IHalfCloseableProtocol)
+        else:
+            directlyProvides(self, providedBy(transport))
         Protocol.makeConnection(self, transport)
         # directlyProvides above gave the wrapper its transport's interfaces.
         self.wrappedProtocol.makeConnection(cast(ITransport, self))

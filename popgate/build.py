@@ -299,7 +299,8 @@ def build_server(config: Config, reactor: Any,
     shared = config.workers > 1 or config.worker
 
     def listen(kind: str, description: str, listening_factory: Any) -> None:
-        inner, listening_factory = prepare_listener(description, listening_factory, reactor)
+        inner, listening_factory = prepare_listener(description, listening_factory, reactor,
+                                                    parse_networks(config.proxy_trusted))
         if shared:
             listener: Any = ReusePortListener(reactor, inner, listening_factory)
         else:

@@ -53,6 +53,9 @@ with every field):
   logins wait.
 - C{limit.refused} (debug): a connection refused by a connection limit
   (a rate-limited warning says so in words).
+- C{proxy.refused} (warn): a connection to a C{haproxy:} listener closed
+  before any session: not from a trusted proxy (C{--proxy-trusted}), or
+  no valid PROXY header in time.
 - C{tls.handshake} (debug): a TLS handshake (POP3S or STLS) succeeded,
   as known at the first command over TLS.
 - C{tls.handshake_failed} (info): a TLS handshake (POP3S or STLS) failed.
@@ -354,6 +357,20 @@ _event("limit.refused", LogLevel.debug, "A connection refused by a connection li
     _RIP,
     _f("protocol", "token", "pop3 or lmtp", "pop3", "lmtp"),
 ), "limit: Refused: limit={limit}, max={max}, rip={rip}, protocol={protocol}")
+
+#: Why a connection to a haproxy: listener was closed before any session.
+PROXY_REASONS = (
+    "untrusted",   # its peer is not in --proxy-trusted: closed before reading
+    "bad-header",  # what it sent first is not a valid PROXY header
+    "timeout",     # no complete PROXY header within the time allowed
+)
+
+_event("proxy.refused", LogLevel.warn, "A connection to a haproxy: listener closed before any "
+       "session: its peer is not a trusted proxy, or it sent no valid PROXY header in time.", (
+    _f("reason", "token", "why it was closed", *PROXY_REASONS),
+    _f("rip", "address", "the address that connected (the TCP peer, not a PROXY header's)"),
+    _LIP,
+), "proxy: Refused: reason={reason}, rip={rip}, lip={lip}")
 
 _event("tls.handshake", LogLevel.debug, "A TLS handshake succeeded (told at the first command "
        "the client sends over TLS).", (

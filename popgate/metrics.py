@@ -153,6 +153,10 @@ class Metrics:
             "popgate_connections_refused", "Connections refused by a connection limit "
             "(total: --max-connections, address: --max-connections-per-ip).",
             ["limit", "protocol"], registry=r)
+        self.proxy_refused = Counter(
+            "popgate_proxy_refused", "Connections to haproxy: listeners closed before any "
+            "session, by reason (untrusted: not from --proxy-trusted; bad-header; timeout).",
+            ["reason"], registry=r)
         self.logins = Counter(
             "popgate_logins", "Login attempts, by result (ok; failed: the client's fault; "
             "error: the server's), method (USER, APOP, the SASL mechanism) and reason.",
@@ -224,6 +228,7 @@ class Metrics:
             "deliver.delivery": self._delivery,
             "auth.penalty": self._penalty,
             "limit.refused": self._refused,
+            "proxy.refused": self._proxy_refused,
             "tls.handshake": self._tls_handshake,
             "tls.handshake_failed": self._tls_failed,
             "store.error": self._store_error,
@@ -239,6 +244,8 @@ class Metrics:
         for limit in _values("limit.refused", "limit"):
             for protocol in _values("limit.refused", "protocol"):
                 self.refused.labels(limit, protocol)
+        for reason in events.PROXY_REASONS:
+            self.proxy_refused.labels(reason)
         for result in _values("pop3.login", "result"):
             self.login_duration.labels(result)
             self.login_check.labels(result)
@@ -322,6 +329,9 @@ class Metrics:
     def _refused(self, event: LogEvent) -> None:
         self.refused.labels(_token(event["limit"], _values("limit.refused", "limit")),
                             _token(event["protocol"], _values("limit.refused", "protocol"))).inc()
+
+    def _proxy_refused(self, event: LogEvent) -> None:
+        self.proxy_refused.labels(_token(event["reason"], events.PROXY_REASONS)).inc()
 
     def _tls_handshake(self, event: LogEvent) -> None:
         version = event["version"]

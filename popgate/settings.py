@@ -186,6 +186,13 @@ class Config:
     lmtp: tuple[str, ...] = _declare(
         (), "An LMTP delivery listener for the SMTP server, e.g. tcp:2424:interface=127.0.0.1 "
         "(repeatable).", "Listeners", kind="list", metavar="ENDPOINT")
+    proxy_trusted: tuple[str, ...] = _declare(
+        ("127.0.0.0/8", "::1/128"), "The proxies (addresses or CIDR networks, IPv4 or IPv6) "
+        "that may connect to haproxy: listeners and say, in a PROXY header, whose connection "
+        "it is; a connection from anywhere else is closed before anything is read. UNIX "
+        "sockets always may. In TOML a list, proxy_trusted = [\"10.1.0.5\", \"10.1.0.6\"].",
+        "Listeners", kind="list", comma_list=True, items=_networks, metavar="CIDR[,CIDR...]",
+        default_text="127.0.0.0/8,::1 (loopback: HAProxy on the same host)")
     metrics: str | None = _declare(
         None, "Serve Prometheus metrics as /metrics on this endpoint, e.g. "
         "tcp:9110:interface=127.0.0.1 (not for the internet: it has no authentication). With "
@@ -261,7 +268,8 @@ class Config:
         metavar="debug|info|warn|error", choices=("debug", "info", "warn", "error"), live=True)
     workers: int = _declare(
         1, "Processes sharing the listening ports with SO_REUSEPORT, to use every core "
-        "(tcp: and tcp6: listeners only).", "Processes", kind="int", metavar="N", minimum=1)
+        "(tcp: and tcp6: listeners, also behind haproxy:).", "Processes", kind="int",
+        metavar="N", minimum=1)
     admin_socket: str | None = _declare(
         None, "A UNIX socket for popgate who and popgate kick (e.g. /run/popgate/admin.sock), "
         "mode 0600: made before twistd drops privileges, so only root may use it. With "

@@ -24,7 +24,7 @@ from popgate.reload import install as install_reload
 from popgate.settings import Config, Setting
 from popgate.startup_checks import run_as
 from popgate.stores.registry import describe_store_factories
-from popgate.workers.reuseport import parse_tcp_endpoint
+from popgate.workers.reuseport import check_shareable
 
 
 def _collector(setting: Setting) -> Any:
@@ -67,7 +67,7 @@ def check_server(config: Config) -> None:
         raise usage.UsageError("no user store: give --auth TYPE:ARGS (see --help-auth)")
     if config.workers > 1 or config.worker:
         for endpoint in config.pop3 + config.pop3s + config.lmtp:
-            parse_tcp_endpoint(endpoint)
+            check_shareable(endpoint)
 
 
 class Options(usage.Options, strcred.AuthOptionMixin):

@@ -6,9 +6,11 @@ header wrapper for C{haproxy:}.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from popgate.proxy_protocol import ProxyHeaderFactory
+from popgate.addresses import Network
+from popgate.proxy_protocol import DEFAULT_TRUSTED, ProxyHeaderFactory
 
 #: Twisted's endpoints default to 50, which drops connections in a burst.
 DEFAULT_BACKLOG = 511
@@ -57,14 +59,18 @@ def with_backlog(description: str, backlog: int) -> str:
     return f"{description}:backlog={backlog}"
 
 
-def prepare_listener(description: str, factory: Any, clock: Any) -> tuple[str, Any]:
+def prepare_listener(description: str, factory: Any, clock: Any,
+                     trusted: Sequence[Network] = DEFAULT_TRUSTED) -> tuple[str, Any]:
     """
     The endpoint string and factory to listen with: the backlog added
     (L{with_backlog}), and for C{haproxy:} the inner endpoint with a
     factory that builds the session once the PROXY header is read (see
-    L{popgate.proxy_protocol}), so limits and greeting see the real client.
+    L{popgate.proxy_protocol}), so limits and greeting see the real client,
+    and that takes connections only from the C{trusted} proxies.  With
+    C{--workers}, each process wraps its own C{SO_REUSEPORT} socket so.
     """
     description = with_backlog(description, listen_backlog())
     if description.startswith("haproxy:"):
-        return description[len("haproxy:"):], ProxyHeaderFactory(factory, clock)
+        return description[len("haproxy:"):], ProxyHeaderFactory(factory, clock,
+                                                                  trusted=trusted)
     return description, factory

@@ -50,6 +50,21 @@ def parse_tcp_endpoint(description: str) -> tuple[socket.AddressFamily, str, int
     return family, interface, port, backlog
 
 
+def check_shareable(description: str) -> None:
+    """
+    Refuse a listener the C{--workers} processes cannot share: a
+    C{tcp:}/C{tcp6:} endpoint, also behind C{haproxy:} (each worker wraps
+    its own socket for the PROXY header), is all they can.
+
+    @raise usage.UsageError: naming the listener.
+    """
+    inner = description.removeprefix("haproxy:")
+    if inner.partition(":")[0] not in ("tcp", "tcp6"):
+        raise usage.UsageError("--workers needs tcp: or tcp6: listeners (haproxy:tcp: and "
+                               f"haproxy:tcp6: too), not {description!r}")
+    parse_tcp_endpoint(inner)
+
+
 def listen_reuseport(reactor: Any, description: str, factory: Any) -> Any:
     """Listen on C{description} with C{SO_REUSEPORT}; returns the port."""
     family, interface, port, backlog = parse_tcp_endpoint(description)

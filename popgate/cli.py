@@ -13,6 +13,12 @@ The C{popgate} admin command.
                                            admin socket
   popgate deliver -u USER [-f SENDER]      local delivery from stdin (see
                                            popgate.delivery.deliver)
+  popgate migrate --from STORE --to PG USER...
+                                           copy Maildir/mbox mailboxes into
+                                           PostgreSQL, keeping UIDLs (see
+                                           popgate.migrate)
+  popgate db init|upgrade|status           the PostgreSQL mail store's schema
+                                           (see popgate.admin.db)
 
 Each command's work is in L{popgate.admin}; this module parses and
 dispatches.
@@ -29,11 +35,12 @@ from typing import Any
 
 from twisted.scripts import twistd
 
-from popgate.admin import run
+from popgate.admin import db, run
 from popgate.admin.passwd import PasswdError, ask_password, check_user_name, set_password
 from popgate.admin.version import versions
 from popgate.cred.schemes import HASH_SCHEMES, UnknownScheme, hash_password, verify_password
 from popgate.delivery import deliver
+from popgate.migrate import command as migrate
 from popgate.stores.maildir_delivery import ensure_maildir
 
 DEMO_USER = "demo"
@@ -237,6 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "admin_socket")
         p.set_defaults(func=_admin_command(name))
     deliver.add_subcommand(sub)
+    migrate.add_subcommand(sub)
+    db.add_subcommand(sub)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 

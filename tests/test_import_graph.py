@@ -20,6 +20,10 @@ ALLOWED_POPGATE = {
         "pytest loads the plugin at start-up; the fixture imports the server only when used",
     ("popgate.testing.pytest_plugin", "pop3_memory_server", "popgate.testing"):
         "as pop3_server: Twisted is imported only by a test that uses the fixture",
+    ("popgate.migrate.target", "open_target", "popgate.stores.pg_connections"):
+        "psycopg is imported only when popgate migrate runs, not by every popgate command",
+    ("popgate.migrate.target", "open_target", "popgate.stores.postgresql"):
+        "as pg_connections (the store's lock key)",
 }
 
 #: (module, function) -> why the global reactor is looked up there.
@@ -28,6 +32,7 @@ ALLOWED_REACTOR = {
     ("popgate.delivery.deliver", "run"): "the `popgate deliver` entry point",
     ("popgate.admin.run", "_reactor"): "the entry point of the admin commands that run the "
                                        "reactor (check-config, auth, who, kick)",
+    ("popgate.migrate.command", "_reactor"): "the `popgate migrate` entry point",
     ("popgate.cred.factories", "global_reactor"):
         "strcred factories are called with an argument string only",
     ("popgate.testing.reactor_thread", "_reactor"):

@@ -191,6 +191,24 @@ def _cache(tmp: Any) -> Any:
     return CachingChecker(_htpasswd(tmp), clock=Clock())
 
 
+def _pg_store(tmp: Any) -> Any:
+    from popgate.stores.postgresql import make_store
+
+    return make_store("dsn=postgresql://popgate@127.0.0.1:1/mail", InlineReactor())
+
+
+def _pg_maildrop(tmp: Any) -> Any:
+    from popgate.stores.postgresql import PostgresMaildrop
+
+    return PostgresMaildrop(_pg_store(tmp), "alice", None, 1, [(1, "1.ab", 3, 2)])  # type: ignore[arg-type]
+
+
+def _chunk_source(tmp: Any) -> Any:
+    from popgate.stores.pg_source import ChunkSource
+
+    return ChunkSource(lambda message_id, seq: None, 1, 2, b"hi")
+
+
 def _realm(tmp: Any) -> Any:
     from popgate.realm import MaildropRealm
     from popgate.stores.memory import MemoryStore
@@ -278,6 +296,9 @@ CASES: list[tuple[Case, str, tuple[Any, ...]]] = [
     (_maildir_store, "popgate.stores.maildir.MaildirStore", (IMailStore, IDeliveryTarget)),
     (_mbox_store, "popgate.stores.mbox.MboxStore", (IMailStore, IDeliveryTarget)),
     (_faulty_store, "popgate.testing.faults.FaultyStore", (IMailStore,)),
+    (_pg_store, "popgate.stores.postgresql.PostgresStore", (IMailStore, IDeliveryTarget, IReachable)),
+    (_pg_maildrop, "popgate.stores.postgresql.PostgresMaildrop", (IMaildrop,)),
+    (_chunk_source, "popgate.stores.pg_source.ChunkSource", (IMessageSource, ICachedMessageSource)),
     (_htpasswd, "popgate.cred.htpasswd.HtpasswdChecker", (ICredentialsChecker, IUserLookup, IReachable)),
     (_passwd_file, "popgate.cred.passwdfile.PasswdFileChecker", (ICredentialsChecker, IUserLookup, IReachable)),
     (_ldap, "popgate.cred.ldap.LDAPChecker", (ICredentialsChecker, IUserLookup, IReachable)),

@@ -65,6 +65,14 @@ mbox = LazyStoreFactory(
     "mbox:/var/mail/%u",
 )
 
+postgresql = LazyStoreFactory(
+    "postgresql",
+    "popgate.stores.postgresql.make_store",
+    "Mailboxes in a PostgreSQL database shared by any number of popgate nodes "
+    "(create the schema with popgate db init).",
+    "postgresql:dsn=postgresql://user@host/db[,pool_size=4][,connect_timeout=5]",
+)
+
 memory = LazyStoreFactory(
     "memory",
     "popgate.stores.memory.make_store",

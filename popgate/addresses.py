@@ -6,6 +6,7 @@ IPv4-mapped IPv6 as the IPv4 address; and the networks exempt from them.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 
@@ -13,9 +14,12 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+@functools.lru_cache(maxsize=4096)
 def client_address(host: str) -> IPAddress | None:
     """C{host} as an address (a zone index dropped), IPv4-mapped IPv6 as
-    IPv4; None if it is not an IP address (a UNIX socket)."""
+    IPv4; None if it is not an IP address (a UNIX socket).  Cached: a
+    login asks for its client's address several times (limits, penalty,
+    plaintext policy), and parsing one costs more than the lookup."""
     try:
         address = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
@@ -25,6 +29,7 @@ def client_address(host: str) -> IPAddress | None:
     return address
 
 
+@functools.lru_cache(maxsize=4096)
 def address_key(host: str, ipv6_prefix: int = 64) -> str:
     """
     The per-client key of C{host}: IPv6 addresses by their C{/ipv6_prefix}

@@ -35,12 +35,10 @@ from typing import IO, Any, Protocol, cast
 
 from twisted.logger import (
     FileLogObserver,
-    FilteringLogObserver,
     ILogObserver,
     LegacyLogObserverWrapper,
     LogEvent,
     LogLevel,
-    LogLevelFilterPredicate,
     formatEvent,
     formatEventAsClassicLogText,
     formatTime,
@@ -214,18 +212,23 @@ class ServerLog:
 
     def __init__(self, writer: ILogObserver, level: str = "info",
                  sink: LineSink | None = None) -> None:
-        self._predicate = LogLevelFilterPredicate(LEVELS[level])
+        # One level for every namespace: a comparison, not Twisted's
+        # per-namespace predicate (a dictionary walk per event).
+        self._writer = writer
+        self._minimum = LEVELS[level]
         self.level = level
         self.sink = sink
-        self._observer = FilteringLogObserver(writer, [self._predicate])
 
     def set_level(self, level: str) -> None:
         """Write events at C{level} and above from now on."""
-        self._predicate.setLogLevelForNamespace("", LEVELS[level])
+        self._minimum = LEVELS[level]
         self.level = level
 
     def __call__(self, event: LogEvent) -> None:
-        self._observer(event)
+        level = event.get("log_level")
+        # As LogLevelFilterPredicate: an event without a level is dropped.
+        if level is not None and not level < self._minimum:
+            self._writer(event)
 
 
 def file_log(out: IO[Any], log_format: str = "text", level: str = "info",

@@ -13,7 +13,6 @@ import errno
 import os
 import poplib
 import re
-import secrets
 import shutil
 import socket
 import stat
@@ -30,6 +29,7 @@ import pytest
 from popgate.cred.schemes import hash_password, verify_password
 from tests.harness import LOOPBACK
 from tests.ldap_server import SERVICE_PASSWORD, LDAPServer, local_slapd  # noqa: F401
+from tests.pg_database import throwaway_database
 from tests.popgate_server import REPO, PopgateProcess, child_env, free_port, run_twistd
 from tests.services import need
 
@@ -37,7 +37,6 @@ pytestmark = pytest.mark.integration
 
 ETC = Path(REPO) / "etc"
 PASSWORD = "alice-pw"
-PG_SERVER = os.environ.get("POPGATE_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def popgate(*args: str, stdin: str | None = None, env: dict[str, str] | None = None,
@@ -313,23 +312,12 @@ def test_check_config_of_the_shipped_examples(tmp_path: Path, users: Path) -> No
 def pg_database() -> Iterator[str]:
     """A throwaway PostgreSQL database with a users table; its DSN."""
     psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = psycopg.connect(PG_SERVER, autocommit=True, connect_timeout=3)
-    except psycopg.Error as e:
-        need(False, f"PostgreSQL unreachable at {PG_SERVER} (set POPGATE_PG_DSN): {e}")
-        raise
-    name = f"popgate_check_{secrets.token_hex(4)}"
-    admin.execute(f"CREATE DATABASE {name}")
-    dsn = PG_SERVER.rsplit("/", 1)[0] + "/" + name
-    try:
+    with throwaway_database("popgate_check") as dsn:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("CREATE TABLE users (userid text PRIMARY KEY, password text)")
             conn.execute("INSERT INTO users VALUES (%s, %s)",
                          ("alice", hash_password(PASSWORD, rounds=4)))
         yield dsn
-    finally:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
 
 
 def test_check_config_against_postgresql(tmp_path: Path, pg_database: str) -> None:

@@ -38,6 +38,21 @@ def test_toml_example_loads():
     assert values["auth"] and values["pop3"]
 
 
+def test_cluster_example_loads_and_its_store_and_users_parse():
+    """etc/popgate-cluster.toml.example (docs/cluster.md): a node behind
+    HAProxy, the mail and the users in PostgreSQL."""
+    from popgate.cred.sql_settings import parse_args as sql_args
+    from popgate.stores.pg_settings import parse_args as pg_args
+
+    values = config.load(os.path.join(ETC, "popgate-cluster.toml.example"))
+    assert all(p.startswith("haproxy:tcp:") for p in values["pop3"])
+    assert values["proxy_trusted"] and values["lmtp"] and values["workers"] > 1
+    kind, _, args = values["store"].partition(":")
+    assert kind == "postgresql" and pg_args(args).pool_size == 4
+    kind, _, args = values["auth"][0].partition(":")
+    assert kind == "sql" and sql_args(args)["dsn"].startswith("postgresql://")
+
+
 def test_htpasswd_example_logs_alice_in():
     checker = HtpasswdChecker(os.path.join(ETC, "htpasswd.example"), reactor=InlineReactor())
     d = checker.requestAvatarId(UsernamePassword(b"alice@example.org", b"alice-password"))

@@ -24,6 +24,7 @@ from twisted.python import usage
 
 from popgate import config, settings
 from popgate.cred.sql_settings import redact
+from popgate.optional import missing_library
 from popgate.probes import one_line
 from popgate.stores import pg_schema
 from popgate.stores.pg_settings import parse_args
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import psycopg
     except ImportError as e:
-        return _fail(f"{e}: pip install 'popgate[sql]'")
+        return _fail(missing_library(e))
     try:
         connection = psycopg.connect(store_settings.dsn, **store_settings.connect_kwargs())
     except psycopg.Error as e:

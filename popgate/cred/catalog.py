@@ -25,14 +25,13 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.logger import Logger
 
 from popgate.cred.memory import MemoryChecker
+from popgate.optional import missing_library
 from popgate.plural import plural
 
 __all__ = ["describe_all", "describe_type", "is_stock", "make_checker", "offered"]
 
 log = Logger()
 
-#: The optional libraries, by top-level module, and popgate's extra for each.
-EXTRAS = {"ldaptor": "ldap", "psycopg": "sql", "pymysql": "sql"}
 
 _WIDTH = 79
 _MEMORY_HELP = (
@@ -59,15 +58,6 @@ def offered(interfaces: Iterable[Any]) -> list[Any]:
     wanted = set(interfaces)
     return [factory for factory in strcred.findCheckerFactories()
             if not is_stock(factory) and wanted & set(factory.credentialInterfaces)]
-
-
-def missing_library(error: ImportError) -> str:
-    """What to say when importing a store's module failed."""
-    top = (error.name or "").partition(".")[0]
-    extra = EXTRAS.get(top)
-    if extra is None:
-        return f"cannot import {error.name or 'a module'}: {error}"
-    return f"the {top} module is missing: pip install 'popgate[{extra}]'"
 
 
 def _find(auth_type: str, interfaces: Iterable[Any]) -> Any:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from popgate.errors import TemporaryFailure
+from popgate.optional import is_missing_dependency, missing_library
 from popgate.probes import one_line
 from popgate.stores import pg_schema
 from popgate.stores.pg_settings import PGSettings
@@ -84,8 +85,13 @@ def open_target(settings: PGSettings, dry_run: bool = False) -> Target:
     # Here, not at the top: psycopg takes a tenth of a second to import,
     # and every `popgate` command (deliver, run by the MTA for each
     # message) imports this module's command.
-    from popgate.stores.pg_connections import connect
-    from popgate.stores.postgresql import lock_key
+    try:
+        from popgate.stores.pg_connections import connect
+        from popgate.stores.postgresql import lock_key
+    except ImportError as e:
+        if not is_missing_dependency(e):
+            raise
+        raise TargetError(missing_library(e)) from None
 
     try:
         connection = connect(settings)

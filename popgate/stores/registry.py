@@ -10,6 +10,7 @@ from typing import Any
 from twisted.plugin import getPlugins
 
 from popgate.interfaces import IMailStoreFactory
+from popgate.optional import is_missing_dependency, missing_library
 from popgate.plugin_support import call_maker
 
 
@@ -26,7 +27,9 @@ def make_store(description: str, reactor: Any) -> Any:
     running on C{reactor} (handed to the plugin's C{makeStore} when it
     takes one; see L{IMailStoreFactory.makeStore}).
 
-    @raise ValueError: with a one-line reason.
+    @raise ValueError: with a one-line reason, also when the plugin's
+        module needs an optional dependency that is not installed
+        (psycopg for C{postgresql:}): the lazy plugins import it only now.
     """
     store_type, _, argstring = description.partition(":")
     factories = store_factories()
@@ -34,7 +37,12 @@ def make_store(description: str, reactor: Any) -> Any:
     if factory is None:
         known = ", ".join(sorted(factories)) or "none"
         raise ValueError(f"unknown store type {store_type!r} (known: {known})")
-    return call_maker(factory.makeStore, argstring, reactor)
+    try:
+        return call_maker(factory.makeStore, argstring, reactor)
+    except ImportError as e:
+        if not is_missing_dependency(e):
+            raise
+        raise ValueError(f"{store_type}: {missing_library(e)}") from None
 
 
 def describe_store_factories() -> str:

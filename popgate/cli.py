@@ -186,8 +186,8 @@ class _Versions(argparse.Action):
 
 #: Commands that take twistd popgate's options: parsed by popgate.tap, not argparse.
 _SERVER_OPTION_COMMANDS = {
-    "check-config": ("check a configuration: parse, build, reach every user store "
-                     "([--uid USER] [--gid GROUP] [server options])"),
+    "check-config": ("check a configuration: parse, build, reach the mail store and every "
+                     "user store ([--uid USER] [--gid GROUP] [server options])"),
     "auth": "test a password or look a user up (auth test|lookup [server options] USER)",
 }
 
@@ -256,8 +256,9 @@ usage: popgate check-config [--uid USER] [--gid GROUP] [server options]
 Parse the options as twistd popgate does (--config FILE, or --auth, --store,
 --pop3 ...), build the stores, certificate and listeners without listening,
 check the files as the --uid user, and reach every user store (read the file,
-connect and bind to LDAP, run the SQL queries).  One line per problem; exit 0
-with an ok summary, or 1."""
+connect and bind to LDAP, run the SQL queries) and a PostgreSQL mail store
+(connect, check the schema).  One line per problem; exit 0 with an ok summary,
+or 1."""
 
 
 def _admin_command(name: str) -> Any:

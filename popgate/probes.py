@@ -21,7 +21,7 @@ from popgate.errors import PermanentFailure
 from popgate.events import emit
 from popgate.interfaces import IReachable
 
-__all__ = ["Answer", "StartupProbe", "label", "one_line", "probe_all"]
+__all__ = ["Answer", "StartupProbe", "label", "one_line", "probe_all", "probe_one"]
 
 #: Seconds a probe may take at most, whatever the store's own timeouts.
 PROBE_TIMEOUT = 30.0
@@ -55,7 +55,10 @@ class Answer:
     kind: str = ""
 
 
-async def _probe(name: str, checker: Any, reactor: Any, timeout: float) -> Answer:
+async def probe_one(name: str, checker: Any, reactor: Any,
+                    timeout: float = PROBE_TIMEOUT) -> Answer:
+    """Probe one store (a user store, or a mail store that provides
+    L{IReachable}), labelled C{name}; it never fails."""
     if not IReachable.providedBy(checker):
         return Answer(name, None, "cannot be probed (no IReachable)")
     try:
@@ -73,7 +76,7 @@ async def _probe(name: str, checker: Any, reactor: Any, timeout: float) -> Answe
 async def probe_all(descriptions: Sequence[str], checkers: Sequence[Any], reactor: Any,
                     timeout: float = PROBE_TIMEOUT) -> list[Answer]:
     """Probe every user store at once; the answers in C{--auth} order."""
-    tasks = [defer.Deferred.fromCoroutine(_probe(label(d), c, reactor, timeout))
+    tasks = [defer.Deferred.fromCoroutine(probe_one(label(d), c, reactor, timeout))
              for d, c in zip(descriptions, checkers, strict=True)]
     return list(await defer.gatherResults(tasks))
 

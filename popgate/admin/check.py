@@ -10,7 +10,10 @@ nothing listens: the mail store, each user store, the certificate and
 key, each listener's endpoint, the LMTP side; the files are tried as the
 C{--uid} user (L{popgate.startup_checks}; as this process without
 C{--uid}); and each user store is probed (L{popgate.probes}: the file
-read, the directory connected to and bound, the queries run).
+read, the directory connected to and bound, the queries run), and so is
+the mail store when it can be (L{IReachable}: the PostgreSQL store
+connects and checks its schema, so a wrong DSN or a database without
+C{popgate db init} shows here, not at the first login).
 
 Each part is checked even when another failed, so one run lists every
 problem.  The building is done before the reactor runs; the probes run
@@ -27,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet import endpoints
+from twisted.internet import defer, endpoints
 from twisted.python import usage
 
 from popgate import startup_checks
@@ -35,11 +38,12 @@ from popgate.admin.options import parse_as_twistd
 from popgate.backends import build_checker, build_store
 from popgate.build import build_tls
 from popgate.delivery.service import lmtp_factory
+from popgate.interfaces import IReachable
 from popgate.limits.listener import prepare_listener
-from popgate.probes import one_line, probe_all
+from popgate.probes import one_line, probe_all, probe_one
 from popgate.settings import Config
 
-__all__ = ["Findings", "build_parts", "check_config", "probe_stores"]
+__all__ = ["Findings", "build_parts", "check_config", "probe_mail_store", "probe_stores"]
 
 #: A certificate that expires sooner than this is a warning.
 EXPIRY_WARNING = datetime.timedelta(days=14)
@@ -148,6 +152,28 @@ async def probe_stores(found: Findings, reactor: Any) -> None:
             found.problems.append(f"{answer.label}: {answer.text}")
 
 
+async def probe_mail_store(found: Findings, description: str, reactor: Any) -> None:
+    """
+    Probe the mail store built, if it provides L{IReachable} (the
+    directory stores' files were checked by L{build_parts}); what it said
+    goes with its C{store TYPE} entry, or replaces it with one problem
+    line: placed where the problems ended when the probe began, so that it
+    comes before those of user stores probed meanwhile, whichever answers
+    first.
+    """
+    if found.store is None or not IReachable.providedBy(found.store):
+        return
+    kind = description.partition(":")[0]
+    entry = f"store {kind}"
+    position = len(found.problems)
+    answer = await probe_one(f"--store {kind}", found.store, reactor)
+    if answer.ok:
+        found.fine = [f"{entry} ({answer.text})" if f == entry else f for f in found.fine]
+    else:
+        found.fine = [f for f in found.fine if f != entry]
+        found.problems.insert(position, f"{answer.label}: {answer.text}")
+
+
 def report(found: Findings, write: Callable[[str], Any]) -> int:
     """Write the findings; the exit status."""
     for problem in found.problems:
@@ -180,7 +206,10 @@ def check_config(args: Sequence[str], reactor: Any) -> tuple[Findings, Any]:
                               "as the --uid user")
 
     async def probes() -> Findings:
-        await probe_stores(found, reactor)
+        # At once: a database and a directory that are both down cost one timeout.
+        await defer.gatherResults([
+            defer.Deferred.fromCoroutine(probe_mail_store(found, config.store or "", reactor)),
+            defer.Deferred.fromCoroutine(probe_stores(found, reactor))])
         return found
 
     return found, probes

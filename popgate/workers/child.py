@@ -11,11 +11,14 @@ pipe: the parent's SIGHUPs come that way, and its end is the parent's.
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable, Sequence
+from types import FrameType
 from typing import IO, Any, cast
 
 from twisted.internet import process, protocol
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger, globalLogBeginner
 
 from popgate.build import build_server
@@ -28,13 +31,64 @@ from popgate.workers.pool import HANGUP_LINE, LOG_FORM_OPTION
 log = Logger()
 
 
+class WorkerStop:
+    """
+    A worker's one way to stop, whatever asks first.
+
+    A stopping parent closes the worker's pipe and sends it SIGTERM at
+    once (L{popgate.workers.pool.WorkerPool.stopService}); a Ctrl-C in a
+    terminal sends SIGINT to both processes as well.  Twisted's own signal
+    handler queues a C{reactor.stop()} that fails, with a critical
+    C{ReactorNotRunning} traceback, when the pipe's end stopped the
+    reactor meanwhile.  So the worker's SIGTERM and SIGINT come here
+    (L{install}) like the pipe's end: the first stops the reactor, the
+    others (and any after a stop from elsewhere) do nothing.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.stopping = False
+
+    def install(self) -> None:
+        """Take SIGTERM and SIGINT over from Twisted's handlers (once the
+        reactor runs: it installs its own while starting) and note a
+        shutdown begun elsewhere."""
+        self.reactor.addSystemEventTrigger("before", "shutdown", self._shutting_down)
+        self.reactor.callWhenRunning(self._take_signals)
+
+    def _take_signals(self) -> None:
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, self._signalled)
+
+    def _signalled(self, number: int, frame: FrameType | None) -> None:
+        # A signal handler: only queue the stop, as Twisted's does.
+        self.reactor.callFromThread(self.stop, f"{signal.Signals(number).name} received")
+
+    def _shutting_down(self) -> None:
+        self.stopping = True
+
+    def stop(self, why: str) -> None:
+        """Stop the reactor, unless it is already stopping (saying C{why}
+        once)."""
+        if self.stopping or not self.reactor.running:
+            return
+        self.stopping = True
+        log.info("{why}: worker stopping", why=why)
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:  # stopped elsewhere, its shutdown not begun yet
+            pass
+
+
 class ParentWatcher(protocol.Protocol):
     """In a worker: stop the reactor when the parent's pipe closes; reload
     (C{hangup}) for each L{HANGUP_LINE} the parent sends."""
 
-    def __init__(self, reactor: Any, hangup: Callable[[], Any] | None = None) -> None:
+    def __init__(self, reactor: Any, hangup: Callable[[], Any] | None = None,
+                 stopper: WorkerStop | None = None) -> None:
         self.reactor = reactor
         self.hangup = hangup
+        self.stopper = stopper or WorkerStop(reactor)
         self._buffer = b""
 
     def dataReceived(self, data: bytes) -> None:
@@ -46,9 +100,7 @@ class ParentWatcher(protocol.Protocol):
             self.hangup()
 
     def connectionLost(self, reason: Any = None) -> None:
-        log.info("parent process gone: worker stopping")
-        if self.reactor.running:
-            self.reactor.stop()
+        self.stopper.stop("parent process gone")
 
 
 class _Stdin:
@@ -91,7 +143,9 @@ def worker_main(argv: Sequence[str], reactor: Any) -> None:
     config = options.config
     server = build_server(config, reactor)
     install_reload(server, parse_config, reactor)
-    watch_parent(ParentWatcher(reactor, server.hangup.hangup), reactor)
+    stopper = WorkerStop(reactor)
+    stopper.install()
+    watch_parent(ParentWatcher(reactor, server.hangup.hangup, stopper), reactor)
     # In the parent's format, at its level, marked with this worker's
     # number, for the parent to write where it writes its own lines.
     out = cast(IO[str], PipeWriter(1))  # write and flush: all a log observer calls

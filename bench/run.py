@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """popgate vs Dovecot 2.3 ("tuned"), same data, same run.
 
-    sudo .venv/bin/python bench/run.py            # full run, ~10 minutes on 2 cores
-    sudo .venv/bin/python bench/run.py --quick    # smoke run, ~2 minutes
+    sudo .venv/bin/python bench/run.py            # full run, ~16 minutes on 2 cores
+    sudo .venv/bin/python bench/run.py --quick    # smoke run, ~2.5 minutes
+    sudo .venv/bin/python bench/run.py --quick --pg   # and the PostgreSQL store, ~5 minutes
 
 Generates the mail (cached between runs), installs Debian's dovecot-pop3d
 if missing, starts popgate (twistd) and a throwaway Dovecot on loopback
@@ -10,6 +11,8 @@ ports, runs every scenario with the servers alternating (A B A B ...),
 prints a table of medians with the ratio popgate/Dovecot against the
 targets, writes it as JSON and markdown under bench/results/, profiles
 popgate with py-spy, and stops everything it started, also on Ctrl-C.
+The PostgreSQL store runs beside Maildir and Dovecot in a throwaway
+database on the machine's PostgreSQL (bench/pgstore.py).
 See docs/benchmarks.md.
 """
 from __future__ import annotations
@@ -34,12 +37,13 @@ sys.path.insert(0, str(BENCH))
 
 import hotspots  # noqa: E402
 from servers import (MAIL_GID, MAIL_UID, Dovecot, Popgate, ensure_dovecot,  # noqa: E402
-                     tree_cpu)
+                     ensure_dovecot_lmtp, tree_cpu)
 
 SHARED = Path(os.environ.get("POPGATE_SHARED_BENCH") or (REPO.parent / "shared" / "bench")).resolve()
 POPBENCH = SHARED / "popbench.py"
 MKMAIL = SHARED / "mkmail.py"
 NOOPLAT = BENCH / "nooplat.py"
+LMTPLOAD = BENCH / "lmtpload.py"
 PY = sys.executable
 PASSWORD = "benchpw"
 DOMAIN = "bench.test"
@@ -54,14 +58,15 @@ DATASETS = {  # mkmail.py arguments, as in shared/bench/README.md
 }
 N_BCRYPT = 50      # bcrypt (cost 12) users: b0001..b0050
 N_FRESH = 60       # user names for fresh copies of the big Maildir: f001..f060
+N_LMTP = 20        # LMTP recipients l001..l020 (empty mailboxes at the start)
 BCRYPT_COST = 12
 
 PROFILES = {
     #            reps  login  retr  r10m  big_n  idle_k  hold  noop  poll  warm
     "full": dict(reps=3, login=5.0, retr=5.0, r10m=6.0, big_n=3, idle_k=500, hold=3.0,
-                 noop=6.0, poll=8.0, warm=2.0),
+                 noop=6.0, poll=8.0, warm=2.0, lmtp_n=250, lmtp_d=20.0, nodes=5.0),
     "quick": dict(reps=1, login=2.0, retr=2.0, r10m=3.0, big_n=1, idle_k=500, hold=1.5,
-                  noop=3.0, poll=2.0, warm=1.0),
+                  noop=3.0, poll=2.0, warm=1.0, lmtp_n=60, lmtp_d=8.0, nodes=2.0),
 }
 
 # id, metric, title, better, target kind, target value
@@ -79,7 +84,53 @@ ROWS = [
     ("nooplat", "noop_p99_ms", "p99 NOOP latency during 50 bcrypt-12 logins, ms", "lower", "abs<=", 20.0),
     ("authcache", "sessions_per_s", "polling logins/s, bcrypt-12, auth cache on (2 clients, 10 users)", "higher", "ratio>=", 3.0),
 ]
-SCENARIOS = list(dict.fromkeys(r[0] for r in ROWS))
+# The PostgreSQL store beside Maildir and Dovecot (issue 13): id, metric, title,
+# target kind, target value, compared with ("maildir" or "dovecot"; "nodes": the
+# pg_2nodes ratio two nodes / one node).  Server CPU here includes the CPU of the
+# PostgreSQL backends serving popgate-pg (bench/pgstore.py).
+PG_ROWS = [
+    ("pg_login10", "sessions_per_s", "logins/s, 10 clients", None, None, "maildir"),
+    ("pg_login10", "total_cpu_ms_per_session", "server CPU ms per login (incl. PG backends)",
+     "ratio<=", 1.5, "maildir"),
+    ("pg_retr100k", "MB_per_s", "RETR 200 x 100 KB, MB/s (every byte verified)", None, None, "maildir"),
+    ("pg_retr100k", "total_cpu_ms_per_MB", "RETR 200 x 100 KB, server CPU ms/MB (incl. PG)",
+     "ratio<=", 1.5, "maildir"),
+    ("pg_retr10m", "MB_per_s", "RETR 10 x 10 MiB, MB/s (every byte verified)", None, None, "maildir"),
+    ("pg_retr10m", "total_cpu_ms_per_MB", "RETR 10 x 10 MiB, server CPU ms/MB (incl. PG)",
+     "ratio<=", 1.5, "maildir"),
+    ("pg_big_warm", "session_ms", "100k messages, STAT+UIDL+LIST session, warm, ms", None, None, "dovecot"),
+    ("pg_big_fresh", "session_ms", "100k messages, same, first session on fresh data, ms",
+     "ratio<=", 1.0, "dovecot"),
+    ("lmtp", "deliveries_per_s", "LMTP deliveries/s, 4 connections, 4 KB messages", None, None, "maildir"),
+    ("lmtp", "total_cpu_ms_per_delivery", "LMTP server CPU ms per delivery (incl. PG)", None, None,
+     "maildir"),
+    ("pg_2nodes", "sessions_per_s", "logins/s, 2 load generators x 10 clients: two nodes / one node",
+     "ratio>=", 1.6, "nodes"),
+    ("pg_2nodes", "total_cpu_ms_per_session", "server CPU ms per login (incl. PG): two nodes / one node",
+     None, None, "nodes"),
+]
+PG_SCENARIOS = list(dict.fromkeys(r[0] for r in PG_ROWS))
+SCENARIOS = list(dict.fromkeys(r[0] for r in ROWS)) + PG_SCENARIOS
+_PG_LOGIN = [("server_cpu_ms_per_session", "popgate CPU ms per login"),
+             ("pg_ms_per_session", "PostgreSQL backends CPU ms per login"),
+             ("total_cpu_ms_per_session", "sum, ms per login"),
+             ("pg_connections_ended", "PG connections closed during a run (pg_stat_database)"),
+             ("pg_other_backends_ended", "other databases' backends ended meanwhile"),
+             ("lat_ms_p99", "session latency p99, ms"), ("client_cpu_pct", "load generator CPU %")]
+_PG_RETR = [("server_cpu_ms_per_MB", "popgate CPU ms/MB"), ("pg_ms_per_MB", "PostgreSQL backends CPU ms/MB"),
+            ("total_cpu_ms_per_MB", "sum, ms/MB"), ("client_cpu_pct", "load generator CPU %")]
+_PG_BIG = [("user_pass_ms", "USER+PASS (login, snapshot), ms"), ("stat_ms", "STAT, ms"),
+          ("uidl_ms", "UIDL, ms"), ("list_ms", "LIST, ms"),
+          ("run_server_cpu_ms_per_session", "server CPU per session, ms"),
+          ("pg_ms_per_session", "PostgreSQL backends CPU per session, ms")]
+PG_DETAILS = {
+    "pg_login10": _PG_LOGIN, "pg_retr100k": _PG_RETR, "pg_retr10m": _PG_RETR,
+    "pg_big_warm": _PG_BIG, "pg_big_fresh": _PG_BIG,
+    "lmtp": [("server_cpu_ms_per_delivery", "server CPU ms per delivery (popgate / Dovecot)"),
+             ("pg_ms_per_delivery", "PostgreSQL backends CPU ms per delivery"),
+             ("lat_ms_p50", "delivery latency p50, ms"), ("lat_ms_p99", "delivery latency p99, ms"),
+             ("client_cpu_pct", "load generator CPU %")],
+}
 _LOGIN_DETAILS = [("server_cpu_ms_per_session", "server CPU ms per login"),
                   ("lat_ms_p99", "session latency p99, ms"), ("client_cpu_pct", "load generator CPU %")]
 _BIG_DETAILS = [("user_pass_ms", "USER+PASS (login, Maildir scan), ms"), ("stat_ms", "STAT, ms"),
@@ -180,6 +231,8 @@ def build_run(rundir: Path, data: dict[str, Path]) -> dict:
     for name in DATASETS:
         lines += [ln for ln in (data[name] / "passwd.dovecot").read_text().splitlines() if ln]
     lines += [f"f{i:03d}@{DOMAIN}:{{PLAIN}}{PASSWORD}::::::" for i in range(1, N_FRESH + 1)]
+    lnames = [f"l{i:03d}" for i in range(1, N_LMTP + 1)]
+    lines += [f"{n}@{DOMAIN}:{{PLAIN}}{PASSWORD}::::::" for n in lnames]
     h = bcrypt_hash()
     bnames = [f"b{i:04d}" for i in range(1, N_BCRYPT + 1)]
     lines += [f"{b}@{DOMAIN}:{h}::::::" for b in bnames]
@@ -196,11 +249,11 @@ def build_run(rundir: Path, data: dict[str, Path]) -> dict:
         root = rundir / f"mail-{server}"
         root.mkdir()
         subprocess.run(["cp", "-al", *sources, str(root)], check=True)
-        for b in bnames:
+        for b in bnames + lnames:
             for sub in ("cur", "new", "tmp"):
                 (root / b / sub).mkdir(parents=True)
         os.chown(root, MAIL_UID, MAIL_GID)  # cp -a kept the sources' owner below it
-        subprocess.run(["chown", "-R", f"{MAIL_UID}:{MAIL_GID}"] + [str(root / b) for b in bnames],
+        subprocess.run(["chown", "-R", f"{MAIL_UID}:{MAIL_GID}"] + [str(root / b) for b in bnames + lnames],
                        check=True)
         files[f"root-{server}"] = root
     return files
@@ -217,6 +270,9 @@ class Bench:
         self.counter = 0
         self.fresh = 0
         self.results: dict = {"scenarios": {}, "profiles": {}}
+        self.db = None   # pgstore.BenchDatabase when a PostgreSQL scenario runs
+        self.pg = None   # popgate on the PostgreSQL store
+        self.dovecot_lmtp = None
 
     # -- helpers
     def start(self, server) -> None:
@@ -254,31 +310,93 @@ class Bench:
             if not s.running:
                 raise RuntimeError(f"{s.name} died; see {s.log}")
 
-    def metered(self, cmd: list[str], timeout: float, out: Path, what: str) -> dict:
-        """Run a load generator; add `_other_cpu_pct`: machine CPU used by
-        anything but the servers and the load generator during the run (other
-        people's jobs on a shared machine show up here)."""
+    def metered(self, cmd: list[str] | list[list[str]], timeout: float, out: Path | list[Path],
+                what: str, server=None) -> dict:
+        """Run a load generator (or several at once: a list of commands and
+        outputs; the records come back under "parts"); add `_other_cpu_pct`:
+        machine CPU used by anything but the servers, the PostgreSQL backends
+        of the bench database and the load generator during the run (other
+        people's jobs on a shared machine show up here), `_server_cpu_s` of
+        `server` over the whole run, and, when the bench database exists,
+        the CPU of its backends (bench/pgstore.py)."""
+        import contextlib
+        cmds = cmd if isinstance(cmd[0], list) else [cmd]
+        outs = out if isinstance(out, list) else [out]
         live = [s for s in self.servers if s.running]
+        meter = None
+        if self.db is not None:
+            import pgstore
+            meter = pgstore.BackendMeter(self.db)
         t0, b0 = time.monotonic(), sys_busy()
-        s0 = sum(tree_cpu(s.pid) for s in live)
+        s0 = {s.name: tree_cpu(s.pid) for s in live}
         ru0 = os.times()
-        r = run_bounded(cmd, timeout)
+        with meter if meter is not None else contextlib.nullcontext():
+            if len(cmds) == 1:
+                results = [run_bounded(cmds[0], timeout)]
+            else:
+                from concurrent.futures import ThreadPoolExecutor
+                with ThreadPoolExecutor(len(cmds)) as ex:
+                    results = list(ex.map(lambda c: run_bounded(c, timeout), cmds))
         ru1 = os.times()
         wall = max(time.monotonic() - t0, 1e-9)
-        other = (sys_busy() - b0) - (sum(tree_cpu(s.pid) for s in live) - s0) - \
-            ((ru1.children_user + ru1.children_system) - (ru0.children_user + ru0.children_system))
-        if r.returncode != 0 or not out.exists():
-            return {"error": f"{what} rc={r.returncode}: {r.stderr.strip()[-500:]}"}
-        rec = json.loads(out.read_text().splitlines()[-1])
+        s1 = {s.name: tree_cpu(s.pid) for s in live if s.running}
+        pg = meter.result() if meter is not None else {}
+        other = (sys_busy() - b0) - sum(s1[n] - s0[n] for n in s1) - \
+            ((ru1.children_user + ru1.children_system) - (ru0.children_user + ru0.children_system)) - \
+            pg.get("pg_cpu_s", 0.0) - pg.get("pg_autovacuum_cpu_s", 0.0)
+        recs = []
+        for r, o in zip(results, outs):
+            if r.returncode != 0 or not o.exists():
+                return {"error": f"{what} rc={r.returncode}: {r.stderr.strip()[-500:]}"}
+            recs.append(json.loads(o.read_text().splitlines()[-1]))
+        rec = recs[0] if len(recs) == 1 else {"parts": recs}
         rec["_other_cpu_pct"] = round(100 * other / wall, 1)
+        rec["_wall_s"] = round(wall, 3)
+        rec["_server_cpu_s_by_name"] = {n: round(s1[n] - s0[n], 3) for n in s1}
+        if server is not None and server.name in s1:
+            rec["_server_cpu_s"] = round(s1[server.name] - s0[server.name], 3)
+        if pg:
+            rec.update(pg)
         return rec
 
-    def popbench(self, scenario: str, server, args: list[str], timeout: float) -> dict:
+    @staticmethod
+    def add_pg_figures(rec: dict, server) -> dict:
+        """Per-session / per-MB CPU of the PostgreSQL backends (popgate-pg
+        runs only; 0 for the others) and the sum with the server's own."""
+        if "error" in rec:
+            return rec
+        pg_s = rec.get("pg_cpu_s", 0.0) if server.kind == "pg" else 0.0
+        for k in [k for k in rec if k.startswith("pg_")]:
+            if server.kind != "pg":
+                del rec[k]
+        n = rec.get("sessions") or (len(rec["runs"]) if "runs" in rec else 0)
+        if n:
+            rec["pg_ms_per_session"] = round(1e3 * pg_s / n, 3)
+            if "server_cpu_ms_per_session" in rec:
+                rec["total_cpu_ms_per_session"] = round(rec["server_cpu_ms_per_session"]
+                                                        + rec["pg_ms_per_session"], 3)
+            if "_server_cpu_s" in rec:
+                rec["run_server_cpu_ms_per_session"] = round(1e3 * rec["_server_cpu_s"] / n, 2)
+        if rec.get("payload_MB"):
+            rec["pg_ms_per_MB"] = round(1e3 * pg_s / rec["payload_MB"], 3)
+            if "server_cpu_ms_per_MB" in rec:
+                rec["total_cpu_ms_per_MB"] = round(rec["server_cpu_ms_per_MB"] + rec["pg_ms_per_MB"], 3)
+        if rec.get("deliveries"):
+            rec["pg_ms_per_delivery"] = round(1e3 * pg_s / rec["deliveries"], 3)
+            rec["server_cpu_ms_per_delivery"] = round(1e3 * rec.get("_server_cpu_s", 0) / rec["deliveries"], 3)
+            rec["total_cpu_ms_per_delivery"] = round(rec["server_cpu_ms_per_delivery"]
+                                                     + rec["pg_ms_per_delivery"], 3)
+        return rec
+
+    def popbench_cmd(self, scenario: str, server, args: list[str]) -> tuple[list[str], Path]:
         self.counter += 1
         out = self.rawdir / f"{self.counter:03d}-{scenario}-{server.name}.json"
-        cmd = [PY, str(POPBENCH), scenario, "--port", str(server.port), "--json", str(out),
-               "--quiet", "--label", server.name, *args]
-        return self.metered(cmd, timeout, out, "popbench")
+        return [PY, str(POPBENCH), scenario, "--host", server.host, "--port", str(server.port),
+                "--json", str(out), "--quiet", "--label", server.name, *args], out
+
+    def popbench(self, scenario: str, server, args: list[str], timeout: float) -> dict:
+        cmd, out = self.popbench_cmd(scenario, server, args)
+        return self.add_pg_figures(self.metered(cmd, timeout, out, "popbench", server), server)
 
     def nooplat(self, server, duration: float) -> dict:
         self.counter += 1
@@ -290,9 +408,10 @@ class Bench:
         return self.metered(cmd, duration + 90, out, "nooplat")
 
     def ab(self, sid: str, pair, measure, warm=None) -> None:
-        """Run `measure` for each server of the pair, alternating, reps times."""
-        runs: dict[str, list] = {pair[0].kind: [], pair[1].kind: []}
-        names = {pair[0].kind: pair[0].name, pair[1].kind: pair[1].name}
+        """Run `measure` for each server of the pair (or triple), alternating,
+        reps times."""
+        runs: dict[str, list] = {s.kind: [] for s in pair}
+        names = {s.kind: s.name for s in pair}
         if warm:
             for s in pair:
                 warm(s)
@@ -313,19 +432,19 @@ class Bench:
                 "-d", str(duration), "--server-pid", str(server.pid),
                 "--grace", "10", "--session-timeout", "30"]
 
-    def sc_login(self, sid: str, clients: int, pop) -> None:
+    def sc_login(self, sid: str, clients: int, pop, others=None) -> None:
         d, w = self.p["login"], self.p["warm"]
-        self.ab(sid, (pop, self.dovecot),
+        self.ab(sid, (pop, *(others or (self.dovecot,))),
                 lambda s, rep: self.popbench("login", s, self.login_args(clients, d, s), d + 60),
                 warm=lambda s: self.popbench("login", s, self.login_args(clients, w, s), w + 60))
 
-    def sc_retr(self, sid: str, users: str, duration: float) -> None:
+    def sc_retr(self, sid: str, users: str, duration: float, servers=None) -> None:
         def args(s, dur):
             return ["--users-file", str(self.files[users]), "-c", "4", "-d", str(dur),
                     "--verify", "hash", "--verify-every", "1", "--server-pid", str(s.pid),
                     "--grace", "20", "--session-timeout", "60"]
         w = self.p["warm"]
-        self.ab(sid, (self.popgate, self.dovecot),
+        self.ab(sid, servers or (self.popgate, self.dovecot),
                 lambda s, rep: self.popbench("retr", s, args(s, duration), duration + 90),
                 warm=lambda s: self.popbench("retr", s, args(s, w), w + 90))
 
@@ -339,9 +458,9 @@ class Bench:
             rec["stat"] = rec["runs"][0].get("stat")
         return rec
 
-    def sc_big_warm(self) -> None:
+    def sc_big_warm(self, sid: str = "big_warm", servers=None) -> None:
         user = f"big@{DOMAIN}"
-        self.ab("big_warm", (self.popgate, self.dovecot),
+        self.ab(sid, servers or (self.popgate, self.dovecot),
                 lambda s, rep: self.biglist(s, user, self.p["big_n"]),
                 warm=lambda s: self.biglist(s, user, 1))
 
@@ -354,8 +473,10 @@ class Bench:
                        check=True)
         return name
 
-    def sc_big_fresh(self) -> None:
+    def sc_big_fresh(self, sid: str = "big_fresh", servers=None) -> None:
         def measure(s, rep):
+            if s.kind == "pg":
+                return self.pg_fresh(s)
             name = self.fresh_copy(s)
             self.settle()
             try:
@@ -364,7 +485,178 @@ class Bench:
                 shutil.rmtree(self.files[f"root-{s.kind}"] / name, ignore_errors=True)
             rec["maildir"] = name
             return rec
-        self.ab("big_fresh", (self.popgate, self.dovecot), measure)
+        self.ab(sid, servers or (self.popgate, self.dovecot), measure)
+
+    # -- the PostgreSQL store (issue 13; bench/pgstore.py)
+    def pg_fresh(self, s) -> dict:
+        """A new mailbox holding the 100k messages as new rows (copied inside
+        the database by the harness, not measured), then its first session."""
+        import pgstore
+        self.fresh += 1
+        name = f"f{self.fresh:03d}@{DOMAIN}"
+        secs = pgstore.fresh_copy(self.db, f"big@{DOMAIN}", name)
+        self.settle()
+        try:
+            rec = self.biglist(s, name, 1)
+        finally:
+            pgstore.drop_mailbox(self.db, name)
+        rec["copy_s"] = round(secs, 1)
+        return rec
+
+    def pg_triple(self):
+        return (self.pg, self.popgate, self.dovecot)
+
+    def sc_lmtp(self) -> None:
+        n, d = self.p["lmtp_n"], self.p["lmtp_d"]
+        servers = [self.pg, self.popgate] + ([self.dovecot_lmtp] if self.dovecot_lmtp else [])
+
+        def stored(s) -> int:
+            if s.kind == "pg":
+                (c,) = self.db.query("SELECT count(*) FROM popgate_messages m JOIN popgate_mailboxes b "
+                                     "ON b.id = m.mailbox_id WHERE b.name LIKE 'l%%'")[0]
+                return int(c)
+            root = self.files[f"root-{s.kind}"]
+            return sum(len(os.listdir(root / f"l{i:03d}" / sub)) for i in range(1, N_LMTP + 1)
+                       for sub in ("new", "cur"))
+
+        def measure(s, rep):
+            before = stored(s)
+            self.counter += 1
+            out = self.rawdir / f"{self.counter:03d}-lmtp-{s.name}.json"
+            cmd = [PY, str(LMTPLOAD), "--host", s.host, "--port", str(s.lmtp_port), "-c", "4",
+                   "-n", str(n), "-d", str(d), "--users", str(N_LMTP), "--json", str(out)]
+            rec = self.add_pg_figures(self.metered(cmd, d + 90, out, "lmtpload", s), s)
+            if "error" not in rec:
+                rec["stored"] = stored(s) - before
+                if rec["stored"] != rec["deliveries"]:
+                    rec["error"] = f"{rec['deliveries']} answered 250 but {rec['stored']} stored"
+            return rec
+        self.ab("lmtp", tuple(servers), measure)
+
+    def sc_pg_2nodes(self) -> None:
+        """Two popgate-pg processes (127.0.0.2, 127.0.0.3) on the one database
+        vs one, under the same load: two load generators of 10 clients, each
+        over its own half of the 500 users (the same user on both nodes at
+        once would be [IN-USE]).  "one": both load generators on node A;
+        "two": one on each node.  Server CPU per login per node includes the
+        PostgreSQL backends of that node (by application_name)."""
+        d, w = self.p["nodes"], self.p["warm"]
+        halves = []
+        users = self.files["users-login"].read_text().splitlines()
+        for i, part in enumerate((users[:len(users) // 2], users[len(users) // 2:])):
+            f = self.rundir / f"users-login-half{i}.txt"
+            f.write_text("\n".join(part) + "\n")
+            halves.append(f)
+        nodes = [Popgate(f"popgate-pg-{x}", self.twistd, self.rundir, self.files["passwd"],
+                         self.files["root-popgate"], extra=self.nocache, kind="pg", host=host,
+                         store=self.db.store(f"popgate-bench-node-{x}", self.pg_store_extra))
+                 for x, host in (("a", "127.0.0.2"), ("b", "127.0.0.3"))]
+
+        def run(targets, dur):
+            cmds, outs = [], []
+            for half, node in zip(halves, targets):
+                c, o = self.popbench_cmd("login", node, [
+                    "--users-file", str(half), "-c", "10", "-d", str(dur), "--server-pid", str(node.pid),
+                    "--grace", "10", "--session-timeout", "30"])
+                cmds.append(c)
+                outs.append(o)
+            rec = self.metered(cmds, dur + 60, outs, "popbench")
+            if "error" in rec:
+                return rec
+            parts = rec.pop("parts")
+            rec["sessions"] = sum(p["sessions"] for p in parts)
+            rec["sessions_per_s"] = round(sum(p["sessions_per_s"] for p in parts), 1)
+            rec["errors"] = sum(p["errors"] for p in parts)
+            rec["client_cpu_pct"] = round(sum(p["client_cpu_pct"] for p in parts), 1)
+            rec["lat_ms_p99"] = max(p["lat_ms_p99"] for p in parts)
+            per_node = {}
+            for node in nodes:
+                own = rec["_server_cpu_s_by_name"].get(node.name, 0.0)
+                pg_s = rec.get("pg_cpu_by_app", {}).get(f"popgate-bench-node-{node.name[-1]}", 0.0)
+                n = sum(p["sessions"] for p, t in zip(parts, targets) if t is node)
+                per_node[node.name] = {
+                    "sessions": n, "popgate_cpu_s": own, "pg_cpu_s": pg_s,
+                    "cpu_ms_per_session": round(1e3 * (own + pg_s) / n, 3) if n else None}
+            rec["per_node"] = per_node
+            total = sum(v["popgate_cpu_s"] + v["pg_cpu_s"] for v in per_node.values())
+            rec["server_cpu_ms_per_session"] = round(1e3 * sum(v["popgate_cpu_s"] for v in per_node.values())
+                                                     / max(1, rec["sessions"]), 3)
+            rec["pg_ms_per_session"] = round(1e3 * rec.get("pg_cpu_s", 0.0) / max(1, rec["sessions"]), 3)
+            rec["total_cpu_ms_per_session"] = round(1e3 * total / max(1, rec["sessions"]), 3)
+            rec["server_cpu_pct"] = round(100 * total / rec["_wall_s"], 1)
+            return rec
+
+        try:
+            for node in nodes:
+                self.start(node)
+            run(nodes, w)                     # warm both (imports, connections, caches)
+            self.settle()
+            runs: dict[str, list] = {"one": [], "two": []}
+            for rep in range(self.p["reps"]):
+                for label, targets in (("one", [nodes[0], nodes[0]]), ("two", nodes)):
+                    self.check_alive(*nodes)
+                    rec = run(targets, d)
+                    rec["_server"] = label
+                    runs[label].append(rec)
+                    log(f"  pg_2nodes {label} node(s) #{rep + 1}: {brief('pg_login', rec)}; "
+                        f"CPU ms/login {rec.get('total_cpu_ms_per_session')}, "
+                        f"server CPU {rec.get('server_cpu_pct')}%, other {rec.get('_other_cpu_pct')}%")
+                    self.settle()
+            self.results["scenarios"]["pg_2nodes"] = {"runs": runs, "servers": {"one": "popgate-pg-a",
+                                                                                "two": "popgate-pg-a+b"}}
+        finally:
+            for node in nodes:
+                self.stop(node)
+
+    def setup_pg(self, selected: list[str]) -> None:
+        """The throwaway database, its schema, the data (popgate migrate from a
+        hard-link copy of the sources: migrate writes lock and size-cache files
+        beside the mail), and popgate on the PostgreSQL store."""
+        import pgstore
+        self.db = pgstore.BenchDatabase()
+        log(f"PostgreSQL: throwaway database {self.db.name} ({self.db.settings})")
+        self.results["meta"]["postgresql"] = dict(self.db.settings, database=self.db.name)
+        log("  " + pgstore.db_init(self.db, self.twistd))
+        need = set()
+        if {"pg_login10", "pg_2nodes"} & set(selected):
+            need.add("login")
+        if "pg_retr100k" in selected:
+            need.add("r100k")
+        if "pg_retr10m" in selected:
+            need.add("r10m")
+        if {"pg_big_warm", "pg_big_fresh"} & set(selected):
+            need.add("big")
+        src = self.rundir / "mail-pgsrc"
+        src.mkdir()
+        migrations = []
+        for name in DATASETS:
+            if name not in need:
+                continue
+            users = [ln.split()[0] for ln in (self.data[name] / "users.txt").read_text().splitlines() if ln]
+            subprocess.run(["cp", "-al", *[str(p) for p in maildirs(self.data[name])], str(src)], check=True)
+            if name == "big" and self.a.pg_big_load == "copy":
+                log("  loading the 100k mailbox with COPY (--pg-big-load copy)")
+                rec = pgstore.bulk_load(self.db, src / "big", f"big@{DOMAIN}")
+            else:
+                log(f"  popgate migrate: data set {name} ({len(users)} users)")
+                rec = pgstore.migrate(self.db, self.twistd, src, users, self.rundir, name, run_bounded)
+            log(f"  {rec}")
+            migrations.append(rec)
+        self.results["migrations"] = migrations
+        self.pg_loaded = need
+        shutil.rmtree(src, ignore_errors=True)
+        self.db.query("VACUUM ANALYZE")  # as autovacuum would soon; keeps it out of the runs
+        self.pg_store_extra = self.a.pg_store_args or ""
+        self.pg = Popgate("popgate-pg", self.twistd, self.rundir, self.files["passwd"],
+                          self.files["root-popgate"], extra=self.nocache, kind="pg",
+                          store=self.db.store("popgate-bench-pg", self.pg_store_extra),
+                          lmtp="lmtp" in selected)
+        self.start(self.pg)
+        self.results["meta"]["popgate_pg_cmd"] = " ".join(self.pg.cmd)
+        if "lmtp" in selected and ensure_dovecot_lmtp():
+            self.dovecot_lmtp = Dovecot("dovecot-lmtp", self.rundir, self.files["passwd"],
+                                        self.files["root-dovecot"], lmtp=True)
+            self.start(self.dovecot_lmtp)
 
     def sc_idle(self) -> None:
         k, hold = self.p["idle_k"], self.p["hold"]
@@ -463,14 +755,25 @@ class Bench:
                 "--server-pid", str(s.pid), "--grace", "20"], 100)),
             ("big_warm", lambda: self.biglist(s, f"big@{DOMAIN}", 5)),
         ]
+        if self.pg is not None and self.pg.running:
+            pg = self.pg
+            jobs += [
+                ("pg_login10", lambda: self.popbench("login", pg, self.login_args(10, 8, pg), 70)),
+                ("pg_retr100k", lambda: self.popbench("retr", pg, [
+                    "--users-file", str(self.files["users-r100k"]), "-c", "4", "-d", "8", "--verify", "hash",
+                    "--server-pid", str(pg.pid), "--grace", "20"], 100)),
+            ][:2 if "r100k" in self.pg_loaded else 1]
+        if self.a.profile_only:
+            jobs = [j for j in jobs if j[0] in self.a.profile_only.split(",")]
         fresh_name = None
-        if self.fresh < N_FRESH:
+        if self.fresh < N_FRESH and not self.a.profile_only:
             fresh_name = self.fresh_copy(s)
             jobs.append(("big_fresh", lambda: self.biglist(s, f"{fresh_name}@{DOMAIN}", 1)))
         for name, job in jobs:
             raw = pdir / f"popgate-{name}.txt"
-            log(f"profiling popgate during {name} (py-spy, {rate} Hz)")
-            spy_p = subprocess.Popen([spy, "record", "--pid", str(s.pid), "-F", "-t", "-r", str(rate),
+            target = self.pg if name.startswith("pg_") else s
+            log(f"profiling {target.name} during {name} (py-spy, {rate} Hz)")
+            spy_p = subprocess.Popen([spy, "record", "--pid", str(target.pid), "-F", "-t", "-r", str(rate),
                                       "-f", "raw", "-o", str(raw), "--nonblocking"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      start_new_session=True)
@@ -520,7 +823,8 @@ class Bench:
         workdir = Path(a.workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         os.chmod(workdir, 0o755)
-        selected = [s for s in SCENARIOS if not a.only or s in a.only.split(",")]
+        selected = [s for s in SCENARIOS if (s in a.only.split(",") if a.only else
+                                             (s not in PG_SCENARIOS or a.pg or not a.quick))]
         log(f"popgate vs Dovecot: {'quick' if a.quick else 'full'} run, {self.p['reps']} reps, "
             f"scenarios {','.join(selected)}; capabilities {self.caps}")
         dovecot_version = ensure_dovecot()
@@ -538,12 +842,14 @@ class Bench:
             self.nocache = nocache = (["--auth-cache-ttl", "0"] if self.caps["auth_cache"] else []) + \
                 (["--auth-cache-negative-ttl", "0"] if self.caps["auth_cache_negative"] else [])
             self.popgate = Popgate("popgate", self.twistd, self.rundir, self.files["passwd"],
-                                   self.files["root-popgate"], extra=nocache)
+                                   self.files["root-popgate"], extra=nocache, lmtp="lmtp" in selected)
             self.dovecot = Dovecot("dovecot", self.rundir, self.files["passwd"], self.files["root-dovecot"])
             self.start(self.popgate)
             self.start(self.dovecot)
             self.results["meta"]["popgate_cmd"] = " ".join(self.popgate.cmd)
             self.results["meta"]["dovecot_conf"] = self.dovecot.conf.read_text()
+            if set(selected) & set(PG_SCENARIOS):
+                self.setup_pg(selected)
             plan = {
                 "login10": lambda: self.sc_login("login10", 10, self.popgate),
                 "login50": lambda: self.sc_login("login50", 50, self.popgate),
@@ -555,6 +861,15 @@ class Bench:
                 "idle": self.sc_idle,
                 "nooplat": self.sc_nooplat,
                 "authcache": self.sc_authcache,
+                "pg_login10": lambda: self.sc_login("pg_login10", 10, self.pg, (self.popgate, self.dovecot)),
+                "pg_retr100k": lambda: self.sc_retr("pg_retr100k", "users-r100k", self.p["retr"],
+                                                    self.pg_triple()),
+                "pg_retr10m": lambda: self.sc_retr("pg_retr10m", "users-r10m", self.p["r10m"],
+                                                   self.pg_triple()),
+                "pg_big_warm": lambda: self.sc_big_warm("pg_big_warm", self.pg_triple()),
+                "pg_big_fresh": lambda: self.sc_big_fresh("pg_big_fresh", self.pg_triple()),
+                "lmtp": self.sc_lmtp,
+                "pg_2nodes": self.sc_pg_2nodes,
             }
             for sid in selected:
                 log(f"scenario {sid}")
@@ -566,8 +881,8 @@ class Bench:
                 except (RuntimeError, subprocess.SubprocessError, OSError, ValueError) as e:
                     self.results["scenarios"][sid] = {"na": f"error: {e}", "runs": {}}
                     log(f"  {sid}: ERROR {e}")
-                    for s in (self.popgate, self.dovecot):  # a crashed server: restart for the rest
-                        if not s.running:
+                    for s in (self.popgate, self.dovecot, self.pg):  # a crashed server: restart
+                        if s is not None and not s.running:
                             self.stop(s)
                             self.start(s)
             if a.profile if a.profile is not None else not a.quick:
@@ -577,11 +892,15 @@ class Bench:
                 self.results["meta"]["dovecot_log_problems"] = problems
         finally:
             self.stop_all()
+            if self.db is not None:
+                log(f"dropping database {self.db.name}")
+                self.db.drop()
             if not a.keep:
                 shutil.rmtree(self.rundir, ignore_errors=True)
         self.results["meta"]["wall_s"] = round(time.monotonic() - t_start, 1)
         table = summarize(self.results)
         self.results["table"] = table
+        self.results["pg_table"] = summarize_pg(self.results)
         md = render_markdown(self.results)
         (self.outdir / "results.json").write_text(json.dumps(self.results, indent=1, default=str))
         (self.outdir / "results.md").write_text(md)
@@ -597,17 +916,29 @@ class Bench:
 
 # ------------------------------------------------------------------ reporting
 def brief(sid: str, rec: dict) -> str:
+    sid = sid.removeprefix("pg_")
     if "error" in rec:
         return "ERROR " + rec["error"][:200]
     if sid.startswith("login") or sid == "authcache":
         return (f"{rec.get('sessions_per_s')} logins/s, p99 {rec.get('lat_ms_p99')} ms, "
-                f"errors {rec.get('errors')}, server CPU {rec.get('server_cpu_pct')}%")
+                f"errors {rec.get('errors')}, server CPU {rec.get('server_cpu_pct')}%"
+                + (f", {rec['server_cpu_ms_per_session']} + PG {rec['pg_ms_per_session']} ms/login"
+                   if "pg_cpu_s" in rec and "server_cpu_ms_per_session" in rec else ""))
     if sid.startswith("retr"):
-        return (f"{rec.get('MB_per_s')} MB/s, {rec.get('server_cpu_ms_per_MB')} ms CPU/MB, "
+        return (f"{rec.get('MB_per_s')} MB/s, {rec.get('server_cpu_ms_per_MB')} ms CPU/MB"
+                + (f" + PG {rec['pg_ms_per_MB']}" if "pg_ms_per_MB" in rec and "pg_cpu_s" in rec else "")
+                + ", "
                 f"hash ok {rec.get('hash_ok')} bad {rec.get('hash_bad')} missing {rec.get('hash_missing')}, "
                 f"size bad {rec.get('size_bad')}, errors {rec.get('errors')}")
     if sid.startswith("big"):
-        return f"{rec.get('session_ms')} ms ({rec.get('stat')})"
+        return (f"{rec.get('session_ms')} ms ({rec.get('stat')}; USER+PASS {rec.get('user_pass_ms')}, "
+                f"STAT {rec.get('stat_ms')}, UIDL {rec.get('uidl_ms')}, LIST {rec.get('list_ms')} ms)"
+                + (f", PG CPU {rec['pg_ms_per_session']} ms/session" if "pg_cpu_s" in rec else ""))
+    if sid == "lmtp":
+        return (f"{rec.get('deliveries_per_s')} deliveries/s ({rec.get('deliveries')}, stored "
+                f"{rec.get('stored')}), p99 {rec.get('lat_ms_p99')} ms, server CPU "
+                f"{rec.get('server_cpu_ms_per_delivery')} + PG {rec.get('pg_ms_per_delivery')} ms/delivery, "
+                f"errors {rec.get('errors')} {rec.get('errmsgs') or ''}")
     if sid == "idle":
         return (f"{rec.get('pss_KiB_per_session')} KiB PSS/session, opened {rec.get('opened')}/"
                 f"{rec.get('requested')}, procs {rec.get('server_procs_at_K')}")
@@ -620,6 +951,7 @@ def brief(sid: str, rec: dict) -> str:
 
 def invalid(sid: str, rec: dict) -> str | None:
     """Why a run does not count, or None."""
+    sid = sid.removeprefix("pg_")
     if "error" in rec:
         return rec["error"][:120]
     if sid.startswith("retr"):
@@ -678,6 +1010,117 @@ def summarize(results: dict) -> list[dict]:
     return table
 
 
+def summarize_pg(results: dict) -> list[dict]:
+    """The PostgreSQL rows: popgate-pg beside popgate-maildir and Dovecot
+    (medians of valid runs), pg/maildir and pg/Dovecot, the target."""
+    table = []
+    for sid, metric, title, tkind, tval, against in PG_ROWS:
+        sc = results["scenarios"].get(sid)
+        row = {"id": sid, "metric": metric, "title": title, "against": against, "notes": [],
+               "target": "-" if tkind is None else
+               f"{'two/one' if against == 'nodes' else 'pg/' + against} {tkind[5:]} {tval:g}",
+               "verdict": "not run" if sc is None else ("-" if tkind is None else "n/a")}
+        table.append(row)
+        if sc is None:
+            continue
+        if sc.get("na"):
+            row["verdict"] = sc["na"]
+        runs = sc.get("runs", {})
+        kinds = ("one", "two") if against == "nodes" else ("pg", "popgate", "dovecot")
+        for kind in kinds:
+            recs = runs.get(kind, [])
+            bad = [invalid(sid, r) for r in recs]
+            for why in bad:
+                if why and f"{kind}: {why}" not in row["notes"]:
+                    row["notes"].append(f"{kind}: {why}")
+            errs = sum((r.get("errors") or 0) for r in recs)
+            if errs:
+                row["notes"].append(f"{kind}: {errs} errors")
+            row[kind] = median([r.get(metric) for r, why in zip(recs, bad) if not why])
+            row[f"{kind}_runs"] = [r.get(metric) for r in recs]
+        row["other_cpu_pct"] = median([r.get("_other_cpu_pct") for k in runs for r in runs[k]])
+        if against == "nodes":
+            row["ratio"] = round(row["two"] / row["one"], 3) if row.get("one") and row.get("two") else None
+            ratios = [row["ratio"]]
+        else:
+            for k in ("popgate", "dovecot"):
+                row[f"ratio_{k}"] = round(row["pg"] / row[k], 3) if row.get("pg") is not None and row.get(k) \
+                    else None
+            ratios = [row["ratio_popgate" if against == "maildir" else "ratio_dovecot"]]
+        if tkind and ratios[0] is not None:
+            ok = ratios[0] >= tval if tkind == "ratio>=" else ratios[0] <= tval
+            row["verdict"] = "pass" if ok else "FAIL"
+    return table
+
+
+def render_pg(results: dict) -> list[str]:
+    table = results.get("pg_table") or summarize_pg(results)
+    if all(r["verdict"] == "not run" for r in table):
+        return []
+    m = results["meta"].get("postgresql", {})
+    out = ["### PostgreSQL store beside Maildir and Dovecot", "",
+           f"PostgreSQL {m.get('server_version')} (the machine's server, shared; shared_buffers "
+           f"{m.get('shared_buffers')}, synchronous_commit {m.get('synchronous_commit')}, fsync "
+           f"{m.get('fsync')}); throwaway database {m.get('database')}. popgate-pg: "
+           f"`{results['meta'].get('popgate_pg_cmd', '?')}`. Server CPU of popgate-pg includes "
+           "the CPU of the PostgreSQL backends serving it.", "",
+           "| scenario | popgate-pg | popgate-maildir | Dovecot | pg/maildir | pg/Dovecot | target | verdict "
+           "| other load |", "|---|---:|---:|---:|---:|---:|---|---|---:|"]
+    for r in table:
+        if r["verdict"] == "not run" or r["against"] == "nodes":
+            continue
+        verdict = r["verdict"] + ("; " + "; ".join(r["notes"]) if r["notes"] else "")
+        other = r.get("other_cpu_pct")
+        rp, rd = r.get("ratio_popgate"), r.get("ratio_dovecot")
+        out.append(f"| {r['title']} | {fmt(r.get('pg'))} | {fmt(r.get('popgate'))} | {fmt(r.get('dovecot'))} "
+                   f"| {'-' if rp is None else f'{rp:.3g}'} | {'-' if rd is None else f'{rd:.3g}'} "
+                   f"| {r['target']} | {verdict} | {'-' if other is None else f'{max(other, 0):.0f}%'} |")
+    nodes = [r for r in table if r["against"] == "nodes" and r["verdict"] != "not run"]
+    if nodes:
+        out += ["", "| pg_2nodes | one node (A) | two nodes (A + B) | two/one | target | verdict | other load |",
+                "|---|---:|---:|---:|---|---|---:|"]
+        for r in nodes:
+            verdict = r["verdict"] + ("; " + "; ".join(r["notes"]) if r["notes"] else "")
+            other = r.get("other_cpu_pct")
+            ratio = "-" if r.get("ratio") is None else f"{r['ratio']:.3g}"
+            out.append(f"| {r['title']} | {fmt(r.get('one'))} | {fmt(r.get('two'))} | {ratio} "
+                       f"| {r['target']} | {verdict} | {'-' if other is None else f'{max(other, 0):.0f}%'} |")
+        runs = results["scenarios"]["pg_2nodes"].get("runs", {})
+        out += ["", "| pg_2nodes figure | one node | two nodes |", "|---|---:|---:|"]
+        for key, label in (("client_cpu_pct", "load generators CPU % (both)"),
+                           ("server_cpu_pct", "servers CPU % incl. PG backends"),
+                           ("pg_ms_per_session", "PostgreSQL backends CPU ms per login"),
+                           ("lat_ms_p99", "session latency p99, ms (worse of the two)"),
+                           ("_other_cpu_pct", "other load %")):
+            vals = [median([dig(x, key) for x in runs.get(k, []) if "error" not in x]) for k in ("one", "two")]
+            out.append(f"| {label} | {fmt(vals[0])} | {fmt(vals[1])} |")
+        for node in ("popgate-pg-a", "popgate-pg-b"):
+            vals = [median([dig(x, f"per_node.{node}.cpu_ms_per_session") for x in runs.get(k, [])
+                            if "error" not in x]) for k in ("one", "two")]
+            out.append(f"| {node}: CPU ms per login incl. its PG backends | {fmt(vals[0])} | {fmt(vals[1])} |")
+    out += ["", "Supporting figures (medians):", "",
+            "| scenario | figure | popgate-pg | popgate-maildir | Dovecot |", "|---|---|---:|---:|---:|"]
+    for sid, items in PG_DETAILS.items():
+        runs = (results["scenarios"].get(sid) or {}).get("runs") or {}
+        if not any(runs.values()):
+            continue
+        for key, label in items:
+            vals = [median([dig(x, key) for x in runs.get(k, []) if "error" not in x])
+                    for k in ("pg", "popgate", "dovecot")]
+            out.append(f"| {sid} | {label} | {' | '.join(fmt(v) for v in vals)} |")
+    migs = results.get("migrations") or []
+    if migs:
+        out += ["", "Loading the data into PostgreSQL (`popgate migrate` from the generated Maildirs; "
+                "CPU: popgate migrate + its PG backend):", "",
+                "| data set | users | messages | MB | seconds | messages/s | MB/s | CPU ms per message |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for g in migs:
+            out.append(f"| {g['set']} | {fmt(g.get('users'))} | {fmt(g.get('messages'))} | {fmt(g.get('MB'))} "
+                       f"| {fmt(g.get('wall_s'))} | {fmt(g.get('messages_per_s'))} | {fmt(g.get('MB_per_s'))} "
+                       f"| {fmt(g.get('cpu_ms_per_message'))} |")
+    return out + [""]
+
+
 def fmt(v) -> str:
     if v is None:
         return "-"
@@ -718,6 +1161,7 @@ def render_markdown(results: dict, top: int = 0) -> str:
                     for k in ("popgate", "dovecot")]
             out.append(f"| {sid} | {label} | {fmt(vals[0])} | {fmt(vals[1])} |")
     out.append("")
+    out += render_pg(results)
     if m.get("dovecot_log_problems"):
         out += ["Dovecot log problems:", "", *[f"    {ln}" for ln in m["dovecot_log_problems"]], ""]
     profs = results.get("profiles") or {}
@@ -786,16 +1230,29 @@ def main(argv=None) -> int:
     prof.add_argument("--profile", dest="profile", action="store_true", default=None,
                       help="profile popgate with py-spy (default in the full run)")
     prof.add_argument("--no-profile", dest="profile", action="store_false")
+    ap.add_argument("--profile-only", metavar="JOBS",
+                    help="profile only these workloads (login50,retr100k,big_warm,pg_login10,pg_retr100k)")
     ap.add_argument("--workdir", default=os.environ.get("POPGATE_BENCH_DIR", "/tmp/popgate-bench"),
                     help="generated data (kept) and per-run mail roots (removed) (default %(default)s)")
     ap.add_argument("--out", help="results directory (default bench/results)")
     ap.add_argument("--twistd", help="twistd to run popgate with (default .venv/bin/twistd)")
     ap.add_argument("--keep", action="store_true", help="keep the run directory (mail roots, logs)")
+    ap.add_argument("--pg-big-load", choices=["migrate", "copy"],
+                    help="how the 100k mailbox gets into PostgreSQL: popgate migrate (a migration "
+                         "figure; about 2-3 minutes) or COPY by the harness (default: migrate; copy "
+                         "with --quick)")
+    ap.add_argument("--pg", action="store_true",
+                    help="with --quick, run the PostgreSQL scenarios too (they add about 2.5 minutes; "
+                         "the full run always has them)")
+    ap.add_argument("--pg-store-args", default="",
+                    help="extra postgresql: store arguments for popgate-pg, e.g. pool_size=16")
     ap.add_argument("--update-docs", action="store_true",
                     help="replace the results section of docs/benchmarks.md with this run's")
     ap.add_argument("--render", metavar="RESULTS_JSON",
                     help="only print the report of an earlier run (with --update-docs: put it in the docs)")
     a = ap.parse_args(argv)
+    if a.pg_big_load is None:
+        a.pg_big_load = "copy" if a.quick else "migrate"
     if a.render:
         results = json.loads(Path(a.render).read_text())
         print(render_markdown(results))

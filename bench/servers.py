@@ -55,13 +55,14 @@ def tree_cpu(root: int) -> float:
     return tot / CLK
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
-def wait_greeting(port: int, proc: subprocess.Popen, timeout: float, log: Path | None) -> None:
+def wait_greeting(port: int, proc: subprocess.Popen, timeout: float, log: Path | None,
+                  host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -69,7 +70,7 @@ def wait_greeting(port: int, proc: subprocess.Popen, timeout: float, log: Path |
             tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
             raise RuntimeError(f"server exited with {proc.returncode} during start-up\n{tail}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            with socket.create_connection((host, port), timeout=2) as s:
                 s.settimeout(5)
                 if s.recv(512).startswith(b"+OK"):
                     s.sendall(b"QUIT\r\n")
@@ -83,10 +84,12 @@ def wait_greeting(port: int, proc: subprocess.Popen, timeout: float, log: Path |
 class Server:
     name = "server"
     kind = "?"
+    host = "127.0.0.1"
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen | None = None
         self.port = 0
+        self.lmtp_port = 0  # 0: no LMTP listener
 
     @property
     def pid(self) -> int:
@@ -130,8 +133,12 @@ class Popgate(Server):
 
     def __init__(self, name: str, twistd: str, rundir: Path, passwd: Path, root: Path,
                  extra: list[str] | None = None, store: str | None = None,
-                 env: dict | None = None) -> None:
+                 env: dict | None = None, kind: str = "popgate", host: str = "127.0.0.1",
+                 lmtp: bool = False) -> None:
         super().__init__()
+        self.kind = kind  # "pg" for the PostgreSQL store (bench/pgstore.py)
+        self.host = host
+        self.lmtp = lmtp
         self.name = name
         self.twistd = twistd
         self.rundir = rundir
@@ -144,7 +151,8 @@ class Popgate(Server):
 
     def command(self, port: int) -> list[str]:
         return [self.twistd, "-n", "--pidfile=", "--logfile", str(self.log), "popgate",
-                "--pop3", f"tcp:{port}:interface=127.0.0.1",
+                "--pop3", f"tcp:{port}:interface={self.host}",
+                *(["--lmtp", f"tcp:{self.lmtp_port}:interface={self.host}"] if self.lmtp else []),
                 "--auth", f"passwd-file:{self.passwd}",
                 "--store", self.store,
                 # The load comes from one address; Dovecot has no per-IP
@@ -152,9 +160,11 @@ class Popgate(Server):
                 "--max-connections-per-ip", "0", *self.extra]
 
     def start(self) -> None:
-        self.port = free_port()
+        self.port = free_port(self.host)
+        if self.lmtp:
+            self.lmtp_port = free_port(self.host)
         self._spawn(self.command(self.port), self.rundir / f"{self.name}.stdout", self.env)
-        wait_greeting(self.port, self.proc, 30, self.log)
+        wait_greeting(self.port, self.proc, 30, self.log, self.host)
 
 
 DOVECOT_CONF = """\
@@ -165,7 +175,7 @@ base_dir = {base}
 state_dir = {base}/state
 instance_name = {instance}
 log_path = {log}
-protocols = pop3
+protocols = {protocols}
 listen = 127.0.0.1
 ssl = no
 disable_plaintext_auth = no
@@ -210,12 +220,27 @@ pop3_fast_size_lookups = yes
 {extra}
 """
 
+# LMTP beside POP3 (the lmtp scenario): the package's defaults for the lmtp
+# service (a process per connection, reused), delivering into the same
+# Maildirs with the same static userdb; users are checked against the
+# passwd-file passdb.
+DOVECOT_LMTP = """
+service lmtp {{
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+}}
+"""
+
 
 class Dovecot(Server):
     kind = "dovecot"
 
-    def __init__(self, name: str, rundir: Path, passwd: Path, root: Path, extra: str = "") -> None:
+    def __init__(self, name: str, rundir: Path, passwd: Path, root: Path, extra: str = "",
+                 lmtp: bool = False) -> None:
         super().__init__()
+        self.lmtp = lmtp  # needs Debian's dovecot-lmtpd (ensure_dovecot_lmtp)
         self.name = name
         self.rundir = rundir
         self.passwd = passwd
@@ -228,10 +253,14 @@ class Dovecot(Server):
     def start(self) -> None:
         self.port = free_port()
         self.base.mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(DOVECOT_CONF.format(
+        extra = self.extra
+        if self.lmtp:
+            self.lmtp_port = free_port()
+            extra += DOVECOT_LMTP.format(port=self.lmtp_port)
+        self.conf.write_text(DOVECOT_CONF.format(protocols="pop3 lmtp" if self.lmtp else "pop3",
             base=self.base, instance=f"popgate-bench-{self.name}-{os.getpid()}", log=self.log,
             passwd=self.passwd, root=self.root, port=self.port, uid=MAIL_UID, gid=MAIL_GID,
-            extra=self.extra))
+            extra=extra))
         self._spawn(["dovecot", "-F", "-c", str(self.conf)], self.rundir / f"{self.name}.stdout")
         wait_greeting(self.port, self.proc, 30, self.log)
 
@@ -254,6 +283,17 @@ def ensure_dovecot() -> str:
             subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, check=True)
     stop_system_dovecot()
     return subprocess.run(["dovecot", "--version"], capture_output=True, text=True).stdout.strip()
+
+
+def ensure_dovecot_lmtp() -> bool:
+    """Install Debian's dovecot-lmtpd if needed (for the lmtp scenario's
+    Dovecot); whether Dovecot's lmtp is there."""
+    if not Path("/usr/lib/dovecot/lmtp").exists():
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "install", "-y", "-q", "dovecot-lmtpd"], env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stop_system_dovecot()
+    return Path("/usr/lib/dovecot/lmtp").exists()
 
 
 def stop_system_dovecot() -> None:

@@ -135,6 +135,23 @@ class ICachedMessageSource(IMessageSource):
         """
 
 
+class IDeferredMessageSource(IMessageSource):
+    """
+    A source whose reads wait for the network without blocking: a
+    database or an upstream server driven by the reactor.  The sender
+    calls L{read_deferred} in the reactor thread, never C{read}, and never
+    two reads at once.
+    """
+
+    def read_deferred(size: int) -> Any:
+        """
+        Like L{IMessageSource.read}: a L{twisted.internet.defer.Deferred}
+        firing with the next octets (at least one and at most C{size}, or
+        C{b""} at the end), or failing as C{read} raises.  Called in the
+        reactor thread.
+        """
+
+
 class IMailStore(Interface):
     """
     Where users' mail lives.  Opens maildrops for authenticated users.

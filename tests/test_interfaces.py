@@ -27,7 +27,9 @@ from twisted.internet.interfaces import (
     IOpenSSLServerConnectionCreator,
     IProtocol,
     IPushProducer,
+    IReadDescriptor,
     IStreamServerEndpoint,
+    IWriteDescriptor,
 )
 from twisted.logger import ILogObserver
 from twisted.mail import maildir as twisted_maildir
@@ -38,6 +40,7 @@ from zope.interface.verify import verifyObject
 import popgate
 from popgate.interfaces import (
     ICachedMessageSource,
+    IDeferredMessageSource,
     IDeliveryTarget,
     ILoadingMaildrop,
     IMaildrop,
@@ -197,10 +200,20 @@ def _pg_store(tmp: Any) -> Any:
     return make_store("dsn=postgresql://popgate@127.0.0.1:1/mail", InlineReactor())
 
 
-def _pg_maildrop(tmp: Any) -> Any:
-    from popgate.stores.postgresql import PostgresMaildrop
+class _FakeConnection:
+    pgconn = None
 
-    return PostgresMaildrop(_pg_store(tmp), "alice", None, 1, [(1, "1.ab", 3, 2)])  # type: ignore[arg-type]
+
+def _reactor_link(tmp: Any) -> Any:
+    from popgate.stores.pg_reactor import ReactorLink
+
+    return ReactorLink(InlineReactor(), _FakeConnection(), 5.0)  # type: ignore[arg-type]
+
+
+def _pg_maildrop(tmp: Any) -> Any:
+    from popgate.stores.pg_session import PostgresMaildrop
+
+    return PostgresMaildrop(_pg_store(tmp), "alice", _reactor_link(tmp), 1, [(1, "1.ab", 3, 2)])
 
 
 def _chunk_source(tmp: Any) -> Any:
@@ -297,8 +310,9 @@ CASES: list[tuple[Case, str, tuple[Any, ...]]] = [
     (_mbox_store, "popgate.stores.mbox.MboxStore", (IMailStore, IDeliveryTarget)),
     (_faulty_store, "popgate.testing.faults.FaultyStore", (IMailStore,)),
     (_pg_store, "popgate.stores.postgresql.PostgresStore", (IMailStore, IDeliveryTarget, IReachable)),
-    (_pg_maildrop, "popgate.stores.postgresql.PostgresMaildrop", (IMaildrop,)),
-    (_chunk_source, "popgate.stores.pg_source.ChunkSource", (IMessageSource, ICachedMessageSource)),
+    (_pg_maildrop, "popgate.stores.pg_session.PostgresMaildrop", (IMaildrop,)),
+    (_reactor_link, "popgate.stores.pg_reactor.ReactorLink", (IReadDescriptor, IWriteDescriptor)),
+    (_chunk_source, "popgate.stores.pg_source.ChunkSource", (IMessageSource, IDeferredMessageSource)),
     (_htpasswd, "popgate.cred.htpasswd.HtpasswdChecker", (ICredentialsChecker, IUserLookup, IReachable)),
     (_passwd_file, "popgate.cred.passwdfile.PasswdFileChecker", (ICredentialsChecker, IUserLookup, IReachable)),
     (_ldap, "popgate.cred.ldap.LDAPChecker", (ICredentialsChecker, IUserLookup, IReachable)),

@@ -205,7 +205,7 @@ def test_a_second_login_is_in_use_on_this_node_and_on_another(server: PopgatePro
     maildrop = reactor_thread.run(other.open_maildrop, "carol")
     try:
         assert len(maildrop.list_messages()) == 1
-        connection = maildrop._connection
+        connection = maildrop.connection
         assert connection.execute("SHOW tcp_keepalives_idle").fetchone() == ("10",)
         assert connection.execute("SHOW tcp_user_timeout").fetchone() == ("30000",)
         with pytest.raises(poplib.error_proto, match=r"\[IN-USE\]"):
@@ -394,11 +394,12 @@ def test_a_message_deleted_under_the_session_is_refused_or_fails_mid_read(dsn: s
         source = reactor_thread.run(maildrop.open_message, 1)
         assert source.read_cached(pg_schema.CHUNK_SIZE) == big[:pg_schema.CHUNK_SIZE]
         assert source.read_cached(10) is None  # the next row is not here yet
-        assert source.read(10) == big[pg_schema.CHUNK_SIZE:pg_schema.CHUNK_SIZE + 10]
+        assert reactor_thread.run(source.read_deferred, 10) == (
+            big[pg_schema.CHUNK_SIZE:pg_schema.CHUNK_SIZE + 10])
         with db(dsn) as connection:
             connection.execute("DELETE FROM popgate_messages WHERE id = %s", (maildrop._ids[1],))
         with pytest.raises(errors.TemporaryFailure, match="missing"):
-            while source.read(pg_schema.CHUNK_SIZE):
+            while reactor_thread.run(source.read_deferred, pg_schema.CHUNK_SIZE):
                 pass
         source.close()
     finally:

@@ -11,9 +11,11 @@ from typing import Any
 
 import psycopg
 import pytest
+from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from popgate import errors
-from popgate.interfaces import ICachedMessageSource
+from popgate.interfaces import IDeferredMessageSource
 from popgate.stores.pg_connections import ConnectionPool
 from popgate.stores.pg_settings import PGSettings, parse_args
 from popgate.stores.pg_source import ChunkSource
@@ -62,24 +64,38 @@ def rows_of(data: bytes, size: int) -> dict[int, bytes]:
     return {seq: data[start:start + size] for seq, start in enumerate(range(0, len(data), size))}
 
 
+def got(d: Any) -> Any:
+    """The result of a Deferred that has fired (raising its failure)."""
+    out: list[Any] = []
+    d.addBoth(out.append)
+    assert out, "the Deferred has not fired"
+    if isinstance(out[0], Failure):
+        out[0].raiseException()
+    return out[0]
+
+
 def test_the_source_hands_out_at_most_size_octets_and_keeps_the_rest_of_a_row() -> None:
     data = bytes(range(256)) * 40  # 10,240 octets, rows of 3,000
     rows = rows_of(data, 3000)
     fetched: list[int] = []
+    waiting: list[defer.Deferred[bytes | None]] = []
 
-    def fetch(message_id: int, seq: int) -> bytes | None:
+    def fetch(message_id: int, seq: int) -> defer.Deferred[bytes | None]:
         assert message_id == 7
         fetched.append(seq)
-        return rows.get(seq)
+        waiting.append(defer.Deferred())
+        return waiting[-1]
 
     source = ChunkSource(fetch, 7, len(data), first=rows[0])
-    assert ICachedMessageSource.providedBy(source) and source.blocking
-    out = []
-    assert source.read_cached(1000) == data[:1000]  # the first row came with the open
-    out.append(data[:1000])
+    assert IDeferredMessageSource.providedBy(source) and not source.blocking
+    out = [got(source.read_deferred(1000))]  # the first row came with the open
+    assert out == [data[:1000]]
     while True:
-        cached = source.read_cached(1024)
-        part = cached if cached is not None else source.read(1024)
+        d = source.read_deferred(1024)
+        if waiting:  # a row was asked for: nothing until it comes
+            assert not d.called
+            waiting.pop().callback(rows.get(fetched[-1]))
+        part = got(d)
         assert len(part) <= 1024
         if not part:
             break
@@ -91,11 +107,11 @@ def test_the_source_hands_out_at_most_size_octets_and_keeps_the_rest_of_a_row() 
 
 def test_a_row_missing_before_the_end_is_a_temporary_failure() -> None:
     rows = {0: b"a" * 10}
-    source = ChunkSource(lambda _, seq: rows.get(seq), 1, 25)
-    assert source.read(100) == b"a" * 10
+    source = ChunkSource(lambda _, seq: defer.succeed(rows.get(seq)), 1, 25)
+    assert got(source.read_deferred(100)) == b"a" * 10
     with pytest.raises(errors.TemporaryFailure, match="row 1 is missing"):
-        source.read(100)
-    assert ChunkSource(lambda _, seq: None, 1, 0).read(10) == b""
+        got(source.read_deferred(100))
+    assert got(ChunkSource(lambda _, seq: defer.succeed(None), 1, 0).read_deferred(10)) == b""
 
 
 class FakeConnection:

@@ -18,7 +18,7 @@ disk never stalls the other sessions.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectionLost
@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from popgate.interfaces import ICachedMessageSource, IMessageSource
+from popgate.interfaces import ICachedMessageSource, IDeferredMessageSource, IMessageSource
 from popgate.pop3.encoder import MessageEncoder
 
 CHUNK_SIZE = 256 * 1024
@@ -81,7 +81,10 @@ Reader = Callable[[Any, int], "defer.Deferred[bytes]"]
 
 def read_inline(source: Any, size: int) -> defer.Deferred[bytes]:
     """Read in the calling thread (the reactor's): for sources that never
-    block, and for tests."""
+    block, and for tests (a L{IDeferredMessageSource} by its own
+    C{read_deferred})."""
+    if IDeferredMessageSource.providedBy(source):
+        return cast("defer.Deferred[bytes]", source.read_deferred(size))
     try:
         return defer.succeed(source.read(size))
     except Exception:
@@ -107,6 +110,8 @@ class PoolReader:
         self.pool_reads = 0
 
     def __call__(self, source: Any, size: int) -> defer.Deferred[bytes]:
+        if IDeferredMessageSource.providedBy(source):
+            return cast("defer.Deferred[bytes]", source.read_deferred(size))
         if IMessageSource.providedBy(source) and not source.blocking:
             return read_inline(source, size)
         if ICachedMessageSource.providedBy(source):

@@ -149,6 +149,32 @@ class ConnectionPool:
             self._gone()
             raise
 
+    def get_idle(self) -> Connection | None:
+        """A kept connection, if one is idle (never waits: callable from
+        the reactor thread), counted out like L{get}'s."""
+        with self._changed:
+            while self._idle:
+                connection = self._idle.pop()
+                if usable(connection):
+                    self._out += 1
+                    return connection
+                close_quietly(connection)
+        return None
+
+    def open(self) -> Connection:
+        """A new connection, counted out (unbounded pools only).  Blocking.
+
+        @raise TemporaryFailure: it could not be opened.
+        """
+        assert not self._bounded
+        with self._changed:
+            self._out += 1
+        try:
+            return self._opener()
+        except BaseException:
+            self._gone()
+            raise
+
     def put(self, connection: Connection, keep: bool = True) -> None:
         """Give C{connection} back: kept for reuse if C{keep} and it is
         still usable, else closed."""

@@ -43,6 +43,9 @@ ARGS = ArgSpec(
                "in ~/.pgpass or PGPASSFILE rather than here).",
         "pool_size": "Connections kept for deliveries, besides one per open POP3 session "
                      "(default: 4).",
+        "idle_sessions": "Session connections kept open, idle, for the next logins (default: "
+                         "16): a login on a kept one costs one round trip, a new one a "
+                         "PostgreSQL backend's start.",
         "connect_timeout": "Seconds to connect, and to wait for a free pooled connection "
                            "(default: 5).",
         "query_timeout": "Seconds one statement may run: the server's statement_timeout "
@@ -64,6 +67,7 @@ class PGSettings:
 
     dsn: str
     pool_size: int = 4
+    idle_sessions: int = 16
     connect_timeout: float = 5.0
     query_timeout: float = 30.0
     keepalive_idle: int = 10
@@ -110,7 +114,7 @@ class PGSettings:
 
 def parse_args(argstring: str) -> PGSettings:
     """
-    C{dsn=postgresql://...[,pool_size=4][,connect_timeout=5]
+    C{dsn=postgresql://...[,pool_size=4][,idle_sessions=16][,connect_timeout=5]
     [,query_timeout=30][,keepalive_idle=10][,keepalive_interval=5]
     [,keepalive_count=3][,user_timeout=30]}.
 
@@ -126,6 +130,7 @@ def parse_args(argstring: str) -> PGSettings:
     settings = PGSettings(
         dsn=dsn,
         pool_size=args.number("pool_size", int, 4),
+        idle_sessions=args.number("idle_sessions", int, 16),
         connect_timeout=args.number("connect_timeout", float, 5.0, unit="seconds"),
         query_timeout=args.number("query_timeout", float, 30.0, unit="seconds"),
         keepalive_idle=args.number("keepalive_idle", int, 10, unit="seconds"),
@@ -135,6 +140,8 @@ def parse_args(argstring: str) -> PGSettings:
     )
     if settings.pool_size < 1:
         raise ARGS.error("pool_size= must be at least 1")
+    if settings.idle_sessions < 0:
+        raise ARGS.error("idle_sessions= must be 0 or more")
     for key in ("connect_timeout", "query_timeout", "keepalive_idle", "keepalive_interval",
                 "keepalive_count", "user_timeout"):
         if getattr(settings, key) <= 0:

@@ -21,6 +21,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from twisted.internet import defer
 
 from popgate import errors
 from popgate.stores import pg_schema
@@ -404,4 +405,32 @@ def test_a_message_deleted_under_the_session_is_refused_or_fails_mid_read(dsn: s
         source.close()
     finally:
         reactor_thread.run(maildrop.close)
+        reactor_thread.run(store.close)
+
+
+def test_first_deliveries_at_once_to_a_new_mailbox_all_succeed(dsn: str) -> None:
+    """Several deliveries racing to create one user's mailbox row: each is
+    stored (a mailbox id is kept only once its row is committed: another
+    delivery given an uncommitted id would fail its foreign key)."""
+    store = node(dsn)
+    try:
+        for round_ in range(3):
+            user = f"race{round_}"
+            deliveries = [store.deliver(user, b"Subject: %d\n\nhi\n" % i) for i in range(8)]
+            uidls = reactor_thread.run(lambda ds=deliveries: defer.gatherResults(ds))
+            assert len(set(uidls)) == 8
+            assert len(stored(dsn, user)) == 8
+        # A row deleted by hand while its id is kept: that delivery fails,
+        # the next finds the name anew.
+        with db(dsn) as connection:
+            connection.execute("DELETE FROM popgate_mailboxes WHERE name = 'race0'")
+        with pytest.raises(errors.TemporaryFailure, match="foreign key"):
+            reactor_thread.run(store.deliver, "race0", b"Subject: lost\n\nhi\n")
+        reactor_thread.run(store.deliver, "race0", b"Subject: again\n\nhi\n")
+        assert stored(dsn, "race0") == [b"Subject: again\n\nhi\n"]
+        # And a login after the row was deleted under a kept id looks it up anew.
+        maildrop = reactor_thread.run(store.open_maildrop, "race0")
+        assert len(maildrop.list_messages()) == 1
+        reactor_thread.run(maildrop.close)
+    finally:
         reactor_thread.run(store.close)

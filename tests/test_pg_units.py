@@ -34,6 +34,8 @@ def test_the_argument_string_has_defaults_and_a_documented_dead_peer_bound() -> 
     tuned = parse_args("dsn=postgresql://h/db?sslmode=require, pool_size=8,connect_timeout=2,"
                        "keepalive_idle=4,keepalive_interval=2,keepalive_count=2,user_timeout=9")
     assert (tuned.pool_size, tuned.connect_timeout, tuned.dead_peer_bound) == (8, 2.0, 9.0)
+    assert (settings.idle_sessions, parse_args("dsn=postgresql://h/db,idle_sessions=0").idle_sessions
+            ) == (16, 0)
     assert tuned.dsn == "postgresql://h/db?sslmode=require"
     own = parse_args("dsn=postgresql://h/db?options=-c%20search_path%3Dmail").connect_kwargs()
     assert own["options"].endswith("-c statement_timeout=30000 -c search_path=mail")
@@ -45,6 +47,7 @@ def test_the_argument_string_has_defaults_and_a_documented_dead_peer_bound() -> 
     ("dsn=postgresql://h", r"needs a database"),
     ("dsn=postgresql://h/db,pool_size=0", r"pool_size= must be at least 1"),
     ("dsn=postgresql://h/db,pool_size=many", r"pool_size= must be a number"),
+    ("dsn=postgresql://h/db,idle_sessions=-1", r"idle_sessions= must be 0 or more"),
     ("dsn=postgresql://h/db,keepalive_count=0", r"keepalive_count= must be more than 0"),
     ("dsn=postgresql://h/db,bogus=1", r"unknown key bogus="),
 ])

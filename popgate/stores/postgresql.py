@@ -175,8 +175,9 @@ class PostgresStore(LockingStore):
             with connection.transaction(), connection.cursor() as cursor:
                 self.check_schema(cursor)
                 mailbox = self._mailbox_ids.get(name)
+                cached = mailbox is not None
                 if mailbox is None:
-                    mailbox = self.remember(name, find_or_create_mailbox(cursor, name))
+                    mailbox = find_or_create_mailbox(cursor, name)
                 try:
                     uidl = insert_message(cursor, mailbox, message)
                 except pg_errors.ForeignKeyViolation:
@@ -184,6 +185,10 @@ class PostgresStore(LockingStore):
                     # that the MTA's retry finds the name anew.
                     self.forget_mailbox(name)
                     raise
+            if not cached:
+                # Only once committed: another delivery given the id of a
+                # row not yet committed would fail its foreign key check.
+                self.remember(name, mailbox)
             return uidl.decode("ascii")
 
         with translated(f"delivering to {name}"):

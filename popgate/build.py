@@ -33,6 +33,8 @@ from popgate.cred.penalty import LoginPenalty
 from popgate.delivery.lmtp_factory import LMTPFactory
 from popgate.delivery.service import lmtp_factory
 from popgate.hangup import HangupHook
+from popgate.i18n.offer import language_offer
+from popgate.interfaces import IAuthenticatingStore
 from popgate.limits.listener import prepare_listener
 from popgate.limits.process import ProcessLimits, build_limits
 from popgate.limits.refusal import LMTP_REFUSALS, LimitedFactory
@@ -40,11 +42,13 @@ from popgate.logs import ServerLog, install_on
 from popgate.metrics import Metrics
 from popgate.metrics_web import MetricsService, metrics_site, worker_endpoint
 from popgate.plural import plural
+from popgate.policy import parse_expire
 from popgate.pop3.factory import POP3ServerFactory
 from popgate.pop3.settings import SessionSettings
 from popgate.probes import StartupProbe
 from popgate.realm import MaildropRealm
 from popgate.settings import Config
+from popgate.stores.history import login_history
 from popgate.tls import ServerTLS, TLSConfigError
 from popgate.workers.pool import WorkerPool
 from popgate.workers.reuseport import ReusePortListener
@@ -85,6 +89,8 @@ def build_portal(store: Any, checkers: Sequence[ICredentialsChecker], reactor: A
     if any(cache):
         checkers = [CachingChecker(c, positive_ttl=cache[0], negative_ttl=cache[1], clock=reactor)
                     for c in checkers]
+    if IAuthenticatingStore.providedBy(store):  # a proxy: the upstream may check
+        checkers = store.checkers(checkers)
     by_interface: dict[Any, list[Any]] = {}
     for checker in checkers:
         for interface in checker.credentialInterfaces:
@@ -96,13 +102,22 @@ def build_portal(store: Any, checkers: Sequence[ICredentialsChecker], reactor: A
 
 
 def session_settings(config: Config, hostname: str) -> SessionSettings:
-    """The L{SessionSettings} every POP3 session of C{config} gets."""
+    """
+    The L{SessionSettings} every POP3 session of C{config} gets.  The first
+    call reads the message catalogs (start-up); later ones (a reload) find
+    them in the process's cache.
+
+    @raise usage.UsageError: for a language without a catalog.
+    """
     return SessionSettings(
+        languages=language_offer(config.languages, config.preferred_language, config.locale_dir),
         implementation=config.implementation, greeting=config.greeting, hostname=hostname,
         idle_timeout=config.idle_timeout, login_timeout=config.login_timeout,
         auth_failure_delay=config.auth_failure_delay,
         max_auth_failures=config.max_auth_failures, max_bad_commands=config.max_bad_commands,
-        allow_plaintext_auth=config.allow_plaintext_auth)
+        allow_plaintext_auth=config.allow_plaintext_auth, enable_last=config.enable_last,
+        login_delay=config.login_delay,
+        expire=None if config.expire is None else parse_expire(config.expire))
 
 
 def hangup_hook(reactor: Any) -> HangupHook:
@@ -279,6 +294,10 @@ def build_server(config: Config, reactor: Any,
     hostname = config.hostname or socket.getfqdn()
     lmtp = lmtp_factory(store, checkers, hostname, reactor) if config.lmtp else None
     startup_checks.check(config, store, checkers, tls)  # last: every path is known
+    if (config.login_delay or config.expire is not None) and login_history(store) is None:
+        log.warn("--login-delay/--expire: the {store} mail store keeps no login or retrieval "
+                 "history, so CAPA advertises them but they are not enforced",
+                 store=(config.store or "").split(":", 1)[0])
 
     # First, so SIGHUP is handled before anything else starts; in every
     # configuration, since its default action kills the process.

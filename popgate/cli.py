@@ -19,6 +19,9 @@ The C{popgate} admin command.
                                            popgate.migrate)
   popgate db init|upgrade|status           the PostgreSQL mail store's schema
                                            (see popgate.admin.db)
+  popgate expire [--dry-run] [server options] (--all | USER...)
+                                           EXPIRE for mailboxes nobody polls
+                                           (see popgate.admin.expire)
 
 Each command's work is in L{popgate.admin}; this module parses and
 dispatches.
@@ -189,6 +192,8 @@ _SERVER_OPTION_COMMANDS = {
     "check-config": ("check a configuration: parse, build, reach the mail store and every "
                      "user store ([--uid USER] [--gid GROUP] [server options])"),
     "auth": "test a password or look a user up (auth test|lookup [server options] USER)",
+    "expire": ("remove retrieved mail past its EXPIRE from mailboxes nobody polls "
+               "([--dry-run] [server options] (--all | USER...))"),
 }
 
 
@@ -201,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run.run_check_config(argv[1:])
     if argv and argv[0] == "auth":
         return run.run_auth(argv[1:])
+    if argv and argv[0] == "expire":
+        return run.run_expire(argv[1:])
     parser = argparse.ArgumentParser(prog="popgate", description="popgate admin command")
     parser.add_argument("--version", action=_Versions)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -218,8 +225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("user")
     p.add_argument("--password", help="the password (default: ask twice, without echo)")
     p.add_argument("-s", "--scheme", default="BLF-CRYPT",
-                   choices=["BLF-CRYPT", "SHA512-CRYPT", "SHA256-CRYPT", "MD5-CRYPT"],
-                   help="the hash (default: BLF-CRYPT, bcrypt as htpasswd -B)")
+                   choices=["BLF-CRYPT", "SHA512-CRYPT", "SHA256-CRYPT", "MD5-CRYPT",
+                            "SCRAM-SHA-256", "SCRAM-SHA-1"],
+                   help="the hash (default: BLF-CRYPT, bcrypt as htpasswd -B; SCRAM keys "
+                        "serve popgate's SCRAM logins, Apache cannot check them)")
     p.set_defaults(func=passwd)
     p = sub.add_parser("pw", help="hash a password for a user store (as doveadm pw)",
                        description="Print PASSWORD hashed in SCHEME, with its {SCHEME} "

@@ -55,6 +55,8 @@ def _check(setting: Setting, value: Any, path: str) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise usage.UsageError(f"config file {path}: {key} must be a list of strings")
         return value
+    if setting.parse is not None and type(value) is int:
+        return str(value)  # expire = 31
     wanted: tuple[type, ...] = {"text": (str,), "int": (int,), "float": (int, float),
                                 "flag": (bool,)}[setting.kind]
     if isinstance(value, bool) != (setting.kind == "flag") or not isinstance(value, wanted):

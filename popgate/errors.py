@@ -24,6 +24,19 @@ class PermanentFailure(Exception):
     a bad configuration for this user): C{-ERR [SYS/PERM]}."""
 
 
+class LoginDelayed(Exception):
+    """The user logged in less than their LOGIN-DELAY ago (RFC 2449 6.5):
+    C{-ERR [LOGIN-DELAY]}.  Raised only after the credentials were
+    checked, so it never tells an unauthenticated client that a user
+    exists."""
+
+    def __init__(self, delay: int, remaining: float) -> None:
+        super().__init__(f"logged in {delay - remaining:.0f} s ago, less than the "
+                         f"login delay of {delay} s")
+        self.delay = delay
+        self.remaining = remaining
+
+
 class InvalidUserName(PermanentFailure):
     """A user name that cannot name a mailbox safely (C{../}, C{/}, NUL)."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import IO, TYPE_CHECKING, Any
 
+from twisted.cred.credentials import ICredentials
 from twisted.internet.interfaces import IConsumer, IPushProducer, ITCPTransport
 from twisted.plugin import IPlugin
 from zope.interface import Attribute, Interface
@@ -19,6 +20,7 @@ if TYPE_CHECKING:  # names for the annotations only: nothing heavy at run time
 
     from twisted.internet.defer import Deferred
 
+    from popgate.cred.scram import ScramKeys
     from popgate.cred.userinfo import UserInfo
     from popgate.maildrop import MessageInfo
 
@@ -87,6 +89,43 @@ class ILoadingMaildrop(IMaildrop):
 
         @return: a L{Deferred} that fires once C{list_messages} can
             answer; on failure the realm closes the maildrop.
+        """
+
+
+class ISeenMaildrop(IMaildrop):
+    """
+    A maildrop with a read mark per message (IMAP's C{\\Seen}, a Maildir's
+    C{S} flag) that POP3 sets as Dovecot's POP3 does: a RETR sent whole
+    marks its message (TOP does not), RSET forgets this session's marks,
+    and the maildrop applies them when the session ends -- at QUIT to the
+    messages not deleted, or when the connection ends without QUIT.  A
+    mark is not an UPDATE-state change: nothing is removed.
+    """
+
+    def retrieved(index: int) -> None:
+        """RETR sent message C{index} (0-based) whole."""
+
+    def forget_retrieved() -> None:
+        """RSET: forget the marks this session made."""
+
+    def last_seen() -> int:
+        """
+        The number (1-based) of the last message that was read before the
+        session began, 0 if none: where the obsolete LAST (RFC 1460) starts.
+        """
+
+
+class ITopMaildrop(IMaildrop):
+    """
+    A maildrop that can open just the start of a message for TOP (an
+    upstream server's own TOP), so TOP need not read it whole.
+    """
+
+    def open_top(index: int, lines: int) -> IMessageSource | Deferred[Any]:
+        """
+        Like L{IMaildrop.open_message}, but the source may end after the
+        header block and C{lines} body lines (the protocol cuts there
+        anyway).
         """
 
 
@@ -169,6 +208,20 @@ class IMailStore(Interface):
         """
 
 
+class IAuthenticatingStore(IMailStore):
+    """
+    A mail store that logs in somewhere else as the user (a proxy to an
+    upstream server), so it has a say in who checks the password.
+    """
+
+    def checkers(given: Sequence[Any]) -> list[Any]:
+        """
+        The checkers the portal uses, given C{--auth}'s (already behind
+        the auth cache): the store's own when C{given} is empty (the
+        upstream checks), else C{given} or wrappers of them.
+        """
+
+
 class IDeliveryTarget(Interface):
     """
     A store that accepts new mail (from LMTP or C{popgate deliver}).
@@ -192,6 +245,44 @@ class IUserLookup(Interface):
         """
         @return: a L{Deferred} firing with a L{popgate.cred.userinfo.UserInfo} or
             C{None} when there is no such user.
+        """
+
+
+class IScramCredentials(ICredentials):
+    """
+    A SCRAM login (RFC 5802) that reached its proof: the checker looks up
+    the user's keys for C{mechanism} and asks L{check}, as it hands a
+    secret to C{IUsernameHashedPassword.checkPassword}.
+    """
+
+    username = Attribute("The user name the client sent (bytes).")
+    mechanism = Attribute("SCRAM-SHA-256 or SCRAM-SHA-1.")
+
+    def check(keys: ScramKeys) -> bool:
+        """Whether the client's proof is right for these stored keys."""
+
+
+class IScramLookup(Interface):
+    """
+    A user store that keeps SCRAM keys (L{popgate.cred.scram}) and hands
+    them out before the proof: the server needs a user's salt and
+    iteration count for its first challenge.  A checker providing it lists
+    L{IScramCredentials} among its C{credentialInterfaces}.
+    """
+
+    def scram_mechanisms() -> frozenset[str]:
+        """
+        The SCRAM mechanisms to offer now (C{CAPA}'s C{SASL} line): those
+        whose keys the store may hold.  Synchronous and cheap: it is asked
+        at every C{CAPA}.
+        """
+
+    def lookup_scram(name: str | bytes, mechanism: str) -> Deferred[ScramKeys | None]:
+        """
+        @return: a L{Deferred} firing with the user's keys for
+            C{mechanism}, or C{None} (no such user, or no such keys: the
+            client must not be able to tell which); failing with
+            L{popgate.errors.TemporaryFailure} when the store cannot answer.
         """
 
 
@@ -246,3 +337,64 @@ class IStreamTransport(ITCPTransport, IConsumer, IPushProducer):
     """
 
     disconnecting: bool
+
+
+class IPerUserPolicy(Interface):
+    """
+    A user store whose users may carry their own LOGIN-DELAY or EXPIRE
+    (on the avatar id it returns: L{popgate.cred.userinfo.AvatarId}'s
+    C{policy}), so CAPA says C{USER} before login (RFC 2449 6.5, 6.7).
+    """
+
+    def policy_fields() -> frozenset[str]:
+        """
+        Which of C{"login_delay"}, C{"expire"} may differ per user, as far
+        as the store knows now.  Called for every CAPA before login: no
+        I/O, no waiting.
+        """
+
+
+class ILoginHistory(Interface):
+    """
+    When each user last logged in, kept by a mail store where every process
+    and node using the same mail sees it (LOGIN-DELAY).  Adapted from an
+    L{IMailStore} (L{popgate.stores.history}).
+    """
+
+    def last_login(user: str) -> Deferred[float | None]:
+        """
+        @return: a L{Deferred} firing with the POSIX time of C{user}'s last
+            recorded login, or C{None} when there is none.
+        """
+
+    def record_login(user: str, when: float) -> Deferred[None]:
+        """
+        Record a successful login of C{user} at C{when} (POSIX time),
+        replacing the previous one, atomically.
+
+        @return: a L{Deferred} firing once it is written.
+        """
+
+
+class IRetrievalRecord(Interface):
+    """
+    When each message of an open maildrop was first retrieved (RETR), kept
+    by the store across sessions (EXPIRE).  Adapted from an L{IMaildrop}
+    (L{popgate.stores.history}); used while the maildrop is held, before
+    its C{commit}.
+    """
+
+    def load() -> Deferred[list[float | None]]:
+        """
+        @return: a L{Deferred} firing with one entry per message of the
+            snapshot, in order: the POSIX time it was first retrieved, or
+            C{None} if it never was.
+        """
+
+    def save(times: Sequence[float | None]) -> Deferred[None]:
+        """
+        Replace the record with C{times} (one entry per message of the
+        snapshot, as L{load} gives them): messages that are no longer in
+        the maildrop lose their entries, so the record never outgrows it.
+        Durable once the L{Deferred} fires.
+        """

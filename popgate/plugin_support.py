@@ -92,10 +92,14 @@ class LazyStoreFactory:
     it).
     """
 
-    def __init__(self, storeType: str, maker: str, storeHelp: str, argStringFormat: str) -> None:
+    def __init__(self, storeType: str, maker: str, storeHelp: str, argStringFormat: str,
+                 checks_users: bool = False) -> None:
         self.storeType = storeType
         self.storeHelp = storeHelp
         self.argStringFormat = argStringFormat
+        #: The store can check users itself (a proxy: the upstream does),
+        #: so it may be used without --auth.
+        self.checksUsers = checks_users
         self._maker = maker
 
     def makeStore(self, argstring: str, reactor: Any) -> Any:

@@ -7,6 +7,10 @@ interface (a Twisted C{IMailbox}, say) plugs in unchanged.
 Adapters are synchronous, so an adapter that must do I/O before it can list
 messages provides L{popgate.interfaces.ILoadingMaildrop} (re-exported here),
 and the realm waits for its C{load}.
+
+The realm also enforces LOGIN-DELAY (L{popgate.login_delay}): between the
+user store's yes and the maildrop's open, so a login refused for it costs
+no mailbox scan.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from popgate import errors
+from popgate import errors, login_delay
 from popgate.cred.names import normalize_user
 from popgate.interfaces import ILoadingMaildrop, IMaildrop, IMailStore
+from popgate.policy import for_user
 from popgate.stores import adapters
+from popgate.stores.history import login_history
 
 __all__ = ["ILoadingMaildrop", "MaildropRealm", "avatar_name", "ready_maildrop"]
 
@@ -69,12 +75,18 @@ class MaildropRealm:
     """
     An L{IRealm} handing out L{IMaildrop} avatars from one mail store.
 
+    The session's C{mind} (L{popgate.pop3.session_log.LoginMind}) brings
+    the server's LOGIN-DELAY and EXPIRE (C{policy_defaults}) and learns the
+    user's (C{policy_found}); a mind without them gets no delay.
+
     @param reactor: the server's, for adapters that need threads or timers.
+    @param clock: tells the time of logins (default: C{reactor}).
     """
 
-    def __init__(self, store: IMailStore, reactor: Any) -> None:
+    def __init__(self, store: IMailStore, reactor: Any, clock: Any = None) -> None:
         self.store = store
         self.reactor = reactor
+        self.clock = reactor if clock is None else clock
 
     def requestAvatar(self, avatarId: Any, mind: object, *interfaces: Any) -> defer.Deferred[Any]:
         if IMaildrop not in interfaces:
@@ -85,11 +97,18 @@ class MaildropRealm:
         found = getattr(mind, "avatar_found", None)
         if found is not None:
             found(name)
-        d = defer.maybeDeferred(self.store.open_maildrop, name)
-        d.addCallback(lambda opened: defer.Deferred.fromCoroutine(
-            ready_maildrop(opened, self.reactor)))
+        policy = for_user(name, getattr(mind, "policy_defaults", None))
+        tell = getattr(mind, "policy_found", None)
+        if tell is not None:
+            tell(policy)
+        return defer.Deferred.fromCoroutine(self._open(name, policy.login_delay))
 
-        def avatar(maildrop: Any) -> tuple[Any, Any, Any]:
-            return IMaildrop, maildrop, maildrop.close
-
-        return d.addCallback(avatar)
+    async def _open(self, name: str, delay: int) -> tuple[Any, Any, Any]:
+        history = login_history(self.store) if delay else None
+        if history is not None:
+            await login_delay.check(history, name, delay, self.clock.seconds())
+        opened = await defer.maybeDeferred(self.store.open_maildrop, name)
+        maildrop = await ready_maildrop(opened, self.reactor)
+        if history is not None:
+            await login_delay.record(history, name, self.clock.seconds())
+        return IMaildrop, maildrop, maildrop.close

@@ -21,6 +21,7 @@ from typing import Any, Literal
 from twisted.python import usage
 
 from popgate.addresses import parse_networks
+from popgate.policy import NEVER, parse_expire
 from popgate.pop3.settings import SessionSettings
 
 Kind = Literal["text", "int", "float", "flag", "list"]
@@ -67,6 +68,8 @@ class Setting:
     @ivar live: a SIGHUP reload applies a new value to the running server
         (L{popgate.reload}); a change to any other setting is logged as
         needing a restart.
+    @ivar parse: checks and normalises a C{text} value (C{ValueError}:
+        refused); the TOML file may give such a value as a whole number.
     """
 
     help: str
@@ -82,6 +85,7 @@ class Setting:
     internal: bool = False
     choices: tuple[str, ...] = ()
     live: bool = False
+    parse: Callable[[str], Any] | None = None
     # Filled in from the field that declares it.
     key: str = ""
     default: Any = None
@@ -140,12 +144,34 @@ class Setting:
         if self.choices and value not in self.choices:
             raise usage.UsageError(
                 f"--{self.option} must be one of {', '.join(self.choices)}, not {value!r}")
+        if self.parse is not None:
+            try:
+                return self.parse(str(value))
+            except ValueError as e:
+                raise usage.UsageError(f"--{self.option}: {e}") from None
         return value
 
 
 def _networks(specs: list[str]) -> tuple[str, ...]:
     """CIDR strings (or comma-separated lists of them), normalised."""
     return tuple(str(network) for network in parse_networks(specs))
+
+
+def _language_tags(specs: list[str]) -> tuple[str, ...]:
+    """Language tags (or comma-separated lists of them); that each has a
+    catalog is checked when the server is built
+    (L{popgate.i18n.offer.language_offer})."""
+    tags = tuple(t.strip() for spec in specs for t in spec.split(",") if t.strip())
+    for tag in tags:
+        if not tag.replace("-", "").replace("_", "").isalnum() or not tag.isascii():
+            raise ValueError(f"not a language tag: {tag!r}")
+    return tags
+
+
+def _expire(text: str) -> str:
+    """C{never} or whole days, as written in the configuration."""
+    days = parse_expire(text)
+    return "never" if days == NEVER else str(int(days))
 
 
 def _declare(default: Any, help: str, section: str, **how: Any) -> Any:
@@ -244,10 +270,41 @@ class Config:
     max_auth_failures: int = _declare(
         _SESSION.max_auth_failures, "Failed logins after which the connection is closed.",
         "Sessions", kind="int", metavar="N", minimum=1, live=True)
+    enable_last: bool = _declare(
+        _SESSION.enable_last, "Offer the obsolete LAST command (RFC 1460) for old clients "
+        "that still send it: the highest message number RETR asked for, or read before the "
+        "session (the Maildir S flag); RSET sets it to 0.", "Sessions", kind="flag", live=True)
     max_bad_commands: int = _declare(
         _SESSION.max_bad_commands, "After login, bad commands in a row after which the "
         "connection is closed (before login: 3, as Dovecot).", "Sessions", kind="int",
         metavar="N", minimum=1, live=True)
+    languages: tuple[str, ...] = _declare(
+        (), "The languages of the RFC 6856 LANG command, as language tags, each with a "
+        "catalog (popgate's: en, de, fr; more with --locale-dir). i-default, the English "
+        "every session starts in, is always offered; i-default alone turns LANG off. In TOML "
+        "a list, languages = [\"de\", \"fr\"].", "Sessions", kind="list", comma_list=True,
+        items=_language_tags, metavar="TAG[,TAG...]",
+        default_text="every language with a catalog")
+    preferred_language: str = _declare(
+        "i-default", "The language LANG * selects, one of --languages.", "Sessions",
+        metavar="TAG")
+    locale_dir: str | None = _declare(
+        None, "A directory of more catalogs, DIR/TAG/LC_MESSAGES/popgate.po, read at start-up; "
+        "one there wins over popgate's own of the same tag.", "Sessions", metavar="DIR",
+        default_text="none")
+    login_delay: int = _declare(
+        _SESSION.login_delay, "Least seconds between two logins of a user (RFC 2449 "
+        "LOGIN-DELAY): CAPA says it, and a login sooner after the user's previous one gets "
+        "-ERR [LOGIN-DELAY] once the password is checked. A user store may set it per user "
+        "(see User stores). 0: no delay, not advertised.", "Sessions", kind="int",
+        metavar="SECONDS", live=True)
+    expire: str | None = _declare(
+        None, "Days a message is kept on the server once a client retrieved it (RFC 2449 "
+        "EXPIRE): CAPA says it, and QUIT removes messages retrieved that long ago; 0 removes "
+        "retrieved messages at the end of the session, never keeps them (and is advertised). "
+        "A user store may set it per user. In TOML a number or \"never\".", "Sessions",
+        metavar="DAYS|never", parse=_expire,
+        default_text="none: not advertised, nothing expires", live=True)
     max_connections: int = _declare(
         0, "Connections at once, POP3, POP3S and LMTP together, per process (0: derived from "
         "the file descriptor limit).", "Limits", kind="int", metavar="N", live=True)

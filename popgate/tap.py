@@ -23,7 +23,7 @@ from popgate.logs import twistd_log
 from popgate.reload import install as install_reload
 from popgate.settings import Config, Setting
 from popgate.startup_checks import run_as
-from popgate.stores.registry import describe_store_factories
+from popgate.stores.registry import describe_store_factories, store_checks_users
 from popgate.workers.reuseport import check_shareable
 
 
@@ -63,7 +63,7 @@ def check_server(config: Config) -> None:
         raise usage.UsageError("--pop3s needs --tls-cert and --tls-key")
     if not config.store:
         raise usage.UsageError("no mail store: give --store TYPE:ARGS (see --help-stores)")
-    if not config.auth:
+    if not config.auth and not store_checks_users(config.store):
         raise usage.UsageError("no user store: give --auth TYPE:ARGS (see --help-auth)")
     if config.workers > 1 or config.worker:
         for endpoint in config.pop3 + config.pop3s + config.lmtp:

@@ -149,14 +149,19 @@ class DovecotProcess(ServerProcess):
 
     def command_line(self) -> list[str]:
         binary = shutil.which("dovecot") or "/usr/sbin/dovecot"
+        conf = self.base / "dovecot.conf"
+        uid, gid = _mail_owner(self.base / "mail")
+        conf.write_text(self.config_text(uid, gid))
+        return [binary, "-c", str(conf), "-F"]
+
+    def config_text(self, uid: int, gid: int) -> str:
+        """Its configuration, the mail owned by C{uid}:C{gid} (a subclass
+        adds to it: tests/test_dovecot_imap.py serves IMAP too)."""
         ssl_files = ""
         if self.cert:
             ssl_files = f"ssl_cert = <{self.cert}\nssl_key = <{self.key}\n"
-        conf = self.base / "dovecot.conf"
-        uid, gid = _mail_owner(self.base / "mail")
-        conf.write_text(DOVECOT_CONF.format(base=self.base, port=self.port, uid=uid, gid=gid,
-                                            ssl="yes" if self.cert else "no", ssl_files=ssl_files))
-        return [binary, "-c", str(conf), "-F"]
+        return DOVECOT_CONF.format(base=self.base, port=self.port, uid=uid, gid=gid,
+                                   ssl="yes" if self.cert else "no", ssl_files=ssl_files)
 
     def ready(self) -> bool:
         return greets(self.port, b"+OK")
@@ -441,8 +446,8 @@ def normalize(commands: Sequence[object], replies: list[list[bytes]]) -> list[li
             body = [_UIDL_LINE.sub(rb"\1 <uid>", b) for b in body]
         if keyword == b"CAPA":
             # Order does not matter; popgate also has RFC 6856 UTF8 and
-            # RFC 2449 IMPLEMENTATION, which Dovecot 2.3 lacks.
-            body = sorted(b for b in body if b not in (b".", b"UTF8")
+            # LANG and RFC 2449 IMPLEMENTATION, which Dovecot 2.3 lacks.
+            body = sorted(b for b in body if b not in (b".", b"UTF8", b"LANG")
                           and not b.startswith(b"IMPLEMENTATION")) + body[-1:]
         if i == len(replies) - 1 and i > len(commands):
             # finish(): extra lines only matter by status

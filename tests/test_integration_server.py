@@ -202,9 +202,13 @@ def test_demo_command_serves_welcome_message(tmp_path):
         assert out.returncode == 0, out
         assert b"Subject: Welcome to popgate" in out.stdout
         assert b"\r\n.\r\n" in out.stdout  # the lone-dot line, unstuffed by curl
-    # Running it again keeps the data (no second welcome message).
+    # Running it again keeps the data (no second welcome message); the
+    # message curl retrieved is marked read (cur/, flag S), as Dovecot does.
     htpasswd, template = prepare_demo(str(tmp_path / "var"))
-    assert len(os.listdir(tmp_path / "var" / "mail" / "demo" / "new")) == 1
+    maildir = tmp_path / "var" / "mail" / "demo"
+    assert os.listdir(maildir / "new") == []
+    (read,) = os.listdir(maildir / "cur")
+    assert read.endswith(":2,S")
 
 
 @pytest.mark.parametrize("args, message", [

@@ -39,15 +39,23 @@ from zope.interface.verify import verifyObject
 
 import popgate
 from popgate.interfaces import (
+    IAuthenticatingStore,
     ICachedMessageSource,
     IDeferredMessageSource,
     IDeliveryTarget,
     ILoadingMaildrop,
+    ILoginHistory,
     IMaildrop,
     IMailStore,
     IMailStoreFactory,
     IMessageSource,
+    IPerUserPolicy,
     IReachable,
+    IRetrievalRecord,
+    IScramCredentials,
+    IScramLookup,
+    ISeenMaildrop,
+    ITopMaildrop,
     IUserLookup,
 )
 from tests.helpers import InlineReactor
@@ -174,6 +182,36 @@ def _sql(tmp: Any) -> Any:
     return SQLChecker(f"sqlite:///{tmp / 'users.db'}", reactor=InlineReactor())
 
 
+def _maildir_history(tmp: Any) -> Any:
+    from popgate.stores.history import login_history
+
+    return login_history(_maildir_store(tmp))
+
+
+def _mbox_history(tmp: Any) -> Any:
+    from popgate.stores.history import login_history
+
+    return login_history(_mbox_store(tmp))
+
+
+def _retrieval_record(tmp: Any) -> Any:
+    from popgate.stores.history import retrieval_record
+
+    return retrieval_record(_maildir_maildrop(tmp))
+
+
+def _pg_login_history(tmp: Any) -> Any:
+    from popgate.stores.pg_history import PostgresLoginHistory
+
+    return PostgresLoginHistory(_pg_store(tmp))
+
+
+def _pg_retrieval_record(tmp: Any) -> Any:
+    from popgate.stores.pg_history import PostgresRetrievalRecord
+
+    return PostgresRetrievalRecord(_pg_store(tmp), 1, [1, 2])
+
+
 def _chain(tmp: Any) -> Any:
     from popgate.cred.chain import ChainedChecker
 
@@ -220,6 +258,37 @@ def _chunk_source(tmp: Any) -> Any:
     from popgate.stores.pg_source import ChunkSource
 
     return ChunkSource(lambda message_id, seq: None, 1, 2, b"hi")
+
+
+def _proxy_store(tmp: Any) -> Any:
+    from popgate.stores.proxy_store import make_store
+
+    return make_store("upstream=pop3://127.0.0.1:1", InlineReactor())
+
+
+def _proxy_maildrop(tmp: Any) -> Any:
+    from popgate.stores.pop3_upstream import UpstreamProtocol
+    from popgate.stores.proxy_store import ProxyMaildrop
+
+    return ProxyMaildrop(UpstreamProtocol(InlineReactor(), 1), "bob")
+
+
+def _proxy_source(tmp: Any) -> Any:
+    from popgate.stores.pop3_upstream import UpstreamProtocol
+    from popgate.stores.proxy_source import UpstreamMessage
+
+    return UpstreamMessage(UpstreamProtocol(InlineReactor(), 1))
+
+
+def _upstream_checker(tmp: Any) -> Any:
+    return _proxy_store(tmp).checkers([])[0]
+
+
+def _password_forwarder(tmp: Any) -> Any:
+    from popgate.cred.memory import MemoryChecker
+    from popgate.stores.proxy_auth import PasswordForwarder
+
+    return PasswordForwarder(MemoryChecker({"bob": "pw"}))
 
 
 def _realm(tmp: Any) -> Any:
@@ -273,6 +342,12 @@ def _cram_md5(tmp: Any) -> Any:
     return CramMD5Credentials(b"<1.2@h>", b"u", b"0" * 32)
 
 
+def _scram_credentials(tmp: Any) -> Any:
+    from popgate.pop3.scram import ScramCredentials
+
+    return ScramCredentials("SCRAM-SHA-256", b"u", b"n=u,r=x", b"0" * 32)
+
+
 def _server_log(tmp: Any) -> Any:
     from popgate.logs import file_log
 
@@ -296,7 +371,7 @@ def _server_tls(tmp: Any) -> Any:
 # (case, the class it builds, the interfaces to verify)
 CASES: list[tuple[Case, str, tuple[Any, ...]]] = [
     (_memory_maildrop, "popgate.stores.memory.MemoryMaildrop", (IMaildrop,)),
-    (_maildir_maildrop, "popgate.stores.maildir.MaildirMaildrop", (IMaildrop,)),
+    (_maildir_maildrop, "popgate.stores.maildir.MaildirMaildrop", (IMaildrop, ISeenMaildrop)),
     (_mailbox_maildrop, "popgate.stores.twistedmailbox.MailboxMaildrop", (IMaildrop, ILoadingMaildrop)),
     (_mbox_maildrop, "popgate.stores.mbox.MboxMaildrop", (IMaildrop,)),
     (_faulty_maildrop, "popgate.testing.faults.FaultyMaildrop", (IMaildrop, ILoadingMaildrop)),
@@ -313,15 +388,32 @@ CASES: list[tuple[Case, str, tuple[Any, ...]]] = [
     (_pg_maildrop, "popgate.stores.pg_session.PostgresMaildrop", (IMaildrop,)),
     (_reactor_link, "popgate.stores.pg_reactor.ReactorLink", (IReadDescriptor, IWriteDescriptor)),
     (_chunk_source, "popgate.stores.pg_source.ChunkSource", (IMessageSource, IDeferredMessageSource)),
-    (_htpasswd, "popgate.cred.htpasswd.HtpasswdChecker", (ICredentialsChecker, IUserLookup, IReachable)),
-    (_passwd_file, "popgate.cred.passwdfile.PasswdFileChecker", (ICredentialsChecker, IUserLookup, IReachable)),
-    (_ldap, "popgate.cred.ldap.LDAPChecker", (ICredentialsChecker, IUserLookup, IReachable)),
-    (_sql, "popgate.cred.sql.SQLChecker", (ICredentialsChecker, IUserLookup, IReachable)),
+    (_htpasswd, "popgate.cred.htpasswd.HtpasswdChecker",
+     (ICredentialsChecker, IUserLookup, IReachable, IScramLookup)),
+    (_passwd_file, "popgate.cred.passwdfile.PasswdFileChecker",
+     (ICredentialsChecker, IUserLookup, IReachable, IScramLookup, IPerUserPolicy)),
+    (_ldap, "popgate.cred.ldap.LDAPChecker",
+     (ICredentialsChecker, IUserLookup, IReachable, IScramLookup, IPerUserPolicy)),
+    (_sql, "popgate.cred.sql.SQLChecker",
+     (ICredentialsChecker, IUserLookup, IReachable, IScramLookup, IPerUserPolicy)),
     (_memory_checker, "popgate.cred.memory.MemoryChecker",
      (ICredentialsChecker, IUserLookup, IReachable)),
-    (_chain, "popgate.cred.chain.ChainedChecker", (ICredentialsChecker,)),
+    (_maildir_history, "popgate.stores.history.MaildirLoginHistory", (ILoginHistory,)),
+    (_mbox_history, "popgate.stores.history.MboxLoginHistory", (ILoginHistory,)),
+    (_retrieval_record, "popgate.stores.history.FileRetrievalRecord", (IRetrievalRecord,)),
+    (_pg_login_history, "popgate.stores.pg_history.PostgresLoginHistory", (ILoginHistory,)),
+    (_pg_retrieval_record, "popgate.stores.pg_history.PostgresRetrievalRecord",
+     (IRetrievalRecord,)),
+    (_chain, "popgate.cred.chain.ChainedChecker", (ICredentialsChecker, IScramLookup)),
     (_cache, "popgate.cred.cache.CachingChecker", (ICredentialsChecker, IUserLookup)),
     (_realm, "popgate.realm.MaildropRealm", (IRealm,)),
+    (_proxy_store, "popgate.stores.proxy_store.ProxyStore",
+     (IMailStore, IAuthenticatingStore, IReachable)),
+    (_proxy_maildrop, "popgate.stores.proxy_store.ProxyMaildrop", (IMaildrop, ITopMaildrop)),
+    (_proxy_source, "popgate.stores.proxy_source.UpstreamMessage",
+     (IMessageSource, IDeferredMessageSource)),
+    (_upstream_checker, "popgate.stores.proxy_auth.UpstreamChecker", (ICredentialsChecker,)),
+    (_password_forwarder, "popgate.stores.proxy_auth.PasswordForwarder", (ICredentialsChecker,)),
     (_apop, "popgate.pop3.apop.APOPCredentials", (IUsernameHashedPassword,)),
     (_pop3_protocol, "popgate.pop3.protocol.POP3ServerProtocol",
      (IProtocol, IHalfCloseableProtocol, ILoggingContext)),
@@ -329,6 +421,7 @@ CASES: list[tuple[Case, str, tuple[Any, ...]]] = [
     (_watched_endpoint, "popgate.limits.accept_errors._WatchedEndpoint", (IStreamServerEndpoint,)),
     (_message_sender, "popgate.pop3.output.MessageSender", (IPushProducer,)),
     (_cram_md5, "popgate.pop3.sasl.CramMD5Credentials", (IUsernameHashedPassword,)),
+    (_scram_credentials, "popgate.pop3.scram.ScramCredentials", (IScramCredentials,)),
     (_server_tls, "popgate.tls.ServerTLS", (IOpenSSLServerConnectionCreator,)),
     (_server_log, "popgate.logs.ServerLog", (ILogObserver,)),
     (_metrics, "popgate.metrics.Metrics", (ILogObserver,)),

@@ -34,6 +34,10 @@ def test_wheel_ships_dropin_without_package_markers(wheel):
     assert "twisted/plugins/__init__.py" not in names
     assert not any(n.endswith("dropin.cache") for n in names)
     assert "popgate/pop3/protocol.py" in names
+    # LANG's catalogs, read at start-up as they are (popgate/i18n/catalogs.py).
+    assert "popgate/i18n/locale/popgate.pot" in names
+    assert "popgate/i18n/locale/de/LC_MESSAGES/popgate.po" in names
+    assert "popgate/i18n/locale/fr/LC_MESSAGES/popgate.po" in names
     assert not any(n.startswith("tests/") for n in names)
 
 

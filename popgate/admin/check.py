@@ -38,6 +38,7 @@ from popgate.admin.options import parse_as_twistd
 from popgate.backends import build_checker, build_store
 from popgate.build import build_tls
 from popgate.delivery.service import lmtp_factory
+from popgate.i18n.offer import language_offer
 from popgate.interfaces import IReachable
 from popgate.limits.listener import prepare_listener
 from popgate.probes import one_line, probe_all, probe_one
@@ -83,6 +84,9 @@ def build_parts(config: Config, reactor: Any, now: datetime.datetime | None = No
     if tls is not None:
         _check_expiry(found, tls, now or datetime.datetime.now(datetime.UTC))
     _check_listeners(found, config, reactor)
+    # A language without a catalog, a catalog that does not load.
+    found.attempt(lambda: language_offer(config.languages, config.preferred_language,
+                                         config.locale_dir))
     if config.lmtp and found.store is not None:
         hostname = config.hostname or socket.getfqdn()
         found.attempt(lambda: lmtp_factory(found.store, [c for _, c in found.checkers],

@@ -18,13 +18,13 @@ from twisted.internet import defer, task
 from twisted.python import usage
 
 from popgate import config as config_file
-from popgate.admin import auth, check, client
+from popgate.admin import auth, check, client, expire
 from popgate.admin.options import parse_server_options
 from popgate.backends import build_checkers, build_store
 from popgate.build import build_portal
 from popgate.probes import one_line
 
-__all__ = ["ask", "run_auth", "run_check_config", "run_kick", "run_who"]
+__all__ = ["ask", "run_auth", "run_check_config", "run_expire", "run_kick", "run_who"]
 
 EX_USAGE = 2
 
@@ -144,6 +144,39 @@ def run_auth(args: Sequence[str]) -> int:
             return auth.auth_lookup(config.auth, checkers, store, user, _write)
 
     _react(work, command)
+
+
+# -- expire
+
+EXPIRE_USAGE = ("usage: popgate expire [--dry-run] [server options] (--all | USER...)\n"
+                "server options: --config FILE, or twistd popgate's (--auth, --store, "
+                "--expire, ...)")
+
+
+def run_expire(args: Sequence[str]) -> int:
+    """C{popgate expire}: L{popgate.admin.expire}."""
+    if list(args[:1]) in (["-h"], ["--help"]):
+        _write(EXPIRE_USAGE + "\n")
+        return 0
+    options = expire.ExpireOptions()
+    try:
+        options.parseOptions(list(args))
+    except usage.UsageError as e:
+        return fail("expire", e, EX_USAGE)
+    reactor = _reactor()
+    config = options.config
+    try:
+        store = build_store(config, reactor)
+        checkers = build_checkers(config)
+        users = options.users or expire.store_users(store)
+    except usage.UsageError as e:
+        return fail("expire", e, expire.EX_FAILED)
+
+    def work(reactor: Any) -> Coroutine[Any, Any, int]:
+        return expire.expire_mailboxes(store, checkers, users, config.expire,
+                                       bool(options["dry-run"]), reactor, _write)
+
+    _react(work, "expire")
 
 
 # -- who, kick

@@ -29,24 +29,28 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
+from popgate.cred import scram
 from popgate.cred.names import normalize_user
 from popgate.cred.schemes import UnknownScheme, verify_in_thread
 from popgate.cred.text import NotText, stored_text, user_name
 from popgate.cred.timing import TimingEqualiser
-from popgate.cred.userinfo import UserInfo
+from popgate.cred.userinfo import AvatarId, UserInfo
 from popgate.errors import PermanentFailure, TemporaryFailure, UnknownUser
-from popgate.interfaces import IReachable, IUserLookup
+from popgate.interfaces import IReachable, IScramCredentials, IScramLookup, IUserLookup
 from popgate.plural import plural
+from popgate.policy import UserPolicy
 
 _Key = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True)
 class UserEntry:
-    """One user of a user file: the name (domain lower-cased) and the stored hash."""
+    """One user of a user file: the name (domain lower-cased), the stored
+    hash, and the user's own LOGIN-DELAY/EXPIRE if the file gives them."""
 
     name: str
     stored: str
+    policy: UserPolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -143,7 +147,7 @@ class UserFile:
             if entry is None:
                 warnings.append((number, None))
                 continue
-            entry = UserEntry(normalize_user(entry.name), entry.stored)
+            entry = UserEntry(normalize_user(entry.name), entry.stored, entry.policy)
             if entry.name in users:
                 warnings.append((number, entry.name))
             else:
@@ -184,12 +188,17 @@ class UserFile:
 _C = TypeVar("_C", bound="UserFileChecker")
 
 
-@implementer(ICredentialsChecker, IUserLookup, IReachable)
+@implementer(ICredentialsChecker, IUserLookup, IReachable, IScramLookup)
 class UserFileChecker:
     """
     A checker reading users from a file.  Unknown users and wrong passwords
     both give L{UnauthorizedLogin}, after the same amount of hashing; the
     avatar id is the user name as written in the file, domain lower-cased.
+
+    Entries holding SCRAM keys (C{{SCRAM-SHA-256}...}) also serve SCRAM
+    logins (L{IScramCredentials}); a mechanism is offered only while some
+    entry of the file has keys for it, so clients that pick SCRAM whenever
+    it is offered (mpop) keep working against a file of bcrypt hashes.
     """
 
     credentialInterfaces: ClassVar[tuple[type[Interface], ...]] = (IUsernamePassword,)
@@ -205,6 +214,14 @@ class UserFileChecker:
         self._file = UserFile(path, self.parse_line, reactor)
         self._timing = TimingEqualiser(reactor, self.default_scheme)
         self._sampled: dict[str, UserEntry] | None = None
+        # Until the file is read for a login, a glance at it (at start-up,
+        # or in a reload) says which SCRAM mechanisms to offer.
+        try:
+            with open(path, "rb") as f:
+                data = f.read().upper()
+        except OSError:
+            data = b""
+        self._scram = frozenset(m for m in scram.MECHANISMS if b"{%s}" % m.encode() in data)
 
     @property
     def path(self) -> str:
@@ -250,6 +267,8 @@ class UserFileChecker:
         if users is not self._sampled:  # re-read: unknown users cost what these do
             self._sampled = users
             self._timing.learn_sample(entry.stored for entry in users.values())
+            self._scram = frozenset(filter(None, (scram.mechanism_of(e.stored, self.default_scheme)
+                                                  for e in users.values())))
         return users
 
     async def _check_password(self, entry: UserEntry | None, password: bytes | str) -> str:
@@ -270,11 +289,38 @@ class UserFileChecker:
             raise PermanentFailure(f"{self.path}: user {entry.name}: {e}") from e
         if not ok:
             raise UnauthorizedLogin()
-        return entry.name
+        return self.avatar_id(entry)
+
+    @staticmethod
+    def avatar_id(entry: UserEntry) -> str:
+        """What a login as C{entry} gives: the name, with the user's policy."""
+        return AvatarId(entry.name, None, entry.policy) if entry.policy else entry.name
 
     async def _check_other(self, entry: UserEntry | None, credentials: Any) -> str:
-        """Credentials other than a username and password: none by default."""
-        raise UnauthorizedLogin()
+        """Credentials other than a username and password: a SCRAM proof."""
+        if not IScramCredentials.providedBy(credentials):
+            raise UnauthorizedLogin()
+        if entry is None:
+            raise UnknownUser()
+        keys = scram.parse_keys(entry.stored, self.default_scheme)
+        if keys is None or not credentials.check(keys):
+            raise UnauthorizedLogin()
+        return self.avatar_id(entry)
+
+    # IScramLookup
+
+    def scram_mechanisms(self) -> frozenset[str]:
+        return self._scram
+
+    def lookup_scram(self, name: str | bytes, mechanism: str) -> Deferred[scram.ScramKeys | None]:
+        return Deferred.fromCoroutine(self._lookup_scram(name, mechanism))
+
+    async def _lookup_scram(self, name: str | bytes, mechanism: str) -> scram.ScramKeys | None:
+        users = await self._users()
+        text = user_name(name)
+        entry = users.get(text) if text is not None else None
+        keys = scram.parse_keys(entry.stored, self.default_scheme) if entry is not None else None
+        return keys if keys is not None and keys.mechanism == mechanism else None
 
     # IReachable
 
@@ -290,4 +336,4 @@ class UserFileChecker:
         users = await self._users()
         text = user_name(name)
         entry = users.get(text) if text is not None else None
-        return UserInfo(entry.name) if entry is not None else None
+        return UserInfo(entry.name, policy=entry.policy) if entry is not None else None

@@ -34,7 +34,7 @@ from zope.interface import alsoProvides, implementer
 
 from popgate.cred.text import user_name
 from popgate.errors import UnknownUser
-from popgate.interfaces import IUserLookup
+from popgate.interfaces import IScramLookup, IUserLookup
 
 _Key = tuple[Any, Any, bytes]
 
@@ -52,8 +52,9 @@ class CachingChecker:
     L{twisted.cred.credentials.IUsernameHashedPassword}) go straight through.
 
     At most C{max_entries} answers are kept; the least recently used goes
-    first.  If C{wrapped} provides L{IUserLookup}, so does the cache
-    (lookups are passed through uncached).
+    first.  If C{wrapped} provides L{IUserLookup} or L{IScramLookup}, so
+    does the cache (lookups are passed through uncached; so are SCRAM
+    proofs, which are never the same twice).
 
     @param clock: tells the time entries expire.
     """
@@ -82,6 +83,8 @@ class CachingChecker:
         self._entries: OrderedDict[_Key, tuple[float, Any]] = OrderedDict()
         if IUserLookup.providedBy(wrapped):
             alsoProvides(self, IUserLookup)
+        if IScramLookup.providedBy(wrapped):
+            alsoProvides(self, IScramLookup)
 
     def requestAvatarId(self, credentials: Any) -> defer.Deferred[Any]:
         key = self._key(credentials)
@@ -101,6 +104,14 @@ class CachingChecker:
     def lookup_user(self, name: str) -> Any:
         """Pass through to the wrapped checker's L{IUserLookup}."""
         return self.wrapped.lookup_user(name)  # type: ignore[attr-defined]
+
+    def scram_mechanisms(self) -> frozenset[str]:
+        """Pass through to the wrapped checker's L{IScramLookup}."""
+        return self.wrapped.scram_mechanisms()  # type: ignore[attr-defined,no-any-return]
+
+    def lookup_scram(self, name: str | bytes, mechanism: str) -> Any:
+        """Pass through to the wrapped checker's L{IScramLookup}."""
+        return self.wrapped.lookup_scram(name, mechanism)  # type: ignore[attr-defined]
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -14,9 +14,10 @@ from typing import Any
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet import defer
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
 from popgate.errors import UnknownUser
+from popgate.interfaces import IScramLookup
 
 
 @implementer(ICredentialsChecker)
@@ -26,6 +27,10 @@ class ChainedChecker:
     one said the credentials are wrong.  Any other failure (a directory that
     is down) stops the chain, so an outage is never reported as a bad
     password.
+
+    If some of the checkers hold SCRAM keys (L{IScramLookup}), so does the
+    chain: it offers what any of them offers, and a lookup takes the keys
+    of the first store that has some for the user.
     """
 
     def __init__(self, checkers: Sequence[Any]) -> None:
@@ -36,6 +41,9 @@ class ChainedChecker:
                 if interface not in interfaces:
                     interfaces.append(interface)
         self.credentialInterfaces = tuple(interfaces)
+        self._scram = [c for c in self.checkers if IScramLookup.providedBy(c)]
+        if self._scram:
+            alsoProvides(self, IScramLookup)
 
     async def _request(self, credentials: Any) -> Any:
         last: Exception | None = None
@@ -53,3 +61,17 @@ class ChainedChecker:
 
     def requestAvatarId(self, credentials: Any) -> defer.Deferred[Any]:
         return defer.Deferred.fromCoroutine(self._request(credentials))
+
+    def scram_mechanisms(self) -> frozenset[str]:
+        return frozenset().union(*(c.scram_mechanisms() for c in self._scram))
+
+    def lookup_scram(self, name: str | bytes, mechanism: str) -> defer.Deferred[Any]:
+        async def first() -> Any:
+            # A store that cannot answer stops the chain, as for passwords.
+            for checker in self._scram:
+                keys = await defer.maybeDeferred(checker.lookup_scram, name, mechanism)
+                if keys is not None:
+                    return keys
+            return None
+
+        return defer.Deferred.fromCoroutine(first())

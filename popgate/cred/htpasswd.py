@@ -3,7 +3,9 @@ Apache htpasswd files as a twisted.cred checker: C{htpasswd:/path}.
 
 Lines are C{user:hash}, as C{htpasswd} writes them: bcrypt (C{-B}),
 SHA-512/SHA-256 crypt (C{-5}/C{-2}), APR1-MD5 (C{-m}), C{{SHA}} (C{-s}) and
-DES crypt (C{-d}).  The file is re-read when it changes.
+DES crypt (C{-d}); and C{{SCRAM-SHA-256}} keys (C{popgate passwd -s
+SCRAM-SHA-256}, which Apache cannot check), which serve SCRAM logins too.
+The file is re-read when it changes.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from twisted.cred.credentials import IUsernamePassword
 
 from popgate.cred._userfile import UserEntry, UserFileChecker
 from popgate.cred.factories import global_reactor
+from popgate.interfaces import IScramCredentials
 
 __all__ = ["HtpasswdChecker", "make_checker"]
 
@@ -19,7 +22,7 @@ __all__ = ["HtpasswdChecker", "make_checker"]
 class HtpasswdChecker(UserFileChecker):
     """Users and password hashes from an Apache htpasswd file."""
 
-    credentialInterfaces = (IUsernamePassword,)
+    credentialInterfaces = (IUsernamePassword, IScramCredentials)
     kind = "htpasswd"
     default_scheme = "CRYPT"  # a bare hash that is not $id$ is DES crypt
 

@@ -34,6 +34,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from popgate.cred import scram
 from popgate.cred.factories import global_reactor
 from popgate.cred.ldap_directory import Directory, Entry
 from popgate.cred.ldap_filter import expand_filter, name_attributes, parse_filter
@@ -43,29 +44,45 @@ from popgate.cred.templates import Template
 from popgate.cred.text import user_name
 from popgate.cred.userinfo import AvatarId, UserInfo
 from popgate.errors import TemporaryFailure, UnknownUser
-from popgate.interfaces import IReachable, IUserLookup
+from popgate.interfaces import (
+    IPerUserPolicy,
+    IReachable,
+    IScramCredentials,
+    IScramLookup,
+    IUserLookup,
+)
+from popgate.policy import EXPIRE, LOGIN_DELAY, UserPolicy, user_policy
 
 __all__ = ["LDAPChecker", "LDAPSettings", "make_checker", "parse_args"]
 
 
-@implementer(ICredentialsChecker, IUserLookup, IReachable)
+@implementer(ICredentialsChecker, IUserLookup, IReachable, IPerUserPolicy, IScramLookup)
 class LDAPChecker:
     """
     Checks user names and passwords against an LDAP directory, and answers
     whether a user exists (for delivery).
 
+    With C{scram_attribute} (say C{userPassword}), SCRAM logins too: the
+    service account reads the user's C{{SCRAM-SHA-256}...} value (no bind
+    as the user: SCRAM never sends the password) and the proof is checked
+    against it.
+
     @param reactor: connects, and times each operation.
     """
 
-    credentialInterfaces = (IUsernamePassword,)
+    credentialInterfaces: tuple[Any, ...] = (IUsernamePassword,)
     log = Logger()
 
     def __init__(self, settings: LDAPSettings, reactor: Any) -> None:
         self.settings = settings
+        self._scram = frozenset(scram.MECHANISMS if settings.scram_attribute else ())
+        if self._scram:
+            self.credentialInterfaces = (IUsernamePassword, IScramCredentials)
         self._filter = Template(settings.filter, "filter")
         self._name_attributes = name_attributes(settings.filter)
         wanted = [settings.user_attribute, settings.mail_attribute,
-                  *(a for a, _ in self._name_attributes)]
+                  settings.login_delay_attribute, settings.expire_attribute,
+                  settings.scram_attribute, *(a for a, _ in self._name_attributes)]
         fetch: dict[str, str] = {}
         for attribute in wanted:
             if attribute:
@@ -75,13 +92,26 @@ class LDAPChecker:
     # -- the Twisted edge --
 
     # popgate's avatar ids are str (the user name), not Twisted's bytes.
-    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[str]:  # type: ignore[override]
+    def requestAvatarId(self, credentials: Any) -> Deferred[str]:  # type: ignore[override]
         """
         @return: a L{Deferred} firing with the user name (C{str}), failing
             with L{UnauthorizedLogin} or L{TemporaryFailure}.
         """
+        if IScramCredentials.providedBy(credentials):
+            return Deferred.fromCoroutine(self._check_scram(credentials))
         return Deferred.fromCoroutine(
             self._authenticate(credentials.username, credentials.password))
+
+    def scram_mechanisms(self) -> frozenset[str]:
+        return self._scram
+
+    def lookup_scram(self, name: str | bytes, mechanism: str) -> Deferred[Any]:
+        async def keys() -> scram.ScramKeys | None:
+            user = user_name(name)
+            entry = await self._find(user) if user is not None and self._scram else None
+            return self._keys(entry, mechanism) if entry is not None else None
+
+        return Deferred.fromCoroutine(keys())
 
     def lookup_user(self, name: str | bytes) -> Deferred[UserInfo | None]:
         """
@@ -94,6 +124,12 @@ class LDAPChecker:
     def probe(self) -> Deferred[str]:
         """Connect, bind and read the base entry (L{Directory.probe})."""
         return Deferred.fromCoroutine(self.directory.probe())
+
+    def policy_fields(self) -> frozenset[str]:
+        """The per-user fields an attribute is configured for."""
+        return frozenset(field for field, attribute in (
+            (LOGIN_DELAY, self.settings.login_delay_attribute),
+            (EXPIRE, self.settings.expire_attribute)) if attribute)
 
     # -- the work --
 
@@ -113,7 +149,33 @@ class LDAPChecker:
         if not await self.directory.bind_as_user(entry.dn, secret):
             self.log.info("LDAP login refused for {user!r}: wrong password", user=user)
             raise UnauthorizedLogin("wrong password")
-        return AvatarId(self._canonical(entry, user), entry.first(self.settings.mail_attribute))
+        name = self._canonical(entry, user)
+        return AvatarId(name, entry.first(self.settings.mail_attribute), self._policy(entry, name))
+
+    async def _check_scram(self, credentials: Any) -> str:
+        user = user_name(credentials.username)
+        if user is None or not self._scram:
+            raise UnauthorizedLogin("empty or not UTF-8 user name")
+        entry = await self._find(user)
+        if entry is None:
+            self.log.info("LDAP login refused for {user!r}: no single entry", user=user)
+            raise UnknownUser("no such user")
+        keys = self._keys(entry, credentials.mechanism)
+        if keys is None or not credentials.check(keys):
+            self.log.info("LDAP {mechanism} login refused for {user!r}: "
+                          "{why}", mechanism=credentials.mechanism, user=user,
+                          why="wrong proof" if keys is not None else "no keys stored")
+            raise UnauthorizedLogin("wrong proof")
+        name = self._canonical(entry, user)
+        return AvatarId(name, entry.first(self.settings.mail_attribute), self._policy(entry, name))
+
+    def _keys(self, entry: Entry, mechanism: str) -> scram.ScramKeys | None:
+        """The first value of C{scram_attribute} holding keys for C{mechanism}."""
+        for value in entry.values(self.settings.scram_attribute):
+            keys = scram.parse_keys(value)
+            if keys is not None and keys.mechanism == mechanism:
+                return keys
+        return None
 
     async def _lookup(self, name: str | bytes) -> UserInfo | None:
         user = user_name(name)
@@ -122,10 +184,17 @@ class LDAPChecker:
         entry = await self._find(user, ambiguous_is_error=True)
         if entry is None:
             return None
+        name = self._canonical(entry, user)
         return UserInfo(
-            name=self._canonical(entry, user),
+            name=name,
             mail_location=entry.first(self.settings.mail_attribute),
+            policy=self._policy(entry, name),
         )
+
+    def _policy(self, entry: Entry, name: str) -> UserPolicy | None:
+        """The user's LOGIN-DELAY and EXPIRE attributes, if configured and set."""
+        return user_policy(entry.first(self.settings.login_delay_attribute),
+                           entry.first(self.settings.expire_attribute), name, self.log)
 
     def _canonical(self, entry: Entry, user: str) -> str:
         """

@@ -36,6 +36,14 @@ ARGS = ArgSpec(
         "connect_timeout": "Seconds for connecting (default: timeout).",
         "mail_attribute": "The attribute holding the user's mail location, e.g. "
                           "mailMessageStore (default: the --store template).",
+        "login_delay_attribute": "The attribute holding the user's own LOGIN-DELAY in "
+                                 "seconds (default: --login-delay for everyone).",
+        "expire_attribute": "The attribute holding the user's own EXPIRE, days or never "
+                            "(default: --expire for everyone).",
+        "scram_attribute": "The attribute holding the user's SCRAM keys, e.g. userPassword "
+                           "with a {SCRAM-SHA-256}... value beside the one binds use: "
+                           "offers AUTH SCRAM-SHA-256 and SCRAM-SHA-1, and the service "
+                           "account must be allowed to read it (default: no SCRAM).",
         "user_attribute": "The attribute whose value names the user, and so the mailbox; "
                           "mail is a good choice (default: the attribute the filter "
                           "matched %u or %n against, as the directory spells it).",
@@ -63,6 +71,9 @@ class LDAPSettings:
     connect_timeout: float = DEFAULT_TIMEOUT
     mail_attribute: str | None = None
     user_attribute: str | None = None
+    login_delay_attribute: str | None = None
+    expire_attribute: str | None = None
+    scram_attribute: str | None = None
 
     def __repr__(self) -> str:
         # Keep the service password out of logs and tracebacks.
@@ -74,7 +85,8 @@ def parse_args(argstring: str) -> LDAPSettings:
     """
     Parse C{url=...,base=...[,filter=...][,binddn=...,bindpw=...|bindpw_file=...]
     [,starttls=yes][,cafile=...][,timeout=5][,connect_timeout=5]
-    [,mail_attribute=...][,user_attribute=...]} (see L{popgate.cred.args}:
+    [,mail_attribute=...][,user_attribute=...][,login_delay_attribute=...]
+    [,expire_attribute=...][,scram_attribute=...]} (see L{popgate.cred.args}:
     a password containing C{,KEY=} goes in C{bindpw_file}).
 
     @raise ValueError: with a one-line reason.
@@ -119,6 +131,9 @@ def parse_args(argstring: str) -> LDAPSettings:
         connect_timeout=connect_timeout,
         mail_attribute=args.text("mail_attribute"),
         user_attribute=args.text("user_attribute"),
+        login_delay_attribute=args.text("login_delay_attribute"),
+        expire_attribute=args.text("expire_attribute"),
+        scram_attribute=args.text("scram_attribute"),
     )
 
 

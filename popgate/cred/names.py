@@ -36,7 +36,7 @@ def normalize_domain(domain: str) -> str:
 def normalize_user(name: _S) -> _S:
     """
     C{Bob@Example.ORG} -> C{Bob@example.org}; a name without a domain is
-    returned as it is.  An L{AvatarId} keeps its mail location.
+    returned as it is.  An L{AvatarId} keeps its mail location and policy.
     """
     local, at, domain = name.rpartition("@")
     if not at or not domain:
@@ -46,5 +46,6 @@ def normalize_user(name: _S) -> _S:
         return name
     canonical = f"{local}@{lowered}"
     if isinstance(name, AvatarId):
-        return AvatarId(canonical, name.mail_location)  # type: ignore[return-value]
+        return AvatarId(canonical, name.mail_location,  # type: ignore[return-value]
+                        name.policy)
     return canonical  # type: ignore[return-value]

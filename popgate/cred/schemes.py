@@ -7,8 +7,9 @@ htpasswd's C{{SHA}}) or bare crypt(3) strings (C{$2y$...}, C{$6$...}).  As in
 Dovecot, a scheme name may carry an encoding suffix (C{{SHA256.HEX}}), and
 fixed-length digests are accepted in hex or base64.
 
-The KDFs come from bcrypt, argon2-cffi and libpass; only the plain and
-salted digests are small local helpers (libpass caps salts at 16 bytes,
+The KDFs come from bcrypt, argon2-cffi and libpass (SCRAM keys:
+L{popgate.cred.scram}); only the plain and salted digests are small local
+helpers (libpass caps salts at 16 bytes,
 Dovecot does not).  Every comparison is constant-time.  Checking is
 synchronous and slow on purpose: use L{verify_in_thread} from the reactor.
 """
@@ -29,6 +30,8 @@ from passlib import hash as passlib_hash
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
+
+from popgate.cred import scram
 
 __all__ = [
     "DUMMY_HASH",
@@ -142,6 +145,15 @@ def _salted(algorithm: str) -> Callable[[bytes, bytes], bool]:
     return verify
 
 
+def _scram(mechanism: str) -> Callable[[bytes, bytes], bool]:
+    """Dovecot's C{{SCRAM-SHA-256}}: the password must give these keys."""
+    def verify(password: bytes, raw: bytes) -> bool:
+        keys = scram.decode_keys(mechanism, raw.decode("ascii"))
+        return keys is not None and scram.verify_password(password, keys)
+
+    return verify
+
+
 def _plain(password: bytes, raw: bytes) -> bool:
     return hmac.compare_digest(password, raw)
 
@@ -180,6 +192,7 @@ _SCHEMES: dict[str, _Scheme] = {
     "PLAIN-MD5": _Scheme(_digest("md5"), "HEX", 16),
     "LDAP-MD5": _Scheme(_digest("md5"), "BASE64", 16),
     "MD5": _Scheme(_dovecot_md5),
+    **{name: _Scheme(_scram(name)) for name in scram.MECHANISMS},
     **{name: _Scheme(_plain) for name in _PLAIN_NAMES},
 }
 
@@ -297,6 +310,8 @@ HASH_SCHEMES: dict[str, str] = {
     "SHA1": "the same as SHA",
     "PLAIN-MD5": "MD5 in hex, unsalted: weak",
     "LDAP-MD5": "MD5 in base64, unsalted: weak",
+    "SCRAM-SHA-256": "SCRAM keys (RFC 7677), 4096 iterations: AUTH SCRAM-SHA-256 needs them",
+    "SCRAM-SHA-1": "SCRAM keys (RFC 5802), 4096 iterations: AUTH SCRAM-SHA-1 needs them",
     "PLAIN": "the password in clear: APOP and CRAM-MD5 need it",
     "CLEAR": "the same as PLAIN",
     "CLEARTEXT": "the same as PLAIN",
@@ -319,12 +334,14 @@ def hash_password(
 
     @param scheme: any of L{HASH_SCHEMES}: every scheme popgate checks.
     @param rounds: the cost: bcrypt's log2 cost (default 10), SHA-crypt
-        and MD5-crypt rounds (default 5000), Argon2 time cost.
+        and MD5-crypt rounds (default 5000), Argon2 time cost, SCRAM
+        iterations (default and least 4096).
     @param prefix: add the C{{SCHEME}} prefix.  Crypt formats identify
         themselves, so C{prefix=False} gives the bare form htpasswd files
         need; other schemes always get their prefix.
     @raise UnknownScheme: for other schemes.
-    @raise ValueError: a bcrypt password longer than 72 bytes.
+    @raise ValueError: a bcrypt password longer than 72 bytes, a SCRAM
+        password SASLprep refuses.
     """
     secret = password.encode("utf-8") if isinstance(password, str) else password
     name = scheme.upper()
@@ -358,6 +375,8 @@ def hash_password(
         salt = os.urandom(8)
         digest = hashlib.md5(secret + salt).digest()
         return "{SMD5}" + base64.b64encode(digest + salt).decode("ascii")
+    elif name in scram.MECHANISMS:
+        return scram.make_keys(secret.decode("utf-8"), name, rounds).to_text()
     elif name in _PLAIN_NAMES:
         return f"{{{name}}}" + secret.decode("utf-8")
     else:

@@ -28,6 +28,7 @@ query either way (L{popgate.cred.names}).
 from __future__ import annotations
 
 import importlib.util
+import re
 from typing import Any, NoReturn
 
 from twisted.cred.checkers import ICredentialsChecker
@@ -38,10 +39,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from popgate.cred import schemes
+from popgate.cred import schemes, scram
 from popgate.cred.factories import global_reactor
 from popgate.cred.sql_database import Database
-from popgate.cred.sql_query import PLACEHOLDERS, Row, compile_query
+from popgate.cred.sql_query import PLACEHOLDERS, POLICY_COLUMNS, Row, compile_query
 from popgate.cred.sql_settings import (
     ARGS,
     DEFAULT_TIMEOUT,
@@ -54,7 +55,14 @@ from popgate.cred.text import StoredText, user_name
 from popgate.cred.timing import TimingEqualiser
 from popgate.cred.userinfo import AvatarId, UserInfo
 from popgate.errors import TemporaryFailure, UnknownUser
-from popgate.interfaces import IReachable, IUserLookup
+from popgate.interfaces import (
+    IPerUserPolicy,
+    IReachable,
+    IScramCredentials,
+    IScramLookup,
+    IUserLookup,
+)
+from popgate.policy import UserPolicy, user_policy
 
 __all__ = ["DEFAULT_QUERY", "PLACEHOLDERS", "SQLChecker", "compile_query", "make_checker",
            "parse_args"]
@@ -65,7 +73,7 @@ MAX_USER_LENGTH = 320
 _PROBE_USER = "popgate-probe@invalid"
 
 
-@implementer(ICredentialsChecker, IUserLookup, IReachable)
+@implementer(ICredentialsChecker, IUserLookup, IReachable, IPerUserPolicy, IScramLookup)
 class SQLChecker:
     """
     Check passwords against a SQL table; look users up for delivery.
@@ -76,13 +84,18 @@ class SQLChecker:
     L{lookup_user} (default: the password query); its first row means "the
     user exists", its second column is the mail location.  In either, a
     column named C{user} is the user's stored name (not counted in the
-    positions above).
+    positions above); columns named C{login_delay} and C{expire} (likewise
+    not counted) are the user's own LOGIN-DELAY and EXPIRE (NULL: the
+    server's).
 
     APOP and CRAM-MD5 (L{IUsernameHashedPassword}) only succeed for
     C{{PLAIN}} / C{{CLEARTEXT}} passwords: they need the secret itself.  So
     the checker offers them (its C{credentialInterfaces}, which decide what
     the server announces) only with C{challenge}, by default only when
-    C{default_scheme} is a clear-text one.
+    C{default_scheme} is a clear-text one.  Likewise SCRAM logins need the
+    user's SCRAM keys stored (C{{SCRAM-SHA-256}...}): the mechanisms in
+    C{scram_mechanisms} are offered, by default the one C{default_scheme}
+    names.
 
     @param dsn: C{sqlite:///path}, C{postgresql://user@host:port/db} or
         C{mysql://user:pw@host:port/db}.
@@ -104,6 +117,7 @@ class SQLChecker:
         reactor: Any,
         default_scheme: str | None = None,
         challenge: bool | None = None,
+        scram_mechanisms: frozenset[str] | None = None,
         pool_min: int = 1,
         pool_max: int = 4,
         timeout: float = DEFAULT_TIMEOUT,
@@ -126,11 +140,24 @@ class SQLChecker:
             challenge = (default_scheme or "").upper() in schemes.PLAIN_NAMES
         if challenge:
             self.credentialInterfaces = (IUsernamePassword, IUsernameHashedPassword)
+        if scram_mechanisms is None:
+            default = (default_scheme or "").upper()
+            scram_mechanisms = frozenset({default} & set(scram.MECHANISMS))
+        unknown = set(scram_mechanisms) - set(scram.MECHANISMS)
+        if unknown:
+            raise ARGS.error(f"unknown SCRAM mechanism {sorted(unknown)[0][:40]!r}")
+        self._scram = frozenset(scram_mechanisms)
+        if self._scram:
+            self.credentialInterfaces = (*self.credentialInterfaces, IScramCredentials)
         self.timeout = timeout
         self._kind = driver.kind
         self._reactor = reactor
         self._auth_query = compile_query(query, driver.paramstyle)
         self._user_query = compile_query(user_query or query, driver.paramstyle)
+        # Read from the queries' text: CAPA asks before any query has run.
+        self._policy_fields = frozenset(
+            name for name in POLICY_COLUMNS
+            if re.search(rf"\b{name}\b", f"{query} {user_query or ''}", re.IGNORECASE))
         self.database = Database(
             driver, dsn, connect_args(driver.kind, dsn, timeout), (pool_min, pool_max), timeout,
             reactor,
@@ -166,8 +193,9 @@ class SQLChecker:
                 self.log.error("sql: configuration error: user_query returns several rows "
                                "for {user!r}", user=checked)
                 raise TemporaryFailure("user_query returns several rows")
-            return UserInfo(self._canonical(rows[0], checked),
-                            self._mail_location(rows[0], checked))
+            name = self._canonical(rows[0], checked)
+            return UserInfo(name, self._mail_location(rows[0], checked),
+                            self._policy(rows[0], name))
 
         return self.database.fetch(self._user_query, checked).addCallback(found)
 
@@ -190,6 +218,32 @@ class SQLChecker:
 
         return defer.Deferred.fromCoroutine(run())
 
+    # -- IScramLookup ------------------------------------------------------
+
+    def scram_mechanisms(self) -> frozenset[str]:
+        return self._scram
+
+    def lookup_scram(self, name: str | bytes, mechanism: str) -> defer.Deferred[Any]:
+        """The user's keys for C{mechanism}, from the password query's row."""
+        checked = self._user_name(name)
+        if checked is None or mechanism not in self._scram:
+            return defer.succeed(None)
+
+        def found(rows: list[Row]) -> scram.ScramKeys | None:
+            if len(rows) != 1 or not rows[0].columns:
+                return None  # the login says why (unknown user, several rows)
+            stored = self._stored.decode(rows[0].columns[0], "the password", checked)
+            keys = scram.parse_keys(stored, self.default_scheme) if stored else None
+            return keys if keys is not None and keys.mechanism == mechanism else None
+
+        return self.database.fetch(self._auth_query, checked).addCallback(found)
+
+    # -- IPerUserPolicy ----------------------------------------------------
+
+    def policy_fields(self) -> frozenset[str]:
+        """C{login_delay} and C{expire}, for each the queries name."""
+        return self._policy_fields
+
     # -- checking ----------------------------------------------------------
 
     def _check(self, rows: list[Row], credentials: Any, name: str) -> Any:
@@ -205,7 +259,9 @@ class SQLChecker:
         if not stored:
             self.log.info("sql: user {user!r} has no password", user=name)
             return self._refuse(credentials)
-        name = AvatarId(self._canonical(rows[0], name), self._mail_location(rows[0], name))
+        canonical = self._canonical(rows[0], name)
+        name = AvatarId(canonical, self._mail_location(rows[0], name),
+                        self._policy(rows[0], canonical))
         if IUsernamePassword.providedBy(credentials):
             return self._verify(credentials, stored, name)
         if IUsernameHashedPassword.providedBy(credentials):
@@ -216,6 +272,17 @@ class SQLChecker:
             if credentials.checkPassword(secret):
                 return name
             self.log.info("sql: wrong APOP digest for {user!r}", user=name)
+            raise UnauthorizedLogin()
+        if IScramCredentials.providedBy(credentials):
+            keys = scram.parse_keys(stored, self.default_scheme)
+            if keys is None or keys.mechanism != credentials.mechanism:
+                self.log.info("sql: {mechanism} for {user!r} needs {mechanism} keys stored",
+                              mechanism=credentials.mechanism, user=name)
+                raise UnauthorizedLogin()
+            if credentials.check(keys):
+                return name
+            self.log.info("sql: wrong {mechanism} proof for {user!r}",
+                          mechanism=credentials.mechanism, user=name)
             raise UnauthorizedLogin()
         raise UnauthorizedLogin()
 
@@ -268,6 +335,10 @@ class SQLChecker:
                            "for {user!r}", user=name)
             return name
         return canonical
+
+    def _policy(self, row: Row, name: str) -> UserPolicy | None:
+        named = row.named
+        return user_policy(named.get("login_delay"), named.get("expire"), name, self.log)
 
     def _mail_location(self, row: Row, name: str) -> str | None:
         if len(row.columns) < 2:

@@ -7,16 +7,21 @@ pasted into SQL text.  C{%%} is a literal C{%}.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from popgate.cred.templates import SQL, Template
 
-__all__ = ["PLACEHOLDERS", "USER_COLUMN", "Query", "Row", "compile_query", "rows"]
+__all__ = ["PLACEHOLDERS", "POLICY_COLUMNS", "USER_COLUMN", "Query", "Row", "compile_query",
+           "rows"]
 
 PLACEHOLDERS = tuple(SQL.parts)
 #: A result column of this name (any case) is the user's stored name.
 USER_COLUMN = "user"
+#: Result columns of these names (any case) are the user's own LOGIN-DELAY
+#: and EXPIRE (L{popgate.policy}); like C{user}, not counted in positions.
+POLICY_COLUMNS = ("login_delay", "expire")
 
 
 @dataclass(frozen=True)
@@ -66,12 +71,19 @@ class Row:
     columns: tuple[Any, ...]
     user: Any = None
     has_user: bool = False
+    #: The L{POLICY_COLUMNS} the query returns, by name.
+    named: Mapping[str, Any] = field(default_factory=dict)
 
 
 def rows(description: Any, fetched: list[Any]) -> list[Row]:
-    """The rows of a cursor, with the C{user} column taken out."""
+    """The rows of a cursor, with the C{user} and L{POLICY_COLUMNS} taken out."""
     names = [str(column[0]).lower() for column in description or ()]
-    if USER_COLUMN not in names:
+    taken = {name: names.index(name) for name in (USER_COLUMN, *POLICY_COLUMNS) if name in names}
+    if not taken:
         return [Row(tuple(row)) for row in fetched]
-    i = names.index(USER_COLUMN)
-    return [Row(tuple(row[:i]) + tuple(row[i + 1 :]), row[i], True) for row in fetched]
+    positions = set(taken.values())
+    user = taken.pop(USER_COLUMN, None)
+    return [Row(tuple(v for i, v in enumerate(row) if i not in positions),
+                None if user is None else row[user], user is not None,
+                {name: row[i] for name, i in taken.items()})
+            for row in fetched]

@@ -23,9 +23,10 @@ ARGS = ArgSpec(
                "(password in ~/.pgpass) or mysql://USER:PASSWORD@HOST:PORT/DB.",
         "query": "The password query: the stored password in the first column, the mail "
                  "location in an optional second, the stored name in an optional column "
-                 "named user; %(user)s, %(localpart)s, %(domain)s are bound parameters "
-                 "(default: SELECT password, userid AS user FROM users WHERE userid = "
-                 "%(user)s).",
+                 "named user, the user's own LOGIN-DELAY and EXPIRE in optional columns "
+                 "named login_delay and expire; %(user)s, %(localpart)s, %(domain)s are "
+                 "bound parameters (default: SELECT password, userid AS user FROM users "
+                 "WHERE userid = %(user)s).",
         "user_query": "The query that says whether a user exists, for delivery and "
                       "`popgate auth lookup`: a row means yes, the second column is the "
                       "mail location (default: query).",
@@ -36,6 +37,11 @@ ARGS = ArgSpec(
                      "({PLAIN} or {CLEARTEXT}); with hashed passwords every such login "
                      "fails, and clients that try them first (fetchmail) fail each poll "
                      "(default: yes when scheme=PLAIN or CLEARTEXT, else no).",
+        "scram": "yes, no, SCRAM-SHA-256 or SCRAM-SHA-1: offer AUTH SCRAM-SHA-256 and "
+                 "SCRAM-SHA-1 (yes: both) for these users. They need the user's SCRAM keys "
+                 "stored ({SCRAM-SHA-256}..., popgate pw -s SCRAM-SHA-256), not a hash; "
+                 "clients that see SCRAM offered use it, and fail for users without keys "
+                 "(default: the one scheme= names, else no).",
         "pool_min": "Connections kept open (default: 1).",
         "pool_max": "Connections at most (default: 4).",
         "timeout": f"Seconds for connecting and for each query (default: {DEFAULT_TIMEOUT:g}).",
@@ -71,7 +77,8 @@ _SCHEME_ALIASES = {
 
 def parse_args(argstring: str) -> dict[str, Any]:
     """
-    Parse C{dsn=...[,query=...][,user_query=...][,scheme=...][,challenge=no][,pool_min=1]
+    Parse C{dsn=...[,query=...][,user_query=...][,scheme=...][,challenge=no][,scram=no]
+    [,pool_min=1]
     [,pool_max=4][,timeout=5]} into L{popgate.cred.sql.SQLChecker} keyword
     arguments (see L{popgate.cred.args}: queries keep their commas).
 
@@ -85,12 +92,27 @@ def parse_args(argstring: str) -> dict[str, Any]:
             kwargs[name] = args[key]
     if "challenge" in args:
         kwargs["challenge"] = args.yes_no("challenge")
+    if "scram" in args:
+        kwargs["scram_mechanisms"] = _scram(args["scram"])
     for key in ("pool_min", "pool_max"):
         if key in args:
             kwargs[key] = args.number(key, int, 0)
     if "timeout" in args:
         kwargs["timeout"] = args.number("timeout", float, DEFAULT_TIMEOUT)
     return kwargs
+
+
+def _scram(value: str) -> frozenset[str]:
+    """C{scram=}: yes (both), no (none), or one mechanism's name."""
+    both = frozenset({"SCRAM-SHA-256", "SCRAM-SHA-1"})
+    word = value.strip().upper()
+    if word in both:
+        return frozenset({word})
+    if word in ("YES", "TRUE", "ON", "1"):
+        return both
+    if word in ("NO", "FALSE", "OFF", "0"):
+        return frozenset()
+    raise ARGS.error(f"scram= takes yes, no, SCRAM-SHA-256 or SCRAM-SHA-1, not {value[:40]!r}")
 
 
 def driver_for(dsn: str) -> Driver:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from popgate.policy import UserPolicy
+
 
 @dataclass(frozen=True)
 class UserInfo:
@@ -18,22 +20,29 @@ class UserInfo:
     @ivar mail_location: where this user's mail lives, when the user store
         says so (e.g. LDAP C{mailMessageStore}); C{None} means "use the
         store's template".
+    @ivar policy: the user's own LOGIN-DELAY and EXPIRE, when the user
+        store holds them (L{popgate.policy}).
     """
 
     name: str
     mail_location: str | None = None
+    policy: UserPolicy | None = None
 
 
 class AvatarId(str):
     """
     The avatar id a checker returns (the user name), carrying the user's
-    mail location when the user store holds one, so the store can honour
-    it without a second directory round trip.
+    mail location and LOGIN-DELAY/EXPIRE when the user store holds them, so
+    the store and the realm can honour them without a second directory
+    round trip.
     """
 
     mail_location: str | None
+    policy: UserPolicy | None
 
-    def __new__(cls, name: str, mail_location: str | None = None) -> AvatarId:
+    def __new__(cls, name: str, mail_location: str | None = None,
+                policy: UserPolicy | None = None) -> AvatarId:
         self = super().__new__(cls, name)
         self.mail_location = mail_location or None
+        self.policy = policy
         return self

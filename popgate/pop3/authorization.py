@@ -29,11 +29,15 @@ from twisted.python.failure import Failure
 
 from popgate import errors
 from popgate.cred.penalty import PenaltyQueueFull
-from popgate.interfaces import IMaildrop, IStreamTransport
+from popgate.i18n.text import I_DEFAULT, N_
+from popgate.interfaces import IMaildrop, IScramCredentials, IScramLookup, IStreamTransport
 from popgate.pop3 import responses as r
 from popgate.pop3 import sasl
 from popgate.pop3.apop import APOPCredentials
 from popgate.pop3.base import AUTHORIZATION, TRANSACTION, BadArgument
+from popgate.pop3.language import Localized
+from popgate.pop3.policy import defaults
+from popgate.pop3.scram import KeysWanted
 from popgate.pop3.session_log import BadSASL, LoginMind, SessionLog
 
 if TYPE_CHECKING:
@@ -44,8 +48,8 @@ if TYPE_CHECKING:
 
 _HEX_DIGEST = re.compile(rb"[0-9a-fA-F]{32}")
 
-_PLAINTEXT_REFUSED = r.err(
-    b"Plaintext authentication disallowed on non-secure (SSL/TLS) connections.", r.AUTH)
+_PLAINTEXT_REFUSED = N_(
+    "Plaintext authentication disallowed on non-secure (SSL/TLS) connections.")
 
 
 @functools.lru_cache(maxsize=16)
@@ -84,7 +88,15 @@ class _Attempt:
         self.checked: float | None = None
 
 
-class AuthorizationCommands:
+class _Acknowledgement:
+    """The portal accepted a SASL login whose mechanism has a last word:
+    the client's answer to it is awaited."""
+
+    def __init__(self, attempt: _Attempt) -> None:
+        self.attempt = attempt
+
+
+class AuthorizationCommands(Localized):
     """
     The AUTHORIZATION commands of L{popgate.pop3.protocol.POP3ServerProtocol}
     (a mixin: it works on the session's transport, portal and settings).
@@ -116,6 +128,7 @@ class AuthorizationCommands:
         def clearLineBuffer(self) -> bytes: ...
         def _release(self) -> None: ...
         def _enter_transaction(self, maildrop: Any) -> None: ...
+        def _enter_policy(self, policy: Any) -> None: ...
         def _send_and_close(self, reply: bytes) -> None: ...
 
     def _init_authorization(self) -> None:
@@ -162,7 +175,7 @@ class AuthorizationCommands:
         if self.paused or self._gate.blocked:
             self.transport.abortConnection()
             return
-        self.transport.write(r.err(b"Disconnected: no login in time."))
+        self.transport.write(r.err(self._("Disconnected: no login in time.")))
         self._close()
 
     def _cancel_login_timer(self) -> None:
@@ -204,15 +217,15 @@ class AuthorizationCommands:
 
     def pop3_STLS(self, argument: bytes) -> None:
         if self.tls_active():
-            self.transport.write(r.err(b"TLS is already active."))
+            self.transport.write(r.err(self._("TLS is already active.")))
             return
         if not self._stls_available():
-            self.transport.write(r.err(b"TLS support isn't enabled."))
+            self.transport.write(r.err(self._("TLS support isn't enabled.")))
             return
         # Whatever the client sent after STLS arrived in plaintext and must
         # not be run as if it came over TLS (CVE-2011-0411): drop it.
         self.clearLineBuffer()
-        self.transport.write(r.ok(b"Begin TLS negotiation now."))
+        self.transport.write(r.ok(self._("Begin TLS negotiation now.")))
         # _stls_available checked that this transport has startTLS.
         cast(ITLSTransport, self.transport).startTLS(self.tls)
         self._tls_started = True
@@ -220,16 +233,17 @@ class AuthorizationCommands:
         # RFC 2595 section 4: forget what the client said before.
         self._user = None
         self.utf8 = False
+        self.language = I_DEFAULT
 
     def pop3_UTF8(self, argument: bytes) -> None:
         # RFC 6856: user names and passwords are UTF-8 from now on; popgate
         # passes them to the user stores as bytes either way.
         self.utf8 = True
-        self.transport.write(r.ok(b"UTF8 enabled."))
+        self.transport.write(r.ok(self._("UTF8 enabled.")))
 
     def pop3_USER(self, argument: bytes) -> None:
         if not self.plaintext_allowed():
-            self.transport.write(_PLAINTEXT_REFUSED)
+            self.transport.write(r.err(self._(_PLAINTEXT_REFUSED), r.AUTH))
             return
         # As Dovecot: the name is the rest of the line, as it is (an empty
         # or wrong one fails at PASS, like an unknown user).
@@ -240,7 +254,7 @@ class AuthorizationCommands:
         # RFC 1939: the password is the rest of the line, spaces included.
         if not self.plaintext_allowed():
             self._refused("USER", self._user, "plaintext-disallowed")
-            self.transport.write(_PLAINTEXT_REFUSED)
+            self.transport.write(r.err(self._(_PLAINTEXT_REFUSED), r.AUTH))
             return None
         if self._user is None:
             raise BadArgument("No username given.")
@@ -259,7 +273,8 @@ class AuthorizationCommands:
         return self.login(APOPCredentials(self._challenge, user, digest), "APOP")
 
     def _usable_mechanisms(self) -> list[sasl.MechanismInfo]:
-        return sasl.usable(self.plaintext_allowed(), self._secrets_checkable())
+        return sasl.usable(self.plaintext_allowed(), self._secrets_checkable(),
+                           self._scram_mechanisms())
 
     def pop3_AUTH(self, argument: bytes) -> defer.Deferred[None] | None:
         # "AUTH mechanism [initial-response]", spaces as Dovecot takes them
@@ -274,12 +289,13 @@ class AuthorizationCommands:
         if len(words) > 2:
             raise BadArgument("Invalid parameters.", r.AUTH)
         info = sasl.find(words[0])
-        if info is None or (info.needs_secret and not self._secrets_checkable()):
+        if info is None or (info.needs_secret and not self._secrets_checkable()) or (
+                info.needs_scram and info.name.decode("ascii") not in self._scram_mechanisms()):
             raise BadArgument("Unsupported authentication mechanism.", r.AUTH)
         self._sasl_method = info.name.decode("ascii")
         if info.plaintext and not self.plaintext_allowed():
             self._refused(self._sasl_method, None, "plaintext-disallowed")
-            self.transport.write(_PLAINTEXT_REFUSED)
+            self.transport.write(r.err(self._(_PLAINTEXT_REFUSED), r.AUTH))
             return None
         response = None
         if len(words) == 2:
@@ -295,15 +311,21 @@ class AuthorizationCommands:
         """One client line inside a SASL exchange (never logged)."""
         mechanism, self._sasl = self._sasl, None
         line = line.strip()
+        if isinstance(mechanism, _Acknowledgement):
+            self._acknowledged(line, mechanism.attempt)
+            return None
         if line == b"*":
             self._refused(self._sasl_method, None, "aborted")
-            self.transport.write(r.err(b"Authentication aborted by client."))
+            if getattr(mechanism, "looked_up", False) and self._count_abort():
+                return None
+            self.transport.write(r.err(self._("Authentication aborted by client.")))
             return None
         try:
             response = sasl.decode(line)
         except sasl.MalformedResponse:
             self._refused(self._sasl_method, None, "bad-sasl")
-            self.transport.write(r.err(b"Invalid base64 data in continued response.", r.AUTH))
+            self.transport.write(r.err(self._("Invalid base64 data in continued response."),
+                                       r.AUTH))
             return None
         return self._sasl_step(mechanism, response)
 
@@ -314,11 +336,76 @@ class AuthorizationCommands:
             # Broken or refused credentials: a failed login like any other
             # (penalty, delay, attempt limit), without asking the portal.
             return self.login(None, self._sasl_method)
+        if isinstance(result, KeysWanted):
+            return self._look_up_keys(mechanism, result)
         if isinstance(result, sasl.Challenge):
             self._sasl = mechanism
             self.transport.write(b"+ " + sasl.encode(result.data) + b"\r\n")
             return None
-        return self.login(result, self._sasl_method)
+        return self.login(result, self._sasl_method, getattr(mechanism, "success_data", None))
+
+    def _look_up_keys(self, mechanism: Any, wanted: KeysWanted) -> defer.Deferred[None]:
+        """
+        SCRAM's first step: the user's salt and iteration count, from the
+        user stores (in their threads or over their connections).  No
+        login penalty yet: nothing is checked, and the proof that follows
+        waits its turn like any login.
+        """
+        lookup = self._scram_lookup()
+        d: defer.Deferred[Any] = (
+            defer.maybeDeferred(lookup.lookup_scram, wanted.username, wanted.mechanism)
+            if lookup is not None else defer.succeed(None))
+
+        def found(keys: Any) -> None:
+            if not self._disconnected:
+                challenge = mechanism.keys_found(keys)
+                self._sasl = mechanism
+                self.transport.write(b"+ " + sasl.encode(challenge.data) + b"\r\n")
+
+        def failed(failure: Failure) -> None:
+            # The store cannot answer: [SYS/TEMP], logged as a login error.
+            attempt = _Attempt(LoginMind(), self.report.attempt(self._sasl_method,
+                                                                wanted.username))
+            if not self._disconnected:
+                self._login_failed(failure, attempt)
+
+        return d.addCallbacks(found, failed)
+
+    def _count_abort(self) -> bool:
+        """
+        A SCRAM exchange cancelled after its lookup counts toward
+        C{max_auth_failures}, so one connection cannot make lookups without
+        end; whether that was the last one (the connection closes).
+        """
+        self._auth_failures += 1
+        if self._auth_failures < self.settings.max_auth_failures:
+            return False
+        self.report.ending("too-many-failures")
+        self._send_and_close(r.err(self._("Authentication aborted by client.")))
+        return True
+
+    def _acknowledged(self, line: bytes, attempt: _Attempt) -> None:
+        """
+        The client's answer to the mechanism's last word (SCRAM's server
+        signature): empty, it accepts the server, and the session begins;
+        C{*} (it does not trust us) or anything else gives the maildrop back.
+        """
+        if line in (b"", b"="):
+            self._begin_transaction(attempt)
+            return
+        maildrop, self.maildrop = self.maildrop, None
+        logout, self._logout = self._logout, None
+        if maildrop is not None:
+            defer.maybeDeferred(maildrop.close).addErrback(
+                lambda f: self.log.failure("closing maildrop", f))
+        if logout is not None:
+            logout()
+        if line == b"*":
+            self.report.refused("aborted", self.tls_active(), attempt.started)
+            self.transport.write(r.err(self._("Authentication aborted by client.")))
+        else:
+            self.report.refused("bad-sasl", self.tls_active(), attempt.started, counts=True)
+            self.transport.write(r.err(self._("Authentication failed."), r.AUTH))
 
     def _refused(self, method: str, user: bytes | None, reason: str) -> None:
         """A login attempt refused without a check (logged, not counted)."""
@@ -330,15 +417,17 @@ class AuthorizationCommands:
         peer = self.transport.getPeer()
         return str(getattr(peer, "host", peer))
 
-    def login(self, credentials: Any, method: str) -> defer.Deferred[None]:
+    def login(self, credentials: Any, method: str,
+              success_data: Callable[[], bytes] | None = None) -> defer.Deferred[None]:
         """
         Run C{credentials} through the portal and enter TRANSACTION.  With a
         login penalty, the check waits its turn: one check at a time per
         client address, each after that address's penalty.  C{None}: a
         broken SASL exchange, a failed login that still waits its turn.
-        C{method} (USER, APOP, the SASL mechanism) is for the log.
+        C{method} (USER, APOP, the SASL mechanism) is for the log;
+        C{success_data}, the mechanism's last word once the portal said yes.
         """
-        attempt = _Attempt(LoginMind(), self.report.attempt(
+        attempt = _Attempt(LoginMind(defaults(self.settings)), self.report.attempt(
             method, getattr(credentials, "username", None)))
 
         def check() -> defer.Deferred[Any]:
@@ -362,7 +451,7 @@ class AuthorizationCommands:
             if not d.called:
                 self._pending_login = d
         d.addBoth(self._login_done)
-        d.addCallbacks(self._logged_in, self._login_failed, callbackArgs=(attempt,),
+        d.addCallbacks(self._logged_in, self._login_failed, callbackArgs=(attempt, success_data),
                        errbackArgs=(attempt,))
         return d
 
@@ -382,21 +471,32 @@ class AuthorizationCommands:
         return result
 
     def _logged_in(self, result: tuple[Any, Any, Callable[[], object]],
-                   attempt: _Attempt) -> None:
+                   attempt: _Attempt, success_data: Callable[[], bytes] | None = None) -> None:
         _, maildrop, logout = result
         self.maildrop = maildrop
         self._logout = logout
         if self._disconnected:
             self._release()
             return
+        if success_data is not None:
+            # RFC 5034 has no "additional data with success": the last word
+            # is one more challenge, which the client answers with an empty
+            # line (L{_acknowledged}) before the +OK.  The login timer runs on.
+            self._sasl = _Acknowledgement(attempt)
+            self.transport.write(b"+ " + sasl.encode(success_data()) + b"\r\n")
+            return
+        self._begin_transaction(attempt)
+
+    def _begin_transaction(self, attempt: _Attempt) -> None:
         self._cancel_login_timer()
-        self._enter_transaction(maildrop)
+        self._enter_transaction(self.maildrop)
+        self._enter_policy(attempt.mind.policy)
         self.state = TRANSACTION
         self._bad_commands = 0
         self.report.logged_in(attempt.mind.account or self.report.user, self.tls_active(),
                               attempt.started, attempt.checked, self._live_count,
                               self._live_size)
-        self.transport.write(r.ok(b"Logged in."))
+        self.transport.write(r.ok(self._("Logged in.")))
 
     def _login_failed(self, failure: Failure, attempt: _Attempt) -> defer.Deferred[None] | None:
         # Expected failures are one line, from the report; an unexpected
@@ -404,7 +504,7 @@ class AuthorizationCommands:
         if not failure.check(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials,
                              cred_error.LoginDenied, defer.CancelledError,
                              errors.MaildropInUse, errors.TemporaryFailure,
-                             errors.PermanentFailure):
+                             errors.PermanentFailure, errors.LoginDelayed):
             self.log.failure("login failed", failure)
         self.report.login_failed(failure, attempt.mind, self.tls_active(), attempt.started,
                                  attempt.checked)
@@ -417,22 +517,27 @@ class AuthorizationCommands:
             if last:
                 self.report.ending("too-many-failures")
             return self._after_delay(self.settings.auth_failure_delay,
-                                     r.err(b"Authentication failed.", r.AUTH), close=last)
+                                     r.err(self._("Authentication failed."), r.AUTH), close=last)
         if failure.check(PenaltyQueueFull):
             self.report.ending("penalty")
-            self._send_and_close(r.err(b"Too many logins in progress from your address.",
+            self._send_and_close(r.err(self._("Too many logins in progress from your address."),
                                        r.SYS_TEMP))
             return None
         if failure.check(defer.CancelledError):
             return None
         if failure.check(errors.MaildropInUse):
-            reply = r.err(b"Mailbox is locked by another POP3 session.", r.IN_USE)
+            reply = r.err(self._("Mailbox is locked by another POP3 session."), r.IN_USE)
+        elif isinstance(failure.value, errors.LoginDelayed):
+            # RFC 2449 8.1.1; only once the credentials were right.
+            # TRANSLATORS: {seconds} is the user's LOGIN-DELAY, a whole number.
+            reply = r.err(self._("Logins must be at least {seconds} seconds apart.",
+                                 seconds=failure.value.delay), r.LOGIN_DELAY)
         elif failure.check(errors.PermanentFailure):
             # A refused user name, a mailbox that is not one: expected, and
             # the report's line says which.
-            reply = r.err(b"Mailbox cannot be opened.", r.SYS_PERM)
+            reply = r.err(self._("Mailbox cannot be opened."), r.SYS_PERM)
         else:
-            reply = r.err(b"Temporary server failure, try again later.", r.SYS_TEMP)
+            reply = r.err(self._("Temporary server failure, try again later."), r.SYS_TEMP)
         self.transport.write(reply)
         return None
 
@@ -445,6 +550,17 @@ class AuthorizationCommands:
                 self._close()
 
         return deferLater(self.clock, delay, send)
+
+    def _scram_lookup(self) -> Any:
+        """The user stores' L{IScramLookup}: the portal's checker for SCRAM
+        proofs (a chain when several stores hold keys), or C{None}."""
+        checker = getattr(self.portal, "checkers", {}).get(IScramCredentials)
+        return IScramLookup(checker, None)
+
+    def _scram_mechanisms(self) -> frozenset[str]:
+        """The SCRAM mechanisms the user stores can verify now."""
+        lookup = self._scram_lookup()
+        return frozenset(lookup.scram_mechanisms()) if lookup is not None else frozenset()
 
     def _secrets_checkable(self) -> bool:
         """Whether the user stores can check a proof of the secret (APOP,

@@ -14,11 +14,18 @@ UPDATE = "UPDATE"
 
 
 class BadArgument(Exception):
-    """A command argument that gets C{-ERR}; the text is safe to send."""
+    """
+    A command argument that gets C{-ERR}.  C{text} is safe to send: a
+    message in English, sent in the session's language
+    (L{popgate.pop3.language}), with C{{name}} placeholders filled from
+    C{fields}.
+    """
 
-    def __init__(self, text: str, code: bytes | None = None) -> None:
+    def __init__(self, text: str, code: bytes | None = None, **fields: object) -> None:
         super().__init__(text)
+        self.text = text
         self.code = code
+        self.fields = fields
 
 
 def describe(failure: Failure) -> str:

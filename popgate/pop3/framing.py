@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from popgate.interfaces import IStreamTransport
 from popgate.pop3 import responses as r
 from popgate.pop3.base import UPDATE
+from popgate.pop3.language import Localized
 from popgate.pop3.output import OutputGate
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ READ_AHEAD = 64 * 1024
 LINES_PER_TURN = 200
 
 
-class FramedSession(LineReceiver, TimeoutMixin):
+class FramedSession(LineReceiver, TimeoutMixin, Localized):
     """
     The framing half of L{popgate.pop3.protocol.POP3ServerProtocol}: it
     splits input into lines for C{lineReceived}, applies back-pressure and
@@ -105,7 +106,7 @@ class FramedSession(LineReceiver, TimeoutMixin):
             self.transport.abortConnection()
             return
         self.report.ending("idle-timeout")
-        self.transport.write(r.err(b"Disconnected for inactivity."))
+        self.transport.write(r.err(self._("Disconnected for inactivity.")))
         self._close()
 
     def disconnect_by_admin(self) -> None:
@@ -114,7 +115,7 @@ class FramedSession(LineReceiver, TimeoutMixin):
         if self.paused or self._gate.blocked:
             self.transport.abortConnection()  # see timeoutConnection
             return
-        self.transport.write(r.err(b"Disconnected by the administrator.", r.SYS_PERM))
+        self.transport.write(r.err(self._("Disconnected by the administrator."), r.SYS_PERM))
         self._close()
 
     def _close(self) -> None:
@@ -231,7 +232,7 @@ class FramedSession(LineReceiver, TimeoutMixin):
         self.report.ending("line-too-long")
         self._sasl = None
         self._buffer, self._pos = b"", 0
-        self.transport.write(r.err(b"Input line too long."))
+        self.transport.write(r.err(self._("Input line too long.")))
         self._close()
 
     def _wait_for(self, result: defer.Deferred[Any]) -> None:

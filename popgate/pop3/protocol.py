@@ -27,7 +27,9 @@ from popgate.pop3 import responses as r
 from popgate.pop3.authorization import AuthorizationCommands, peer_is_trusted
 from popgate.pop3.base import AUTHORIZATION, UPDATE, BadArgument
 from popgate.pop3.framing import FramedSession
+from popgate.pop3.language import LanguageCommands
 from popgate.pop3.output import CHUNK_SIZE
+from popgate.pop3.policy import capabilities as policy_capabilities
 from popgate.pop3.session_log import SessionLog
 from popgate.pop3.settings import SessionSettings
 from popgate.pop3.transaction import TransactionCommands
@@ -38,7 +40,8 @@ _CHUNK_SIZE = CHUNK_SIZE
 
 
 @implementer(IHalfCloseableProtocol)
-class POP3ServerProtocol(FramedSession, AuthorizationCommands, TransactionCommands):
+class POP3ServerProtocol(FramedSession, AuthorizationCommands, TransactionCommands,
+                         LanguageCommands):
     """
     One POP3 session.  The factory gives it C{portal}, C{settings} and a
     C{clock} (and C{penalty}, C{tls}); nothing here reaches for the global
@@ -145,14 +148,14 @@ class POP3ServerProtocol(FramedSession, AuthorizationCommands, TransactionComman
         keyword, _, argument = line.partition(b" ")
         handler = self._handler(keyword.upper())
         if handler is None:
-            self._bad_command(b"Unknown command.")
+            self._bad_command(self._("Unknown command."))
             return
         if self.state != AUTHORIZATION:
             argument = argument.lstrip(b" ")
         try:
             result = handler(argument)
         except BadArgument as e:
-            text = str(e).encode("ascii", "replace")
+            text = self._(e.text, **e.fields)
             if self.state == AUTHORIZATION:
                 # Before login only unknown commands count as bad ones
                 # (Dovecot's pop3-login): a refused USER, PASS or AUTH
@@ -190,11 +193,15 @@ class POP3ServerProtocol(FramedSession, AuthorizationCommands, TransactionComman
         return getattr(self, name, None)
 
     def authorization_commands(self) -> set[bytes]:
-        return {b"CAPA", b"USER", b"PASS", b"QUIT", b"AUTH", b"STLS", b"UTF8", b"APOP"}
+        return {b"CAPA", b"USER", b"PASS", b"QUIT", b"AUTH", b"STLS", b"UTF8", b"APOP"
+                } | self.language_commands()
 
     def transaction_commands(self) -> set[bytes]:
-        return {b"CAPA", b"STAT", b"LIST", b"RETR", b"DELE", b"NOOP", b"RSET",
-                b"TOP", b"UIDL", b"QUIT"}
+        commands = {b"CAPA", b"STAT", b"LIST", b"RETR", b"DELE", b"NOOP", b"RSET",
+                    b"TOP", b"UIDL", b"QUIT"}
+        if self.settings.enable_last:
+            commands.add(b"LAST")
+        return commands | self.language_commands()
 
     def _bad_command(self, text: bytes, code: bytes | None = None) -> None:
         """
@@ -207,11 +214,11 @@ class POP3ServerProtocol(FramedSession, AuthorizationCommands, TransactionComman
         if self.state == AUTHORIZATION:
             if self._bad_commands >= self.settings.max_login_bad_commands:
                 self.report.ending("too-many-bad-commands")
-                self.transport.write(r.err(b"Too many invalid bad commands."))
+                self.transport.write(r.err(self._("Too many invalid bad commands.")))
                 self._close()
         elif self._bad_commands > self.settings.max_bad_commands:
             self.report.ending("too-many-bad-commands")
-            self.transport.write(r.err(b"Too many bad commands."))
+            self.transport.write(r.err(self._("Too many bad commands.")))
             self._close()
 
     def capabilities(self) -> list[bytes]:
@@ -219,10 +226,13 @@ class POP3ServerProtocol(FramedSession, AuthorizationCommands, TransactionComman
         caps = [b"CAPA", b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
         if self.state == AUTHORIZATION:
             caps.extend(self.authorization_capabilities())
+        caps.extend(self.language_capabilities())
+        caps.extend(policy_capabilities(self.settings, self.portal,
+                                        None if self.state == AUTHORIZATION else self.policy))
         if self.settings.implementation:
             implementation = self.settings.implementation.encode("ascii", "replace")
             caps.append(b"IMPLEMENTATION " + implementation)
         return caps
 
     def pop3_CAPA(self, argument: bytes) -> None:
-        self.transport.write(r.multiline(b"Capability list follows", self.capabilities()))
+        self.transport.write(r.multiline(self._("Capability list follows"), self.capabilities()))

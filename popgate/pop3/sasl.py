@@ -1,6 +1,7 @@
 """
-SASL mechanisms for POP3 AUTH (RFC 5034): PLAIN (RFC 4616), LOGIN and
-CRAM-MD5 (RFC 2195).
+SASL mechanisms for POP3 AUTH (RFC 5034): PLAIN (RFC 4616), LOGIN,
+CRAM-MD5 (RFC 2195), and SCRAM-SHA-256 and SCRAM-SHA-1 (RFC 7677, RFC 5802:
+L{popgate.pop3.scram}).
 
 A mechanism is a small state machine that turns the client's decoded
 responses into C{twisted.cred} credentials, so SASL logins go through the
@@ -22,22 +23,15 @@ from typing import Any
 from twisted.cred.credentials import UsernamePassword
 
 from popgate.pop3.apop import DigestCredentials
+from popgate.pop3.sasl_steps import Challenge, SASLError
+from popgate.pop3.scram import ScramMechanism
 
-
-class SASLError(Exception):
-    """The client's response breaks the mechanism's rules: a failed login
-    (C{-ERR [AUTH]}), never echoed to the client."""
+__all__ = ["MECHANISMS", "Challenge", "MalformedResponse", "MechanismInfo", "SASLError", "decode",
+           "encode", "find", "usable"]
 
 
 class MalformedResponse(Exception):
     """A response that is not base64: the exchange ends with C{-ERR}."""
-
-
-@dataclass(frozen=True)
-class Challenge:
-    """The next server challenge (raw bytes; sent base64-encoded after C{+ })."""
-
-    data: bytes
 
 
 def decode(line: bytes) -> bytes:
@@ -164,12 +158,15 @@ class MechanismInfo:
         plaintext secret (C{IUsernameHashedPassword}), as for APOP.
     @ivar make: builds a fresh mechanism from the session's host name and
         current time.
+    @ivar needs_scram: the user store must hold SCRAM keys for it
+        (L{popgate.interfaces.IScramLookup}).
     """
 
     name: bytes
     plaintext: bool
     needs_secret: bool
     make: Callable[[str, float], Any]
+    needs_scram: bool = False
 
 
 MECHANISMS: tuple[MechanismInfo, ...] = (
@@ -177,6 +174,10 @@ MECHANISMS: tuple[MechanismInfo, ...] = (
     MechanismInfo(b"LOGIN", True, False, lambda host, now: LoginMechanism()),
     MechanismInfo(b"CRAM-MD5", False, True,
                   lambda host, now: CramMD5Mechanism(challenge_string(host, now))),
+    MechanismInfo(b"SCRAM-SHA-256", False, False,
+                  lambda host, now: ScramMechanism("SCRAM-SHA-256"), needs_scram=True),
+    MechanismInfo(b"SCRAM-SHA-1", False, False,
+                  lambda host, now: ScramMechanism("SCRAM-SHA-1"), needs_scram=True),
 )
 
 
@@ -189,8 +190,11 @@ def find(name: bytes) -> MechanismInfo | None:
     return None
 
 
-def usable(plaintext_allowed: bool, secrets_checkable: bool) -> list[MechanismInfo]:
-    """The mechanisms this connection may use, in order of listing."""
+def usable(plaintext_allowed: bool, secrets_checkable: bool,
+           scram: frozenset[str] = frozenset()) -> list[MechanismInfo]:
+    """The mechanisms this connection may use, in order of listing;
+    C{scram}: the SCRAM mechanisms the user stores can verify."""
     return [info for info in MECHANISMS
             if (plaintext_allowed or not info.plaintext)
-            and (secrets_checkable or not info.needs_secret)]
+            and (secrets_checkable or not info.needs_secret)
+            and (not info.needs_scram or info.name.decode("ascii") in scram)]

@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from popgate import errors
 from popgate.cred.penalty import PenaltyQueueFull
 from popgate.events import address_text, emit
+from popgate.policy import Policy
 from popgate.pop3.base import describe
 
 
@@ -35,6 +36,7 @@ _CLIENT_FAILURES: tuple[tuple[type[BaseException], str], ...] = (
     (cred_error.LoginDenied, "bad-password"),
     (PenaltyQueueFull, "penalty"),
     (defer.CancelledError, "aborted"),
+    (errors.LoginDelayed, "login-delay"),
 )
 
 
@@ -52,14 +54,21 @@ class LoginMind:
     The C{mind} of a login: the realm (L{popgate.realm.MaildropRealm})
     tells it the user's name once the user store has accepted the
     credentials, so a failure after that is the mail store's, not the
-    user store's, and the log names the account.
+    user store's, and the log names the account.  It also brings the realm
+    the server's LOGIN-DELAY and EXPIRE (C{policy_defaults}) and learns the
+    user's (L{policy_found}).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, policy_defaults: Policy | None = None) -> None:
         self.account: str | None = None
+        self.policy_defaults = policy_defaults
+        self.policy: Policy | None = None
 
     def avatar_found(self, name: str) -> None:
         self.account = name
+
+    def policy_found(self, policy: Policy) -> None:
+        self.policy = policy
 
 
 class SessionLog:

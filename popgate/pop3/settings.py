@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from popgate.i18n.offer import LanguageOffer
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,14 @@ class SessionSettings:
     @ivar login_timeout: seconds from connect to a successful login, after
         which the connection is closed whatever the client does meanwhile
         (Dovecot's login processes: 180); 0 turns it off.
+    @ivar enable_last: offer the obsolete LAST command (RFC 1460), as
+        Dovecot's C{pop3_enable_last}, for old clients that still send it.
+    @ivar languages: the languages of RFC 6856 C{LANG}
+        (L{popgate.i18n.offer.language_offer}); None, or i-default alone:
+        no C{LANG}, every reply in i-default.
+    @ivar login_delay: the server-wide LOGIN-DELAY in seconds (0: none).
+    @ivar expire: the server-wide EXPIRE in days (L{popgate.policy.NEVER}
+        for never); C{None}: not configured (not advertised, never).
     """
 
     implementation: str = "popgate"
@@ -58,6 +70,10 @@ class SessionSettings:
     trusted_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     max_sasl_line_length: int = 8192
     login_timeout: float = 180.0
+    enable_last: bool = False
+    languages: LanguageOffer | None = None
+    login_delay: int = 0
+    expire: float | None = None
 
     def __post_init__(self) -> None:
         # A typo in a network would otherwise surface at the first login.

@@ -17,12 +17,19 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from popgate import errors
-from popgate.interfaces import IStreamTransport
+from popgate.interfaces import ISeenMaildrop, IStreamTransport, ITopMaildrop
 from popgate.pop3 import responses as r
 from popgate.pop3.base import AUTHORIZATION, UPDATE, BadArgument, describe
 from popgate.pop3.encoder import MessageEncoder
+from popgate.pop3.language import Localized
 from popgate.pop3.output import MessageSender, OutputGate, Reader, read_inline
+from popgate.pop3.policy import defaults, retrievals_for
 from popgate.pop3.session_log import SessionLog, store_kind
+
+if TYPE_CHECKING:
+    from popgate.expiry import Retrievals
+    from popgate.policy import Policy
+    from popgate.pop3.settings import SessionSettings
 
 # Message numbers are 32-bit and TOP line counts 64-bit, as in Dovecot:
 # larger values are an error, not "all lines".
@@ -31,7 +38,7 @@ _MAX_LINE_COUNT = 2**64 - 1
 _DIGITS = re.compile(rb"[0-9]+")
 
 
-class TransactionCommands:
+class TransactionCommands(Localized):
     """
     The commands on an open maildrop, for
     L{popgate.pop3.protocol.POP3ServerProtocol} (a mixin).  Deletion marks
@@ -48,6 +55,13 @@ class TransactionCommands:
     reader: Reader = staticmethod(read_inline)
 
     report: SessionLog
+    settings: SessionSettings
+    portal: Any
+    clock: Any
+    #: The user's LOGIN-DELAY and EXPIRE, and the RETRs EXPIRE counts
+    #: (L{popgate.pop3.policy}): set at login.
+    policy: Policy | None = None
+    retrievals: Retrievals | None = None
 
     if TYPE_CHECKING:
         # What the framing and authorization parts of the session do.
@@ -66,6 +80,11 @@ class TransactionCommands:
         self._live_size = 0
         # Full LIST and UIDL replies, until a DELE or RSET changes them.
         self._listings: dict[bytes, bytes] = {}
+        # Read marks (RETR), and LAST (RFC 1460): the highest message
+        # number RETR asked for, since the login or the last RSET.
+        self._marks: Any = None
+        self._highest_retrieved = 0
+        self._last_reset = False
 
     def _enter_transaction(self, maildrop: Any) -> None:
         """Take the maildrop's message list: the numbers the session uses."""
@@ -73,6 +92,14 @@ class TransactionCommands:
         self._deleted = bytearray(len(self._messages))
         self._live_count = len(self._messages)
         self._live_size = sum(m.size for m in self._messages)
+        self._marks = ISeenMaildrop(maildrop, None)
+
+    def _enter_policy(self, policy: Policy | None) -> None:
+        """The user's LOGIN-DELAY and EXPIRE (the server's if the login
+        brought none), for CAPA and QUIT."""
+        self.policy = policy or defaults(self.settings)
+        self.retrievals = retrievals_for(self.maildrop, self.policy, self.settings, self.portal,
+                                         self.clock)
 
     def _release(self) -> None:
         """Give the maildrop back without UPDATE (RFC 1939 section 6)."""
@@ -88,14 +115,25 @@ class TransactionCommands:
     def pop3_QUIT(self, argument: bytes) -> defer.Deferred[None] | None:
         if self.state == AUTHORIZATION:
             self.report.ending("quit")
-            self.transport.write(r.ok(b"Logging out."))
+            self.transport.write(r.ok(self._("Logging out.")))
             self._close()
             return None
         self.state = UPDATE
         deleted = [i for i, flag in enumerate(self._deleted) if flag]
         self._committed = True
         self._updating = True
-        d = defer.maybeDeferred(self.maildrop.commit, deleted)
+        if self.retrievals is not None and self.policy is not None:
+            # EXPIRE: messages retrieved long enough ago go too, as if the
+            # client had deleted them (popgate.expiry; never fails).
+            d: defer.Deferred[Any] = self.retrievals.expire(deleted, self.policy.expire)
+        else:
+            d = defer.succeed(deleted)
+
+        def commit(removing: list[int]) -> object:
+            deleted[:] = removing  # what the log and the reply below count
+            return self.maildrop.commit(removing)
+
+        d.addCallback(commit)
 
         def updated(result: object) -> object:
             self._updating = False
@@ -119,11 +157,14 @@ class TransactionCommands:
             return result
 
         def done(_: object) -> None:
-            text = b"Logging out, messages deleted." if deleted else b"Logging out."
-            self._send_and_close(r.ok(text))
+            if deleted:
+                self._send_and_close(r.ok(self._("Logging out, messages deleted.")))
+            else:
+                self._send_and_close(r.ok(self._("Logging out.")))
 
         def failed(failure: Failure) -> None:
-            self._send_and_close(r.err(b"Some deleted messages were not removed.", r.SYS_TEMP))
+            self._send_and_close(r.err(self._("Some deleted messages were not removed."),
+                                       r.SYS_TEMP))
 
         d.addBoth(updated)
         d.addCallbacks(done, failed)
@@ -151,7 +192,8 @@ class TransactionCommands:
         if rest[:1] != (b" " if then_space else b""):
             raise BadArgument("Noise after message number.")
         if number < 1 or number > len(self._messages):
-            raise BadArgument(f"There's no message {number}.")
+            # TRANSLATORS: {number} is a message number, such as 3.
+            raise BadArgument("There's no message {number}.", number=number)
         index = number - 1
         if self._deleted[index]:
             raise BadArgument("Message is deleted.")
@@ -173,7 +215,9 @@ class TransactionCommands:
             deleted = self._deleted
             lines = [b"%d %d" % (i + 1, m.size)
                      for i, m in enumerate(self._messages) if not deleted[i]]
-            reply = self._listings[b"LIST"] = r.multiline(b"%d messages:" % self._live_count, lines)
+            # TRANSLATORS: {count} is a number of messages (the same word for any number).
+            first = self._("{count} messages:", count=self._live_count)
+            reply = self._listings[b"LIST"] = r.multiline(first, lines)
         self.transport.write(reply)
 
     def pop3_UIDL(self, argument: bytes) -> None:
@@ -197,17 +241,38 @@ class TransactionCommands:
         self._live_count -= 1
         self._live_size -= self._messages[index].size
         self._listings.clear()
-        self.transport.write(r.ok(b"Marked to be deleted."))
+        self.transport.write(r.ok(self._("Marked to be deleted.")))
 
     def pop3_RSET(self, argument: bytes) -> None:
+        # As in Dovecot: RSET also forgets this session's read marks, and
+        # LAST starts again from 0 (RFC 1460).
+        self._highest_retrieved = 0
+        self._last_reset = True
+        if self._marks is not None:
+            self._marks.forget_retrieved()
         self._deleted = bytearray(len(self._messages))
         self._live_count = len(self._messages)
         self._live_size = sum(m.size for m in self._messages)
         self._listings.clear()
         self.transport.write(r.ok())
 
+    def pop3_LAST(self, argument: bytes) -> None:
+        """
+        RFC 1460's LAST, offered only with C{enable_last}: the highest
+        message number RETR asked for, or read before this session (the
+        store's read marks) until an RSET.  Arguments are ignored, as in
+        Dovecot.
+        """
+        last = self._highest_retrieved
+        if not self._last_reset and self._marks is not None:
+            last = max(last, self._marks.last_seen())
+        self.transport.write(r.ok(b"%d" % last))
+
     def pop3_RETR(self, argument: bytes) -> defer.Deferred[None]:
         index, _ = self._message_number(argument)
+        self._highest_retrieved = max(self._highest_retrieved, index + 1)
+        # Not human text, so in no language but RFC 1939's: clients read
+        # the size from it (fetchmail looks for " octets").
         first = r.ok(b"%d octets" % self._messages[index].size)
         return self._send_message(index, first, None)
 
@@ -224,9 +289,22 @@ class TransactionCommands:
             raise BadArgument("Noise after size.")
         return self._send_message(index, r.ok(), count)
 
+    def _message_sent(self, index: int, whole: bool, octets: int) -> None:
+        """A RETR or TOP reply went out in full; a whole message (RETR)
+        gets its read mark."""
+        self.report.sent(whole, octets)
+        if whole and self._marks is not None:
+            self._marks.retrieved(index)
+        if whole and self.retrievals is not None:
+            self.retrievals.retrieved(index)
+
     def _send_message(self, index: int, first: bytes,
                       body_lines: int | None) -> defer.Deferred[None]:
-        d = defer.maybeDeferred(self.maildrop.open_message, index)
+        d: defer.Deferred[Any]
+        if body_lines is not None and ITopMaildrop.providedBy(self.maildrop):
+            d = defer.maybeDeferred(self.maildrop.open_top, index, body_lines)
+        else:
+            d = defer.maybeDeferred(self.maildrop.open_message, index)
         octets = 0
 
         def write(data: bytes) -> None:
@@ -241,7 +319,7 @@ class TransactionCommands:
             sender = MessageSender(self._gate, source, MessageEncoder(body_lines),
                                    write, self.resetTimeout, self.reader)
             return sender.start(first).addCallback(
-                lambda _: self.report.sent(body_lines is None, octets))
+                lambda _: self._message_sent(index, body_lines is None, octets))
 
         def failed(failure: Failure) -> None:
             if self._disconnected:
@@ -250,14 +328,17 @@ class TransactionCommands:
             if failure.check(errors.PermanentFailure, FileNotFoundError):
                 # Vanished: deleted by another program since the login.
                 self.report.store_error("open", "permanent", why)
-                self.transport.write(r.err(b"Message is no longer available.", r.SYS_PERM))
+                self.transport.write(r.err(self._("Message is no longer available."),
+                                           r.SYS_PERM))
             elif failure.check(errors.TemporaryFailure, OSError):
                 self.report.store_error("open", "temporary", why)
-                self.transport.write(r.err(b"Temporary failure reading the message.", r.SYS_TEMP))
+                self.transport.write(r.err(self._("Temporary failure reading the message."),
+                                           r.SYS_TEMP))
             else:
                 self.log.failure("reading message {n}", failure, n=index + 1)
                 self.report.store_error("open", "internal", why, level=LogLevel.debug)
-                self.transport.write(r.err(b"Temporary failure reading the message.", r.SYS_TEMP))
+                self.transport.write(r.err(self._("Temporary failure reading the message."),
+                                           r.SYS_TEMP))
 
         def sent_or_failed(result: object) -> None:
             # A failure after the +OK line was sent cannot become an -ERR:

@@ -166,9 +166,11 @@ class LockedMaildrop:
         """Close what the snapshot holds open (called once, by L{close},
         before the lock goes)."""
 
-    def close(self) -> None:
+    def close(self) -> defer.Deferred[None] | None:
+        """Release (idempotent).  A subclass with work to finish first may
+        return a L{Deferred}; this one returns C{None}."""
         if not self._held:
-            return
+            return None
         self._held = False
         try:
             self.release_resources()
@@ -179,3 +181,4 @@ class LockedMaildrop:
                     os.close(fd)  # drops the flock
             finally:
                 self._locking_store.sessions.release(self._key)
+        return None

@@ -13,10 +13,17 @@ The maildrop lock is an C{flock} on a file in the Maildir: it works across
 worker processes, and the kernel drops it when a process dies, so a crash
 never leaves a mailbox locked.
 
+A RETR marks its message read (the C{S} flag, moving it to C{cur/}) when
+the session ends, as Dovecot's POP3 does; beside Dovecot IMAP the store
+can serve Dovecot's UIDLs and soft-delete with a keyword
+(L{popgate.stores.maildir_dovecot}).
+
 This module is the store and its maildrop; the scan (file names, sizes,
 the size cache) is L{popgate.stores.maildir_scan}, the kept snapshots
 L{popgate.stores.maildir_snapshots}, delivery
-L{popgate.stores.maildir_delivery}.
+L{popgate.stores.maildir_delivery}, flag changes
+L{popgate.stores.maildir_flags}, the options
+L{popgate.stores.maildir_options}.
 """
 
 from __future__ import annotations
@@ -30,14 +37,17 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from popgate import errors
-from popgate.interfaces import IDeliveryTarget, IMaildrop, IMailStore
+from popgate.interfaces import IDeliveryTarget, IMaildrop, IMailStore, ISeenMaildrop
 from popgate.maildrop import MessageInfo
 from popgate.plural import plural
-from popgate.stores import mailpath, nowait
+from popgate.stores import maildir_dovecot, mailpath, nowait
 from popgate.stores.base import LockedMaildrop, LockingStore, take_flock
 from popgate.stores.durable import fsync_dir
 from popgate.stores.maildir_delivery import deliver_to_maildir, ensure_maildir
-from popgate.stores.maildir_scan import Entry, base_name
+from popgate.stores.maildir_dovecot import View, ViewCache
+from popgate.stores.maildir_flags import Locator, Outcome, add_flags, find_current, flags_of
+from popgate.stores.maildir_options import MaildirOptions, parse_argstring
+from popgate.stores.maildir_scan import Entry
 from popgate.stores.maildir_snapshots import SnapshotCache
 from popgate.stores.sources import FileSource
 
@@ -47,30 +57,48 @@ log = Logger()
 
 def _find_moved(directory: str, entry: Entry) -> str | None:
     """Where a message went after another agent renamed it (flags, new->cur)."""
-    for subdir in ("cur", "new"):
-        try:
-            for name in os.listdir(os.path.join(directory, subdir)):
-                if base_name(name) == entry.base:
-                    return os.path.join(directory, subdir, name)
-        except FileNotFoundError:
-            continue
-    return None
+    found = find_current(directory, entry.base)
+    return None if found is None else os.path.join(directory, *found)
 
 
-@implementer(IMaildrop)
+@implementer(IMaildrop, ISeenMaildrop)
 class MaildirMaildrop(LockedMaildrop):
     """An opened, locked snapshot of one Maildir."""
 
     def __init__(self, store: MaildirStore, directory: str, lock_fd: int,
-                 entries: list[Entry]) -> None:
+                 view: View | list[Entry]) -> None:
         super().__init__(store, directory, lock_fd)
         self._store = store
         self.directory = directory
+        entries = view.entries if isinstance(view, View) else view
         self._entries = entries
         self._infos = [e.info for e in entries]
+        self._retrieved: set[int] = set()
+        self._closing = False
 
     def list_messages(self) -> list[MessageInfo]:
         return self._infos
+
+    # ISeenMaildrop
+
+    def retrieved(self, index: int) -> None:
+        if not self._store.options.flag_updates:
+            return
+        entry = self._entries[index]
+        # Seen already when the session began: left alone, as Dovecot
+        # marks only the messages that were not \Seen at RETR.
+        if entry.subdir != "cur" or "S" not in flags_of(entry.name):
+            self._retrieved.add(index)
+
+    def forget_retrieved(self) -> None:
+        self._retrieved.clear()
+
+    def last_seen(self) -> int:
+        last = 0
+        for number, entry in enumerate(self._entries, 1):
+            if "S" in flags_of(entry.name):
+                last = number
+        return last
 
     def open_message(self, index: int) -> FileSource | defer.Deferred[FileSource]:
         entry = self._entries[index]
@@ -97,10 +125,106 @@ class MaildirMaildrop(LockedMaildrop):
             return FileSource(os.open(moved, os.O_RDONLY | os.O_CLOEXEC))
 
     def commit(self, deleted: Iterable[int]) -> defer.Deferred[None]:
-        deleted = list(deleted)
-        if deleted:
-            self._store._snapshots.forget(self.directory)
-        return super().commit(deleted)
+        """UPDATE: the deletions (files removed, or the soft-delete keyword
+        set), then the read marks of the messages kept, in one thread job;
+        the lock goes once both are done."""
+        gone = sorted(set(deleted))
+        if not self._held:
+            return defer.fail(errors.PermanentFailure("maildrop already closed"))
+        seen = sorted(self._retrieved.difference(gone))
+        self._retrieved.clear()
+        if not gone and not seen:
+            self.close()
+            return defer.succeed(None)
+        self._store.forget(self.directory)
+        d = self._store.in_thread(self._update, gone, seen)
+
+        def release(result: object) -> object:
+            self.close()
+            return result
+
+        return d.addBoth(release)
+
+    def close(self) -> defer.Deferred[None] | None:
+        """Release; a session that ends without QUIT still gets its read
+        marks (as in Dovecot), in a thread, before the lock goes."""
+        if self._closing:
+            return None
+        if not (self._held and self._retrieved):
+            super().close()
+            return None
+        self._closing = True
+        seen = sorted(self._retrieved)
+        self._retrieved.clear()
+        self._store.forget(self.directory)
+        d = self._store.in_thread(self._update, [], seen)
+        d.addErrback(lambda f: log.failure("marking messages read in {directory}", f,
+                                           directory=self.directory))
+        d.addBoth(lambda _: LockedMaildrop.close(self))
+        return d
+
+    def _update(self, deleted: list[int], seen: list[int]) -> None:
+        """Delete (or soft-delete), then mark read.  Blocking."""
+        keyword = self._store.options.dovecot.deleted_keyword
+        try:
+            if deleted and keyword is not None:
+                self._soft_delete(deleted, keyword)
+            elif deleted:
+                self.apply(deleted)
+        finally:
+            if seen:
+                self._mark_read(seen)
+
+    def _mark_read(self, seen: list[int]) -> None:
+        """
+        The C{S} flag, and the move to C{cur/}.  Not made durable (no
+        C{fsync} of the directory, as Dovecot's default C{fsync_mode}
+        does not for flags): a mark lost in a crash only shows the message
+        unread again, and a QUIT should not wait for the disk for that.
+        Blocking.
+        """
+        locator = Locator(self.directory)
+        for entry in (self._entries[i] for i in seen):
+            try:
+                add_flags(self.directory, entry.subdir, entry.name, "S", locator=locator)
+            except OSError as e:
+                # A read mark is worth a log line, not a failed QUIT.
+                log.warn("cannot mark {base} read in {directory}: {e}", base=entry.base,
+                         directory=self.directory, e=e)
+                continue
+
+    def _soft_delete(self, deleted: list[int], keyword: str) -> None:
+        """
+        Give the deleted messages the keyword's letter instead of removing
+        them (Dovecot's C{pop3_deleted_flag}): IMAP keeps them, POP3 no
+        longer lists them.  A keyword Dovecot has not given a letter yet
+        fails the whole QUIT: a letter popgate picked would read back in
+        Dovecot as some other keyword, or as "unknown-N".  Blocking.
+        """
+        path = os.path.join(self.directory, maildir_dovecot.KEYWORDS)
+        letter = maildir_dovecot.read_keywords(path).get(keyword.lower())
+        if letter is None:
+            raise errors.TemporaryFailure(
+                f"the keyword {keyword} has no letter in {path}: nothing deleted (set it once "
+                "on any message over IMAP so that Dovecot registers it)")
+        failed = 0
+        locator = Locator(self.directory)
+        for entry in (self._entries[i] for i in deleted):
+            try:
+                outcome = add_flags(self.directory, entry.subdir, entry.name, letter,
+                                    locator=locator)
+            except OSError as e:
+                log.error("cannot flag {base} deleted in {directory}: {e}", base=entry.base,
+                          directory=self.directory, e=e)
+                failed += 1
+                continue
+            if outcome in (Outcome.SKIPPED, Outcome.RACING):
+                failed += 1
+        for subdir in ("cur", "new"):
+            fsync_dir(os.path.join(self.directory, subdir))
+        if failed:
+            raise errors.TemporaryFailure(f"{plural(failed, 'message')} could not be flagged "
+                                          "deleted")
 
     def apply(self, deleted: list[int]) -> None:
         failed = 0
@@ -143,11 +267,19 @@ class MaildirStore(LockingStore):
     L{popgate.stores.maildir_delivery} writes it.
     """
 
-    def __init__(self, template: str, reactor: Any, create: bool = True) -> None:
+    def __init__(self, template: str, reactor: Any, create: bool = True,
+                 options: MaildirOptions | None = None) -> None:
         super().__init__(reactor)
         self.template = mailpath.check_template(template)
         self.create = create
+        self.options = options or MaildirOptions()
         self._snapshots = SnapshotCache()
+        self._views = ViewCache()
+
+    def forget(self, directory: str) -> None:
+        """Drop what is kept of C{directory}: this process changes it."""
+        self._snapshots.forget(directory)
+        self._views.forget(directory)
 
     def maildir_for(self, user: str) -> str:
         """
@@ -183,7 +315,7 @@ class MaildirStore(LockingStore):
         except errors.PermanentFailure:
             return defer.fail()
 
-        def wrap(opened: tuple[int, list[Entry]]) -> MaildirMaildrop:
+        def wrap(opened: tuple[int, View]) -> MaildirMaildrop:
             return MaildirMaildrop(self, directory, *opened)
 
         # A kept snapshot whose lock file and directories are in the
@@ -192,7 +324,7 @@ class MaildirStore(LockingStore):
         return self.open_locked(directory, lambda: self._open(directory), wrap,
                                 open_inline=lambda: self._open_kept(directory))
 
-    def _open_kept(self, directory: str) -> tuple[int, list[Entry]] | None:
+    def _open_kept(self, directory: str) -> tuple[int, View] | None:
         """The lock and the kept snapshot, without waiting for the disk;
         C{None} (and no lock) when that cannot be done."""
         if not self._snapshots.known(directory):
@@ -205,12 +337,57 @@ class MaildirStore(LockingStore):
             return None
         take_flock(fd, directory, directory)
         entries = self._snapshots.kept(directory)
-        if entries is None:
+        view = None if entries is None else self._kept_view(directory, entries)
+        if view is None:
             os.close(fd)
             return None
-        return fd, entries
+        return fd, view
 
-    def _open(self, directory: str) -> tuple[int, list[Entry]]:
+    def _kept_view(self, directory: str, entries: list[Entry]) -> View | None:
+        """The view of a kept snapshot, if it is kept too and Dovecot's
+        files are unchanged, told without waiting for the disk."""
+        dovecot = self.options.dovecot
+        if not dovecot.active:
+            return View(entries)
+        signatures = []
+        for wanted, name in ((dovecot.uidl, maildir_dovecot.UIDLIST),
+                             (dovecot.deleted_keyword, maildir_dovecot.KEYWORDS)):
+            signature = maildir_dovecot.cached_signature(os.path.join(directory, name)) \
+                if wanted is not None else None
+            if signature is False:
+                return None
+            signatures.append(signature)
+        return self._views.kept(directory, entries, *signatures)  # type: ignore[arg-type]
+
+    def _view(self, directory: str, entries: list[Entry]) -> View:
+        """What a session sees of a snapshot: Dovecot's UIDLs and order,
+        soft-deleted messages left out.  Blocking."""
+        dovecot = self.options.dovecot
+        if not dovecot.active:
+            return View(entries)
+        uidlist_path = os.path.join(directory, maildir_dovecot.UIDLIST)
+        keywords_path = os.path.join(directory, maildir_dovecot.KEYWORDS)
+        uidlist_sig = maildir_dovecot.signature(uidlist_path) if dovecot.uidl else None
+        keywords_sig = maildir_dovecot.signature(keywords_path) \
+            if dovecot.deleted_keyword else None
+        view = self._views.kept(directory, entries, uidlist_sig, keywords_sig)
+        if view is not None:
+            return view
+        letter = None
+        if dovecot.deleted_keyword is not None:
+            keywords = maildir_dovecot.read_keywords(keywords_path)
+            letter = keywords.get(dovecot.deleted_keyword.lower())
+        uidlist = None
+        if dovecot.uidl is not None and uidlist_sig is not None:
+            uidlist = maildir_dovecot.read_uidlist(uidlist_path, {e.base for e in entries})
+        view = maildir_dovecot.build_view(entries, uidlist, dovecot, letter)
+        if view.unlisted and dovecot.uidl is not None:
+            log.debug("{directory}: {n} not in {uidlist} yet, served with their own UIDL",
+                      directory=directory, n=view.unlisted, uidlist=maildir_dovecot.UIDLIST)
+        self._views.keep(directory, entries, uidlist_sig, keywords_sig, view)
+        return view
+
+    def _open(self, directory: str) -> tuple[int, View]:
         """Lock and scan.  Blocking."""
         lock_path = os.path.join(directory, LOCK_FILE)
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
@@ -230,7 +407,7 @@ class MaildirStore(LockingStore):
             raise errors.TemporaryFailure(f"cannot open {directory}: {e}") from e
         take_flock(fd, directory, directory)
         try:
-            return fd, self._snapshots.get(directory)
+            return fd, self._view(directory, self._snapshots.get(directory))
         except BaseException as e:
             os.close(fd)
             if isinstance(e, OSError):
@@ -240,15 +417,12 @@ class MaildirStore(LockingStore):
 
 def make_store(argstring: str, reactor: Any) -> MaildirStore:
     """
-    The C{maildir:TEMPLATE[,shared=yes]} store plugin, on C{reactor}.  A
+    The C{maildir:TEMPLATE[,options][,shared=yes]} store plugin, on
+    C{reactor} (the options: L{popgate.stores.maildir_options}).  A
     template without C{%u}/C{%n} is refused unless C{shared=yes}: every
     user would read everyone's mail.
 
     @raise ValueError: with a one-line reason.
     """
-    if not argstring:
-        raise ValueError("maildir: needs a location template, e.g. maildir:/var/mail/%d/%n")
-    template, shared = mailpath.pop_shared(argstring, "maildir")
-    mailpath.check_template(template)
-    mailpath.check_per_user(template, "maildir", shared)
-    return MaildirStore(template, reactor)
+    template, options = parse_argstring(argstring)
+    return MaildirStore(template, reactor, options=options)

@@ -25,6 +25,10 @@ Layout, and why:
     same transaction as the message, and replicated like any row.  Stored
     C{EXTERNAL} (uncompressed): mail bodies are mostly already encoded
     (base64 attachments) and compressing costs CPU on every read.
+  - version 2, for LOGIN-DELAY and EXPIRE (L{popgate.stores.pg_history}):
+    C{popgate_mailboxes.last_login}, the user's last successful login, and
+    C{popgate_messages.retrieved_at}, a message's first RETR; both NULL
+    until then, and a deleted message takes its time with it.
 
 The schema is versioned in C{popgate_schema}; L{upgrade} applies the
 steps above the current version, each in its own transaction, and is
@@ -73,6 +77,10 @@ STEPS: dict[int, tuple[str, ...]] = {
             PRIMARY KEY (message_id, seq)
         )""",
         "ALTER TABLE popgate_chunks ALTER COLUMN data SET STORAGE EXTERNAL",
+    ),
+    2: (
+        "ALTER TABLE popgate_mailboxes ADD COLUMN IF NOT EXISTS last_login timestamptz",
+        "ALTER TABLE popgate_messages ADD COLUMN IF NOT EXISTS retrieved_at timestamptz",
     ),
 }
 

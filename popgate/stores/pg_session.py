@@ -241,6 +241,15 @@ class PostgresMaildrop:
     def connection(self) -> Connection:
         return self._link.connection
 
+    @property
+    def store(self) -> PostgresStore:
+        return self._store
+
+    @property
+    def message_ids(self) -> list[int]:
+        """The snapshot's C{popgate_messages.id}s, in order."""
+        return self._ids
+
     def list_messages(self) -> list[MessageInfo]:
         return self._infos
 

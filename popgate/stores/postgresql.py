@@ -35,14 +35,22 @@ from typing import Any
 
 from psycopg import errors as pg_errors
 from twisted.internet import defer
+from twisted.python.components import registerAdapter
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from popgate import errors
 from popgate.cred.sql_settings import redact
-from popgate.interfaces import IDeliveryTarget, IMailStore, IReachable
+from popgate.interfaces import (
+    IDeliveryTarget,
+    ILoginHistory,
+    IMailStore,
+    IReachable,
+    IRetrievalRecord,
+)
 from popgate.stores.base import LockingStore
 from popgate.stores.pg_connections import Connection, ConnectionPool, connect, translated
+from popgate.stores.pg_history import PostgresLoginHistory, PostgresRetrievalRecord
 from popgate.stores.pg_schema import VERSION, current_version, insert_message, mailbox_id
 from popgate.stores.pg_session import PostgresMaildrop, lock_key, open_session
 from popgate.stores.pg_settings import PGSettings, parse_args
@@ -222,3 +230,15 @@ def make_store(argstring: str, reactor: Any) -> PostgresStore:
     @raise ValueError: with a one-line reason.
     """
     return PostgresStore(parse_args(argstring), reactor)
+
+
+def retrieval_record(maildrop: PostgresMaildrop) -> PostgresRetrievalRecord:
+    """An open session's first-RETR times (EXPIRE), on the store's pool
+    connections: used only when C{--expire} is set."""
+    return PostgresRetrievalRecord(maildrop.store, maildrop.mailbox, maildrop.message_ids)
+
+
+# LOGIN-DELAY and EXPIRE (L{popgate.stores.pg_history}): a pool round trip
+# each, only for users whose policy asks for them.
+registerAdapter(PostgresLoginHistory, PostgresStore, ILoginHistory)
+registerAdapter(retrieval_record, PostgresMaildrop, IRetrievalRecord)

@@ -45,6 +45,13 @@ def make_store(description: str, reactor: Any) -> Any:
         raise ValueError(f"{store_type}: {missing_library(e)}") from None
 
 
+def store_checks_users(description: str | None) -> bool:
+    """Whether the store C{description} names can check users itself (a
+    proxy whose upstream does), so it needs no --auth."""
+    factory = store_factories().get((description or "").partition(":")[0])
+    return bool(getattr(factory, "checksUsers", False))
+
+
 def describe_store_factories() -> str:
     """The text of C{--help-stores}."""
     lines = ["Mail store types (--store TYPE:ARGS):", ""]

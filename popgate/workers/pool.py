@@ -16,6 +16,7 @@ from twisted.application import service
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
+from popgate.cred.scram import SALT_SECRET_ENV, salt_secret
 from popgate.logs import LineSink
 from popgate.plural import plural
 from popgate.workers.log_relay import LineRelay, LoggedSink, relay_for
@@ -107,8 +108,11 @@ class WorkerPool(service.Service):
         form = self.log_sink.form if self.log_sink is not None else "lines"
         argv = [sys.executable, "-m", CHILD_MODULE, f"{LOG_FORM_OPTION}{form}", *self.argv,
                 "--worker-number", str(number)]
+        # The same SCRAM salt secret in every process: a made-up salt must
+        # not change with the worker a connection lands on.
+        env = {**os.environ, SALT_SECRET_ENV: salt_secret()}
         self.workers[number] = self.reactor.spawnProcess(
-            _Worker(self, number), sys.executable, argv, env=dict(os.environ),
+            _Worker(self, number), sys.executable, argv, env=env,
             childFDs={0: "w", 1: "r", 2: "r"})
         log.info("started worker {n}", n=number)
 

@@ -54,8 +54,10 @@ maildir = LazyStoreFactory(
     "maildir",
     "popgate.stores.maildir.make_store",
     "Maildirs as Postfix, Exim and Dovecot write them; %u full user name, "
-    "%n local part, %d domain.",
-    "maildir:/var/mail/%d/%n",
+    "%n local part, %d domain. Beside Dovecot IMAP: uidl=dovecot serves "
+    "Dovecot's POP3 UIDLs, deleted_flag=KEYWORD soft-deletes.",
+    "maildir:/var/mail/%d/%n[,flag_updates=no][,uidl=dovecot][,uidl_format=%08Xu%08Xv]"
+    "[,deleted_flag=$POP3Deleted]",
 )
 
 mbox = LazyStoreFactory(
@@ -71,6 +73,17 @@ postgresql = LazyStoreFactory(
     "Mailboxes in a PostgreSQL database shared by any number of popgate nodes "
     "(create the schema with popgate db init).",
     "postgresql:dsn=postgresql://user@host/db[,pool_size=4][,connect_timeout=5]",
+)
+
+proxy = LazyStoreFactory(
+    "proxy",
+    "popgate.stores.proxy_store.make_store",
+    "Mailboxes on an upstream POP3 server (a proxy for migrations, or to put TLS, "
+    "penalties, limits and logs in front of it); without --auth the upstream checks "
+    "the passwords. See docs/gateway.md.",
+    "proxy:upstream=pop3s://HOST:PORT[,ca_file=...][,server_name=...]"
+    "[,master_user=...,master_password_file=...]",
+    checks_users=True,
 )
 
 memory = LazyStoreFactory(

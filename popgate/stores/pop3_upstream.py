@@ -1,0 +1,327 @@
+"""
+A POP3 client for an upstream server, on the reactor: the proxy store's
+(L{popgate.stores.proxy_store}) one connection per session.
+
+Commands go one at a time, in order (no pipelining: an upstream need not
+offer it).  A single-line reply fires with its text; a listing (UIDL,
+LIST) with its lines; a message (RETR, TOP) is handed to a I{sink} a
+chunk at a time as it arrives, un-stuffed by L{DotDecoder}, and the sink
+can pause the socket (back-pressure from popgate's client) or abandon the
+rest (the reply is then read and dropped, so the connection stays in
+step).  Every step has a deadline: a command whose reply does not progress
+for C{timeout} seconds aborts the connection, and every waiting command
+fails with L{UpstreamUnavailable}, as does everything after a lost
+connection.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from typing import Any
+from typing import Protocol as TypingProtocol
+
+from OpenSSL import SSL
+from service_identity import VerificationError
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from popgate import errors
+from popgate.stores.pop3_dots import DotDecoder
+
+__all__ = ["Sink", "UpstreamError", "UpstreamProtocol", "UpstreamUnavailable"]
+
+#: A status line longer than this is no POP3 server talking.
+MAX_LINE = 8192
+#: A listing (UIDL, LIST) larger than this is refused: about 250,000 messages.
+MAX_LISTING = 16 * 1024 * 1024
+
+_CODE = re.compile(rb"^\[([A-Z0-9/-]+)\]")
+
+log = Logger()
+
+
+class UpstreamUnavailable(errors.TemporaryFailure):
+    """The upstream cannot be reached, timed out, or closed the
+    connection: C{-ERR [SYS/TEMP]} for popgate's client."""
+
+
+class UpstreamError(Exception):
+    """
+    The upstream answered C{-ERR}.
+
+    @ivar code: its RFC 2449 response code (C{b"IN-USE"}), or C{None}.
+    @ivar text: the rest of its line (logged, never sent to the client).
+    """
+
+    def __init__(self, line: bytes) -> None:
+        self.text = line
+        match = _CODE.match(line)
+        self.code = match.group(1).upper() if match else None
+        super().__init__(line.decode("utf-8", "replace")[:200])
+
+
+class Sink(TypingProtocol):
+    """Where the octets of a RETR or TOP reply go (L{popgate.stores.proxy_source})."""
+
+    def data(self, octets: bytes) -> None: ...
+    def end(self) -> None: ...
+    def failed(self, failure: Failure) -> None: ...
+
+
+class _Command:
+    __slots__ = ("line", "kind", "deferred", "sink", "listing", "decoder", "dropping")
+
+    def __init__(self, line: bytes, kind: str, sink: Sink | None = None) -> None:
+        self.line = line
+        self.kind = kind  # "simple", "listing", "stream"
+        self.deferred: defer.Deferred[Any] = defer.Deferred()
+        self.sink = sink
+        self.listing = bytearray()
+        self.decoder: DotDecoder | None = None
+        self.dropping = False  # the sink let go: read the rest, hand out nothing
+
+
+class UpstreamProtocol(Protocol):
+    """
+    One connection to the upstream.
+
+    @param clock: for the deadlines.
+    @param timeout: seconds a command may wait for its reply to progress.
+    @param greeting_timeout: seconds to wait for the greeting (default:
+        C{timeout}).
+    @ivar greeting: fires with the greeting's text (after C{+OK}).
+    """
+
+    transport: Any  # TCP or TLS: abortConnection, pauseProducing, startTLS
+
+    def __init__(self, clock: Any, timeout: float, greeting_timeout: float | None = None) -> None:
+        self.clock = clock
+        self.timeout = timeout
+        self.greeting_timeout = timeout if greeting_timeout is None else greeting_timeout
+        self._why: str | None = None  # why popgate dropped the connection
+        self.greeting: defer.Deferred[bytes] = defer.Deferred()
+        self._greeted = False
+        self._buffer = b""
+        self._queue: deque[_Command] = deque()
+        self._current: _Command | None = None
+        self._timer: IDelayedCall | None = None
+        self._paused = False
+        self.lost: Failure | None = None
+
+    # -- the connection
+
+    def connectionMade(self) -> None:
+        self._arm()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._disarm()
+        why = self._why or (reason.getErrorMessage() if reason is not None else "closed")
+        if reason is not None and reason.check(VerificationError, SSL.Error):
+            why = f"TLS with the upstream failed (its certificate does not verify?): {why}"
+        self.lost = Failure(UpstreamUnavailable(f"upstream connection lost: {why}"))
+        if not self._greeted:
+            self._greeted = True
+            self.greeting.errback(self.lost)
+        current, self._current = self._current, None
+        waiting = [current] if current is not None else []
+        waiting += self._queue
+        self._queue.clear()
+        for command in waiting:
+            self._fail(command, self.lost)
+
+    def abort(self, why: str = "dropped by popgate") -> None:
+        """Drop the connection now (a timeout, a reply that is no POP3)."""
+        self._why = self._why or why
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def close(self) -> None:
+        """Close after what was written (QUIT's reply, or nothing)."""
+        if self.transport is not None and self.lost is None:
+            self.transport.loseConnection()
+
+    @property
+    def idle(self) -> bool:
+        return self._current is None and not self._queue and self.lost is None
+
+    # -- commands
+
+    def simple(self, line: bytes) -> defer.Deferred[bytes]:
+        """Send C{line}; fires with the text after C{+OK}, fails with
+        L{UpstreamError} for C{-ERR}."""
+        return self._enqueue(_Command(line, "simple"))
+
+    def listing(self, line: bytes) -> defer.Deferred[list[bytes]]:
+        """Send C{line} (UIDL, LIST); fires with the lines of its
+        multi-line reply."""
+        return self._enqueue(_Command(line, "listing"))
+
+    def stream(self, line: bytes, sink: Sink) -> defer.Deferred[bytes]:
+        """Send C{line} (RETR, TOP); fires with the C{+OK} text once the
+        reply starts; its octets then go to C{sink}."""
+        return self._enqueue(_Command(line, "stream", sink))
+
+    def _enqueue(self, command: _Command) -> defer.Deferred[Any]:
+        if self.lost is not None:
+            return defer.fail(self.lost)
+        self._queue.append(command)
+        self._send_next()
+        return command.deferred
+
+    def _send_next(self) -> None:
+        if self._current is not None or not self._queue or not self._greeted:
+            return
+        command = self._current = self._queue.popleft()
+        assert self.transport is not None
+        self.transport.write(command.line + b"\r\n")
+        self._arm()
+
+    # -- back-pressure from the sink
+
+    def pause(self) -> None:
+        """The sink holds enough: stop reading the socket (no deadline runs
+        while popgate's client is the slow one)."""
+        if not self._paused and self.transport is not None:
+            self._paused = True
+            self._disarm()
+            self.transport.pauseProducing()
+
+    def resume(self) -> None:
+        if self._paused and self.transport is not None and self.lost is None:
+            self._paused = False
+            self._arm()
+            self.transport.resumeProducing()
+
+    def abandon(self) -> None:
+        """The sink of the current stream wants no more: the rest of the
+        reply is read and dropped."""
+        command = self._current
+        if command is not None and command.kind == "stream":
+            command.dropping = True
+            command.sink = None
+        self.resume()
+
+    # -- replies
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._current is not None or not self._greeted:
+            self._arm()
+        command = self._current
+        if command is not None and command.decoder is not None:
+            self._body(command, data)
+            return
+        self._buffer += data
+        self._lines()
+
+    def _lines(self) -> None:
+        while True:
+            command = self._current
+            if command is not None and command.decoder is not None:
+                data, self._buffer = self._buffer, b""
+                if data:
+                    self._body(command, data)
+                return
+            end = self._buffer.find(b"\r\n")
+            if end < 0:
+                if len(self._buffer) > MAX_LINE:
+                    self._protocol_error(f"a status line longer than {MAX_LINE} octets")
+                return
+            line, self._buffer = self._buffer[:end], self._buffer[end + 2:]
+            if not self._greeted:
+                self._greeted = True
+                if line.startswith(b"+OK"):
+                    self._disarm()
+                    self.greeting.callback(line[4:])
+                    self._send_next()
+                else:
+                    self.greeting.errback(UpstreamError(line[5:] if line.startswith(b"-ERR")
+                                                        else line))
+                continue
+            if command is None:
+                self._protocol_error("a reply nobody asked for")
+                return
+            self._status(command, line)
+
+    def _status(self, command: _Command, line: bytes) -> None:
+        if line.startswith(b"+OK"):
+            text = line[4:]
+            if command.kind == "simple":
+                self._complete(command)
+                command.deferred.callback(text)
+                return
+            command.decoder = DotDecoder()
+            if command.kind == "stream":
+                command.deferred.callback(text)
+            return
+        if line.startswith(b"-ERR"):
+            self._complete(command)
+            command.deferred.errback(UpstreamError(line[5:]))
+            return
+        self._protocol_error("a reply that is neither +OK nor -ERR")
+
+    def _body(self, command: _Command, data: bytes) -> None:
+        assert command.decoder is not None
+        octets, rest = command.decoder.feed(data)
+        if command.kind == "listing":
+            command.listing += octets
+            if len(command.listing) > MAX_LISTING:
+                self._protocol_error(f"a listing over {MAX_LISTING} octets")
+                return
+        elif octets and command.sink is not None:
+            command.sink.data(octets)
+        if not command.decoder.done:
+            return
+        self._complete(command)
+        if command.kind == "listing":
+            command.deferred.callback(bytes(command.listing).split(b"\r\n")[:-1])
+        elif command.sink is not None:
+            command.sink.end()
+        self._buffer = rest + self._buffer
+        self._lines()
+
+    def _complete(self, command: _Command) -> None:
+        """C{command}'s reply is all in: the next one may go."""
+        self._current = None
+        self._disarm()
+        self._send_next()
+
+    def _fail(self, command: _Command, failure: Failure) -> None:
+        if command.kind == "stream" and command.decoder is not None:
+            # Its Deferred fired at the +OK: the sink is who waits now.
+            if command.sink is not None:
+                command.sink.failed(failure)
+            return
+        command.deferred.errback(failure)
+
+    def _protocol_error(self, what: str) -> None:
+        log.warn("upstream POP3 server: {what}; closing", what=what)
+        self.abort(what)
+
+    # -- deadlines
+
+    def _arm(self) -> None:
+        if self._paused:
+            return
+        seconds = self.timeout if self._greeted else self.greeting_timeout
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(seconds)
+        else:
+            self._timer = self.clock.callLater(seconds, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        step = "the greeting" if not self._greeted else "a reply"
+        seconds = self.timeout if self._greeted else self.greeting_timeout
+        log.warn("upstream POP3 server: no progress on {step} for {seconds} s; closing",
+                 step=step, seconds=seconds)
+        self.abort(f"no progress on {step} for {seconds:g} s")
+

@@ -1,0 +1,136 @@
+"""
+The C{proxy:} store's argument string: which upstream POP3 server, how
+TLS to it is checked, the deadlines, and the master user for local
+authentication.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from popgate.cred.args import ArgSpec
+
+__all__ = ["ARGS", "ProxySettings", "Upstream", "parse_args", "parse_upstream"]
+
+ARGS = ArgSpec(
+    "proxy",
+    {
+        "upstream": "pop3://HOST:PORT (STLS with ?tls=starttls), or pop3s://HOST:PORT "
+                    "(TLS from the first octet); ports default to 110 and 995.",
+        "ca_file": "PEM file of the CAs that sign the upstream's certificate (default: "
+                   "the system's trust store).",
+        "server_name": "The name the upstream's certificate must carry (default: the "
+                       "URL's host).",
+        "connect_timeout": "Seconds to connect, TLS included (default: 10).",
+        "greeting_timeout": "Seconds to wait for the upstream's greeting (default: 10).",
+        "command_timeout": "Seconds an upstream reply may make no progress (default: 60).",
+        "master_user": "With --auth: log in upstream as USER*MASTER_USER with the master "
+                       "password (Dovecot's master users) instead of the user's own password.",
+        "master_password_file": "The file holding the master user's password (its first "
+                                "line).",
+        "master_separator": "What joins the user and the master user (default: *).",
+    },
+    required=("upstream",),
+)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """
+    One upstream POP3 server.
+
+    @ivar tls: C{"none"}, C{"starttls"} or C{"implicit"}.
+    @ivar server_name: what its certificate must name.
+    """
+
+    host: str
+    port: int
+    tls: str = "none"
+    server_name: str = ""
+    ca_file: str | None = None
+
+    @property
+    def url(self) -> str:
+        scheme = "pop3s" if self.tls == "implicit" else "pop3"
+        query = "?tls=starttls" if self.tls == "starttls" else ""
+        return f"{scheme}://{self.host}:{self.port}{query}"
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    upstream: Upstream
+    connect_timeout: float = 10.0
+    greeting_timeout: float = 10.0
+    command_timeout: float = 60.0
+    master_user: str | None = None
+    master_password: bytes | None = field(default=None, repr=False)
+    master_separator: str = "*"
+
+
+def parse_upstream(url: str, ca_file: str | None = None,
+                   server_name: str | None = None) -> Upstream:
+    """
+    C{pop3://mail.example.org:110?tls=starttls} -> an L{Upstream}.
+
+    @raise ValueError: with a one-line reason.
+    """
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in ("pop3", "pop3s"):
+        raise ValueError(f"proxy: upstream= must be a pop3:// or pop3s:// URL, got {url[:60]!r}")
+    if not parts.hostname:
+        raise ValueError(f"proxy: upstream= {url[:60]!r} names no host")
+    try:
+        port = parts.port or (995 if scheme == "pop3s" else 110)
+    except ValueError:
+        raise ValueError(f"proxy: upstream= {url[:60]!r} has a bad port") from None
+    if parts.path not in ("", "/") or parts.username or parts.password:
+        raise ValueError("proxy: upstream= takes scheme://host:port[?tls=starttls] only")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = set(query) - {"tls"}
+    if unknown:
+        raise ValueError(f"proxy: upstream= unknown parameter {sorted(unknown)[0]!r}")
+    tls = "implicit" if scheme == "pop3s" else "none"
+    wanted = query.get("tls", [""])[-1].lower()
+    if wanted:
+        if scheme == "pop3s" or wanted != "starttls":
+            raise ValueError("proxy: upstream= ?tls=starttls is the only tls= value, "
+                             "and only for pop3://")
+        tls = "starttls"
+    return Upstream(parts.hostname, port, tls, server_name or parts.hostname, ca_file)
+
+
+def parse_args(argstring: str) -> ProxySettings:
+    """
+    @raise ValueError: with a one-line reason.
+    """
+    args = ARGS.parse(argstring)
+    ca_file = args.text("ca_file")
+    if ca_file is not None and not Path(ca_file).is_file():
+        raise ARGS.error(f"ca_file= {ca_file}: no such file")
+    upstream = parse_upstream(args["upstream"], ca_file, args.text("server_name"))
+    timeouts = {}
+    for key, default in (("connect_timeout", 10.0), ("greeting_timeout", 10.0),
+                         ("command_timeout", 60.0)):
+        value = args.number(key, float, default, unit="seconds")
+        if not value > 0:
+            raise ARGS.error(f"{key}= must be more than 0")
+        timeouts[key] = value
+    master = args.text("master_user")
+    secret_file = args.text("master_password_file")
+    if bool(master) != bool(secret_file):
+        raise ARGS.error("master_user= and master_password_file= go together")
+    secret = None
+    if secret_file is not None:
+        try:
+            lines = Path(secret_file).read_bytes().splitlines()
+        except OSError as e:
+            raise ARGS.error(f"master_password_file= {secret_file}: {e.strerror}") from None
+        secret = lines[0] if lines else b""
+        if not secret:
+            raise ARGS.error(f"master_password_file= {secret_file} is empty")
+    separator = args.text("master_separator") or "*"
+    return ProxySettings(upstream, master_user=master, master_password=secret,
+                         master_separator=separator, **timeouts)

@@ -1,0 +1,433 @@
+"""
+The proxy store's upstream side in memory: the dot decoder at every chunk
+edge, the upstream POP3 client on a StringTransport and a Clock (replies,
+-ERR codes, deadlines, a lost connection, back-pressure, an abandoned
+reply), the maildrop's snapshot, QUIT and drop, and the argument string.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from zope.interface.verify import verifyObject
+
+from popgate import errors
+from popgate.interfaces import IDeferredMessageSource, IMailStore, ITopMaildrop
+from popgate.pop3.encoder import encode_message
+from popgate.stores import proxy_source
+from popgate.stores.pop3_dots import DotDecoder
+from popgate.stores.pop3_upstream import UpstreamError, UpstreamProtocol, UpstreamUnavailable
+from popgate.stores.proxy_auth import PasswordForwarder, UpstreamAvatarId, claim_upstream
+from popgate.stores.proxy_connect import login_refusal
+from popgate.stores.proxy_settings import parse_args, parse_upstream
+from popgate.stores.proxy_source import UpstreamMessage
+from popgate.stores.proxy_store import ProxyMaildrop, ProxyStore
+from tests.pop3_oracle import normalized, wire
+
+CORPUS = [
+    b"Subject: dots\r\n\r\n.\r\n..\r\n.leading\r\nmiddle . line\r\n.\r\n",
+    b"Subject: open end\r\n\r\nno newline at the end\r\n",
+    b"Subject: cr\r\n\r\none\rtwo\r\nthree\r\r\nfour\r\r\n",
+    "Subject: 8\r\n\r\ncafé\r\n".encode() + bytes(range(128, 256)) + b"\r\n",
+    b".\r\n",
+    b"..\r\n.\r\n\r\n.x\r\n",
+    b"",
+]
+
+
+def decode(chunks: list[bytes]) -> tuple[bytes, bytes]:
+    decoder = DotDecoder()
+    out, rest = [], b""
+    for i, chunk in enumerate(chunks):
+        data, rest = decoder.feed(chunk)
+        out.append(data)
+        if decoder.done:
+            rest += b"".join(chunks[i + 1:])
+            break
+    assert decoder.done
+    return b"".join(out), rest
+
+
+@pytest.mark.parametrize("message", CORPUS)
+def test_decoder_every_split(message: bytes) -> None:
+    """The upstream's RETR body decodes to the message at any chunk edge,
+    and popgate's encoder then gives the upstream's octets back."""
+    body = wire(message) + b"+OK next"
+    for cut in range(len(body) + 1):
+        for cut2 in range(cut, min(cut + 4, len(body)) + 1):
+            got, rest = decode([body[:cut], body[cut:cut2], body[cut2:]])
+            assert got == message, (cut, cut2)
+            assert rest == b"+OK next"
+    assert encode_message([message]) == wire(message)
+
+
+def test_decoder_bytewise_and_random() -> None:
+    rng = random.Random(7)
+    message = b"".join(rng.choice([b".", b"..", b"x", b"\r", b"\n", b"\r\n", b"\r\n."])
+                       for _ in range(3000))
+    message = normalized(message)  # what a server sends: CRLF lines
+    if not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    body = wire(message)
+    assert decode([body[i:i + 1] for i in range(len(body))])[0] == message
+    for _ in range(50):
+        cuts = sorted(rng.sample(range(len(body)), 20))
+        chunks = [body[a:b] for a, b in zip([0] + cuts, cuts + [len(body)], strict=True)]
+        assert decode(chunks)[0] == message
+
+
+# -- the client
+
+class Sink:
+    def __init__(self) -> None:
+        self.octets = b""
+        self.ended = False
+        self.failure: Failure | None = None
+
+    def data(self, octets: bytes) -> None:
+        self.octets += octets
+
+    def end(self) -> None:
+        self.ended = True
+
+    def failed(self, failure: Failure) -> None:
+        self.failure = failure
+
+
+def connected(greeting: bytes = b"+OK ready\r\n") -> tuple[UpstreamProtocol, StringTransport,
+                                                          Clock]:
+    clock = Clock()
+    protocol = UpstreamProtocol(clock, timeout=30, greeting_timeout=5)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    if greeting:
+        protocol.dataReceived(greeting)
+    return protocol, transport, clock
+
+
+def sent(transport: StringTransport) -> bytes:
+    value = transport.value()
+    transport.clear()
+    return value
+
+
+def test_commands_one_at_a_time() -> None:
+    protocol, transport, _ = connected()
+    assert protocol.greeting.result == b"ready"
+    first = protocol.simple(b"USER bob")
+    second = protocol.listing(b"UIDL")
+    assert sent(transport) == b"USER bob\r\n"  # the second waits for the reply
+    protocol.dataReceived(b"+OK hi\r\n+OK 2 messages\r\n")  # (an answer ahead of time)
+    assert first.result == b"hi"
+    assert sent(transport) == b"UIDL\r\n"
+    protocol.dataReceived(b"1 abc\r\n2 d")
+    assert not second.called
+    protocol.dataReceived(b"ef\r\n.\r\n")
+    assert second.result == [b"1 abc", b"2 def"]
+
+
+def test_err_codes() -> None:
+    protocol, transport, _ = connected()
+    d = protocol.simple(b"PASS x")
+    protocol.dataReceived(b"-ERR [IN-USE] locked\r\n")
+    failure = d.result
+    d.addErrback(lambda _: None)
+    assert isinstance(failure.value, UpstreamError) and failure.value.code == b"IN-USE"
+    assert isinstance(login_refusal(failure.value, b"bob"), errors.MaildropInUse)
+    assert isinstance(login_refusal(UpstreamError(b"[AUTH] no"), b"bob"), UnauthorizedLogin)
+    assert isinstance(login_refusal(UpstreamError(b"no"), b"bob"), UnauthorizedLogin)
+    assert isinstance(login_refusal(UpstreamError(b"[SYS/TEMP] db"), b"bob"),
+                      errors.TemporaryFailure)
+
+
+def test_greeting_deadline_and_lost() -> None:
+    protocol, transport, clock = connected(greeting=b"")
+    clock.advance(5)
+    assert transport.disconnecting or transport.aborting if hasattr(transport, "aborting") \
+        else True
+    protocol.connectionLost(Failure(ConnectionError("gone")))
+    failure = protocol.greeting.result
+    protocol.greeting.addErrback(lambda _: None)
+    assert isinstance(failure.value, UpstreamUnavailable)
+    assert "no progress on the greeting" in str(failure.value)
+    late = protocol.simple(b"NOOP")
+    assert isinstance(late.result.value, UpstreamUnavailable)
+    late.addErrback(lambda _: None)
+
+
+def test_listing_cut_short_fails() -> None:
+    protocol, transport, _ = connected()
+    d = protocol.listing(b"UIDL")
+    queued = protocol.simple(b"NOOP")
+    protocol.dataReceived(b"+OK\r\n1 abc\r\n")
+    protocol.connectionLost(Failure(ConnectionError("reset")))
+    for waiting in (d, queued):
+        assert isinstance(waiting.result.value, UpstreamUnavailable)
+        waiting.addErrback(lambda _: None)
+
+
+def test_command_deadline_resets_on_progress() -> None:
+    protocol, transport, clock = connected()
+    sink = Sink()
+    d = protocol.stream(b"RETR 1", sink)
+    protocol.dataReceived(b"+OK\r\nabc\r\n")
+    assert d.called
+    clock.advance(29)
+    protocol.dataReceived(b"more\r\n")
+    clock.advance(29)
+    assert protocol.lost is None
+    clock.advance(2)
+    protocol.connectionLost(Failure(ConnectionError("aborted")))
+    assert isinstance(sink.failure.value, UpstreamUnavailable)  # type: ignore[union-attr]
+    assert sink.octets == b"abc\r\nmore\r\n"
+
+
+def test_stream_pause_and_abandon() -> None:
+    protocol, transport, clock = connected()
+    source = UpstreamMessage(protocol)
+    verifyObject(IDeferredMessageSource, source)
+    d = protocol.stream(b"RETR 1", source)
+    protocol.dataReceived(b"+OK\r\n")
+    assert d.called
+    chunk = b"x" * 1000 + b"\r\n"
+    for _ in range(proxy_source.HIGH_WATER // len(chunk) + 1):
+        protocol.dataReceived(chunk)
+    assert transport.producerState == "paused"
+    clock.advance(3600)  # no deadline while popgate's client is the slow one
+    assert protocol.lost is None
+    got = source.read_deferred(1 << 20).result
+    assert len(got) == len(chunk)  # one arrival at a time, at most size
+    while source._size > proxy_source.HIGH_WATER // 2:
+        source.read_deferred(1 << 20)
+    assert transport.producerState == "producing"
+    # TOP's budget reached: the rest of the reply is read and dropped.
+    source.close()
+    after = protocol.simple(b"NOOP")
+    assert sent(transport) == b"RETR 1\r\n"
+    protocol.dataReceived(chunk + b".\r\n+OK noop\r\n")
+    assert after.result == b"noop"
+    assert sent(transport) == b"NOOP\r\n"
+
+
+def test_source_waits_for_data() -> None:
+    protocol, transport, _ = connected()
+    source = UpstreamMessage(protocol)
+    protocol.stream(b"RETR 1", source)
+    protocol.dataReceived(b"+OK\r\n")
+    first = source.read_deferred(4)
+    assert not first.called
+    protocol.dataReceived(b"..abcdef\r\n")
+    assert first.result == b".abc"
+    assert source.read_deferred(100).result == b"def\r\n"
+    second = source.read_deferred(100)
+    protocol.dataReceived(b".\r\n")
+    assert second.result == b""
+
+
+# -- the maildrop
+
+def logged_in(listing: bytes = b"+OK\r\n1 uid-a\r\n2 uid-b\r\n.\r\n"
+              b"+OK\r\n1 120\r\n2 7340032\r\n.\r\n") -> tuple[ProxyMaildrop, StringTransport,
+                                                          UpstreamProtocol]:
+    protocol, transport, _ = connected()
+    maildrop = ProxyMaildrop(protocol, "bob")
+    d = defer.Deferred.fromCoroutine(maildrop.load())
+    protocol.dataReceived(listing)
+    assert d.called, d
+    d.result  # noqa: B018 (raises if it failed)
+    sent(transport)
+    return maildrop, transport, protocol
+
+
+def test_snapshot_and_retr() -> None:
+    maildrop, transport, protocol = logged_in()
+    verifyObject(ITopMaildrop, maildrop)
+    assert [(m.uid, m.size) for m in maildrop.list_messages()] == [
+        (b"uid-a", 120), (b"uid-b", 7340032)]
+    d = maildrop.open_top(1, 0)
+    assert sent(transport) == b"TOP 2 0\r\n"
+    protocol.dataReceived(b"+OK\r\nSubject: x\r\n\r\n.\r\n")
+    source = d.result
+    assert source.read_deferred(100).result == b"Subject: x\r\n\r\n"
+    assert source.read_deferred(100).result == b""
+    gone = maildrop.open_message(0)
+    protocol.dataReceived(b"-ERR no such message\r\n")
+    assert gone.result.check(errors.PermanentFailure)
+    gone.addErrback(lambda _: None)
+
+
+@pytest.mark.parametrize("listing", [
+    b"+OK\r\n1 a\r\n.\r\n+OK\r\n1 10\r\n2 20\r\n.\r\n",  # no UIDL for 2
+    b"+OK\r\n1 a\r\n2 a\r\n.\r\n+OK\r\n1 10\r\n2 20\r\n.\r\n",  # the same UIDL twice
+    b"+OK\r\nx a\r\n.\r\n+OK\r\n1 10\r\n.\r\n",  # no number
+    b"-ERR no UIDL here\r\n+OK\r\n1 10\r\n.\r\n",
+])
+def test_unusable_snapshot(listing: bytes) -> None:
+    protocol, transport, _ = connected()
+    maildrop = ProxyMaildrop(protocol, "bob")
+    d = defer.Deferred.fromCoroutine(maildrop.load())
+    protocol.dataReceived(listing)
+    assert d.result.check(errors.PermanentFailure)
+    d.addErrback(lambda _: None)
+
+
+def test_quit_deletes_then_waits_for_quit() -> None:
+    maildrop, transport, protocol = logged_in()
+    d = maildrop.commit([1, 0])
+    assert sent(transport) == b"DELE 1\r\n"
+    protocol.dataReceived(b"+OK\r\n")
+    assert sent(transport) == b"DELE 2\r\n"
+    protocol.dataReceived(b"+OK\r\n")
+    assert sent(transport) == b"QUIT\r\n"
+    assert not d.called  # popgate's +OK waits for the upstream's
+    protocol.dataReceived(b"+OK bye\r\n")
+    assert d.result is None
+    assert transport.disconnecting
+    maildrop.close()  # after QUIT: nothing more
+    assert sent(transport) == b""
+
+
+def test_refused_dele_deletes_nothing() -> None:
+    maildrop, transport, protocol = logged_in()
+    d = maildrop.commit([0, 1])
+    protocol.dataReceived(b"+OK\r\n-ERR [SYS/TEMP] nope\r\n")
+    assert d.result.check(errors.TemporaryFailure)
+    d.addErrback(lambda _: None)
+    assert sent(transport) == b"DELE 1\r\nDELE 2\r\nRSET\r\n"
+    protocol.dataReceived(b"+OK\r\n")
+    assert sent(transport) == b"QUIT\r\n"
+
+
+def test_quit_refused_upstream() -> None:
+    maildrop, transport, protocol = logged_in()
+    d = maildrop.commit([])
+    protocol.dataReceived(b"-ERR [SYS/TEMP] could not expunge\r\n")
+    assert d.result.check(errors.TemporaryFailure)
+    d.addErrback(lambda _: None)
+
+
+def test_drop_sends_no_dele() -> None:
+    maildrop, transport, protocol = logged_in()
+    maildrop.close()
+    assert sent(transport) == b"RSET\r\n"
+    protocol.dataReceived(b"+OK\r\n")
+    assert sent(transport) == b"QUIT\r\n"
+    maildrop.close()  # idempotent
+
+
+def test_drop_mid_reply_aborts() -> None:
+    maildrop, transport, protocol = logged_in()
+    maildrop.open_message(1)
+    protocol.dataReceived(b"+OK\r\npartial")
+    transport.abortConnection = lambda: setattr(transport, "aborted", True)  # type: ignore
+    maildrop.close()
+    assert getattr(transport, "aborted", False)
+    assert b"DELE" not in transport.value() and b"QUIT" not in transport.value()
+
+
+# -- credentials
+
+class FakeStore:
+    def __init__(self, result: Any) -> None:
+        self.result = result
+        self.reactor = Clock()
+        self.calls: list[tuple[str, bytes, bytes]] = []
+
+    def log_in(self, name: str, user: bytes, password: bytes) -> defer.Deferred[Any]:
+        self.calls.append((name, user, password))
+        if isinstance(self.result, Exception):
+            return defer.fail(self.result)
+        return defer.succeed(self.result)
+
+
+def test_upstream_checker_hands_over_the_connection() -> None:
+    from popgate.stores.proxy_auth import UpstreamChecker
+
+    connection = object()
+    store = FakeStore(connection)
+    avatar = UpstreamChecker(store).requestAvatarId(
+        UsernamePassword(b"Bob@Example.ORG", b"pw")).result
+    assert avatar == "Bob@example.org"
+    assert store.calls == [("Bob@example.org", b"Bob@Example.ORG", b"pw")]
+    assert claim_upstream(avatar) is connection
+    assert claim_upstream(avatar) is None  # once
+    assert not store.reactor.getDelayedCalls()  # the unclaimed timer went with it
+
+
+def test_store_checkers_by_mode() -> None:
+    settings = parse_args("upstream=pop3://127.0.0.1:1")
+    store = ProxyStore(settings, Clock())
+    verifyObject(IMailStore, store)
+    (own,) = store.checkers([])
+    assert own.credentialInterfaces == (own.credentialInterfaces[0],)  # passwords only
+
+    class Local:
+        credentialInterfaces = ()
+
+        def requestAvatarId(self, credentials: Any) -> Any:
+            return defer.succeed("bob")
+
+    (forwarder,) = store.checkers([Local()])
+    assert isinstance(forwarder, PasswordForwarder)
+    avatar = forwarder.requestAvatarId(UsernamePassword(b"bob", b"pw")).result
+    assert isinstance(avatar, UpstreamAvatarId) and avatar.password == b"pw"
+    assert "pw" not in repr(avatar)
+
+
+def test_arguments(tmp_path: Any) -> None:
+    assert parse_upstream("pop3s://mail.example.org").port == 995
+    up = parse_upstream("pop3://127.0.0.1:1110?tls=starttls")
+    assert (up.host, up.port, up.tls, up.server_name) == ("127.0.0.1", 1110, "starttls",
+                                                           "127.0.0.1")
+    for bad in ("imap://x", "pop3s://x?tls=starttls", "pop3://x?tls=yes", "pop3://:110",
+                "pop3://u:p@x", "pop3://x/path", "pop3://x:99999"):
+        with pytest.raises(ValueError):
+            parse_upstream(bad)
+    secret = tmp_path / "master"
+    secret.write_bytes(b"s3cret\n")
+    settings = parse_args(f"upstream=pop3://h,master_user=admin,master_password_file={secret},"
+                          "command_timeout=5")
+    assert settings.master_password == b"s3cret" and settings.command_timeout == 5
+    assert "s3cret" not in repr(settings)
+    for bad in ("upstream=pop3://h,master_user=admin", "upstream=pop3://h,command_timeout=0",
+                "upstream=pop3://h,ca_file=/nonexistent", "ca_file=x"):
+        with pytest.raises(ValueError):
+            parse_args(bad)
+
+
+def test_local_authentication_logs_in_as_master_or_with_the_password(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from popgate.stores import proxy_store
+
+    calls: list[tuple[bytes, bytes]] = []
+
+    async def log_in(reactor: Any, settings: Any, upstream: Any, user: bytes,
+                     password: bytes) -> str:
+        calls.append((user, password))
+        return "connection"
+
+    monkeypatch.setattr(proxy_store, "log_in", log_in)
+    secret = tmp_path / "master"
+    secret.write_text("m-pw\n")
+    master = ProxyStore(parse_args(f"upstream=pop3://h,master_user=gw,"
+                                   f"master_password_file={secret}"), Clock())
+    plain = ProxyStore(parse_args("upstream=pop3://h"), Clock())
+
+    def run(store: ProxyStore, avatar: str) -> Any:
+        d = defer.Deferred.fromCoroutine(store._log_in_for(avatar))
+        result = d.result
+        d.addErrback(lambda _: None)
+        return result
+
+    assert run(master, "bob@example.org") == "connection"
+    assert run(plain, UpstreamAvatarId("bob", password=b"own-pw")) == "connection"
+    assert calls == [(b"bob@example.org*gw", b"m-pw"), (b"bob", b"own-pw")]
+    assert run(plain, "bob").check(errors.PermanentFailure)  # no password to send

@@ -17,8 +17,10 @@ import os
 import socket
 import subprocess
 from collections.abc import Generator
+from typing import Any
 
 import pytest
+from twisted.logger import globalLogPublisher
 
 REQUIRE_SERVICES = os.environ.get("POPGATE_REQUIRE_SERVICES") == "1"
 
@@ -99,3 +101,17 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None, object, object]:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     return (yield from _guarded(item))
+
+
+@pytest.fixture()
+def log_events() -> Generator[list[dict[str, Any]], None, None]:
+    """Everything logged during a test; no error may be among it (a module
+    that wants it for every test says C{pytestmark =
+    pytest.mark.usefixtures("log_events")})."""
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert not [e for e in events if "log_failure" in e or e.get("isError")]

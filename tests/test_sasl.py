@@ -10,7 +10,6 @@ import base64
 import hashlib
 import hmac
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,7 +19,6 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
 from zope.interface import implementer
 
 from popgate.cred.penalty import LoginPenalty
@@ -32,6 +30,8 @@ from popgate.stores.memory import MemoryStore
 
 from .helpers import LOOPBACK_PEER, Session, connect, make_portal
 
+pytestmark = pytest.mark.usefixtures("log_events")
+
 REMOTE = IPv4Address("TCP", "192.0.2.1", 40000)  # TEST-NET-1: never contacted
 AUTH_FAILED = b"-ERR [AUTH] Authentication failed.\r\n"
 PLAINTEXT_REFUSED = (b"-ERR [AUTH] Plaintext authentication disallowed on non-secure "
@@ -41,18 +41,6 @@ LONG_PASSWORD = b"p" * 3000
 
 def b64(data: bytes) -> bytes:
     return base64.b64encode(data)
-
-
-@pytest.fixture(autouse=True)
-def log_events() -> Iterator[list[dict[str, Any]]]:
-    """Everything logged during a test; no error may be among it."""
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        yield events
-    finally:
-        globalLogPublisher.removeObserver(events.append)
-    assert not [e for e in events if "log_failure" in e or e.get("isError")]
 
 
 @implementer(ICredentialsChecker)

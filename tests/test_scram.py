@@ -17,7 +17,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
 from zope.interface import implementer
 
 from popgate.cred import schemes, scram
@@ -50,6 +48,8 @@ from popgate.stores.memory import MemoryStore
 from tests.helpers import LOOPBACK_PEER, InlineReactor, Session, make_portal
 from tests.popgate_server import REPO, child_env
 from tests.services import need_program
+
+pytestmark = pytest.mark.usefixtures("log_events")
 
 AUTH_FAILED = b"-ERR [AUTH] Authentication failed.\r\n"
 ABORTED = b"-ERR Authentication aborted by client.\r\n"
@@ -347,18 +347,6 @@ def test_workers_share_the_salt_secret() -> None:
 
 
 # -- POP3 logins through real user stores
-
-
-@pytest.fixture(autouse=True)
-def log_events() -> Iterator[list[dict[str, Any]]]:
-    """Everything logged during a test; no error may be among it."""
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        yield events
-    finally:
-        globalLogPublisher.removeObserver(events.append)
-    assert not [e for e in events if "log_failure" in e or e.get("isError")]
 
 
 @pytest.fixture

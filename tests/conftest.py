@@ -115,3 +115,22 @@ def log_events() -> Generator[list[dict[str, Any]], None, None]:
     finally:
         globalLogPublisher.removeObserver(events.append)
     assert not [e for e in events if "log_failure" in e or e.get("isError")]
+
+
+@pytest.fixture
+def captured() -> Generator[list[dict[str, Any]], None, None]:
+    """Every event of popgate's catalogue (L{popgate.events}) emitted
+    during the test."""
+    from popgate import events
+
+    seen: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("event") in events.CATALOGUE:
+            seen.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        yield seen
+    finally:
+        globalLogPublisher.removeObserver(observe)

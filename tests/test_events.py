@@ -32,7 +32,6 @@ from twisted.logger import (
     Logger,
     LogLevel,
     formatEventAsClassicLogText,
-    globalLogPublisher,
 )
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
@@ -61,20 +60,6 @@ REMOTE_PEER = IPv4Address("TCP", "203.0.113.7", 40000)
 pytestmark = pytest.mark.filterwarnings("ignore:.*spwd.*:DeprecationWarning")
 
 
-@pytest.fixture
-def captured() -> Iterator[list[LogEvent]]:
-    """Every event of the catalogue emitted during the test."""
-    seen: list[LogEvent] = []
-
-    def observe(event: LogEvent) -> None:
-        if event.get("event") in events.CATALOGUE:
-            seen.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    try:
-        yield seen
-    finally:
-        globalLogPublisher.removeObserver(observe)
 
 
 def named(seen: list[LogEvent], name: str) -> list[LogEvent]:

@@ -8,13 +8,11 @@ mail store where another process sees it, per user from the user store.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from twisted.logger import LogEvent, globalLogPublisher
+from twisted.logger import LogEvent
 
-from popgate import events
 from tests.pop3_policy_site import T0, Site, quit
 
 REFUSED = b"-ERR [LOGIN-DELAY] Logins must be at least 900 seconds apart.\r\n"
@@ -27,19 +25,6 @@ def site(request: pytest.FixtureRequest, tmp_path: Path) -> Site:
     return site
 
 
-@pytest.fixture
-def captured() -> Iterator[list[LogEvent]]:
-    seen: list[LogEvent] = []
-
-    def observe(event: LogEvent) -> None:
-        if event.get("event") in events.CATALOGUE:
-            seen.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    try:
-        yield seen
-    finally:
-        globalLogPublisher.removeObserver(observe)
 
 
 def login(site: Site, user: bytes = b"alice", password: bytes = b"secret") -> bytes:

@@ -234,5 +234,17 @@ class POP3ServerProtocol(FramedSession, AuthorizationCommands, TransactionComman
             caps.append(b"IMPLEMENTATION " + implementation)
         return caps
 
+    #: The CAPA replies this session sent, by what they depend on (the
+    #: state, TLS, the language; the rest is fixed for a session): a
+    #: client repeating CAPA, or flooding it, costs a dict lookup each.
+    _capa_replies: dict[tuple[str, bool, str], bytes] | None = None
+
     def pop3_CAPA(self, argument: bytes) -> None:
-        self.transport.write(r.multiline(self._("Capability list follows"), self.capabilities()))
+        key = (self.state, self.tls_active(), self.language.tag)
+        if self._capa_replies is None:
+            self._capa_replies = {}
+        reply = self._capa_replies.get(key)
+        if reply is None:
+            reply = r.multiline(self._("Capability list follows"), self.capabilities())
+            self._capa_replies[key] = reply
+        self.transport.write(reply)

@@ -41,6 +41,8 @@ from popgate.limits.refusal import LMTP_REFUSALS, LimitedFactory
 from popgate.logs import ServerLog, install_on
 from popgate.metrics import Metrics
 from popgate.metrics_web import MetricsService, metrics_site, worker_endpoint
+from popgate.oauth import TokenChecker
+from popgate.oauth.registry import make_validator
 from popgate.plural import plural
 from popgate.policy import parse_expire
 from popgate.pop3.factory import POP3ServerFactory
@@ -77,13 +79,29 @@ def build_tls(config: Config) -> ServerTLS | None:
         raise usage.UsageError(f"--tls-cert/--tls-key: {e}") from None
 
 
+def build_oauth(config: Config, reactor: Any) -> ICredentialsChecker | None:
+    """
+    The checker of bearer tokens C{--oauth} configures, or None.
+
+    @raise usage.UsageError: an unknown validator or bad arguments.
+    """
+    if not config.oauth:
+        return None
+    try:
+        return TokenChecker(make_validator(config.oauth, reactor))
+    except (ValueError, OSError) as e:
+        raise usage.UsageError(f"--oauth: {e}") from None
+
+
 def build_portal(store: Any, checkers: Sequence[ICredentialsChecker], reactor: Any,
-                 cache: tuple[float, float] = (0, 0)) -> Portal:
+                 cache: tuple[float, float] = (0, 0),
+                 oauth: ICredentialsChecker | None = None) -> Portal:
     """
     A portal with one checker per credentials interface (a chain when
     several user stores handle the same kind of credentials), each behind
     an auth cache when C{cache} (positive and negative TTLs) is not off;
-    C{reactor} is the cache's clock and the realm's.
+    C{reactor} is the cache's clock and the realm's.  C{oauth} checks
+    bearer tokens (L{build_oauth}), never cached: its validator caches.
     """
     portal = Portal(MaildropRealm(store, reactor))
     if any(cache):
@@ -98,6 +116,9 @@ def build_portal(store: Any, checkers: Sequence[ICredentialsChecker], reactor: A
     for interface, handlers in by_interface.items():
         checker = handlers[0] if len(handlers) == 1 else ChainedChecker(handlers)
         portal.registerChecker(checker, interface)
+    if oauth is not None:
+        for interface in oauth.credentialInterfaces:
+            portal.registerChecker(oauth, interface)
     return portal
 
 
@@ -157,6 +178,8 @@ class Server(service.MultiService):
         #: twistd's log observer (L{popgate.logs.ServerLog}), set by
         #: C{makeService}; a reload changes its level.
         self.log_observer: ServerLog | None = None
+        #: The C{--oauth} checker of bearer tokens (L{build_oauth}), if any.
+        self.oauth: ICredentialsChecker | None = None
 
     #: Asks the user stores whether they answer, once started: loud, not
     #: fatal, since a directory down at boot can come back.
@@ -302,8 +325,9 @@ def build_server(config: Config, reactor: Any,
     # First, so SIGHUP is handled before anything else starts; in every
     # configuration, since its default action kills the process.
     hangup = hangup_hook(reactor)
+    oauth = build_oauth(config, reactor)
     portal = build_portal(store, checkers, reactor,
-                          (config.auth_cache_ttl, config.auth_cache_negative_ttl))
+                          (config.auth_cache_ttl, config.auth_cache_negative_ttl), oauth)
     # After failed logins from an address, its every login waits (doubling,
     # capped) before it is checked, one check at a time per address.
     penalty = LoginPenalty(reactor, base_delay=_PENALTY_BASE, max_delay=_PENALTY_MAX,
@@ -314,6 +338,7 @@ def build_server(config: Config, reactor: Any,
     limits = build_limits(reactor, config.max_connections, config.max_connections_per_ip,
                           parse_networks(config.exempt_networks))
     server = Server(config, store, checkers, tls, hangup, portal, penalty, factory, limits, lmtp)
+    server.oauth = oauth  # kept by a reload (popgate.reload), which rebuilds the portal
     hangup.setServiceParent(server)
     shared = config.workers > 1 or config.worker
 

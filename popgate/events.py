@@ -192,7 +192,8 @@ _DURATION = _f("duration", "float", "seconds the attempt or session took")
 _WHY = _f("why", "text", "the server-side error, in words (empty when none)")
 _LOGIN_USER = _f("user", "text", "the user name as the client sent it (empty when none)")
 _METHOD = _f("method", "token", "USER (USER/PASS), APOP, or the SASL mechanism (PLAIN, LOGIN, "
-             "CRAM-MD5, SCRAM-SHA-256, SCRAM-SHA-1); empty when the session never tried")
+             "CRAM-MD5, SCRAM-SHA-256, SCRAM-SHA-1, OAUTHBEARER, XOAUTH2); empty when the "
+             "session never tried")
 _ATTEMPTS = _f("attempts", "int", "failed logins in this session so far, this one included")
 
 #: Why a login failed (result=failed) or could not be served (result=error).
@@ -201,6 +202,7 @@ LOGIN_REASONS = (
     "bad-password",          # the user store refused the credentials
     "unknown-user",          # the user store knows no such user
     "bad-sasl",              # a SASL exchange that breaks its mechanism's rules
+    "bad-token",             # an OAuth bearer token refused (OAUTHBEARER, XOAUTH2)
     "aborted",               # the client cancelled (AUTH *) or left during the check
     "plaintext-disallowed",  # a password in clear on a connection that is not secure
     "penalty",               # too many logins from the address wait already

@@ -286,6 +286,50 @@ class IScramLookup(Interface):
         """
 
 
+class IOAuthCredentials(ICredentials):
+    """
+    An OAuth 2.0 bearer token (SASL OAUTHBEARER, RFC 7628, or XOAUTH2):
+    the checker asks an L{ITokenValidator} whose token it is.
+    """
+
+    username = Attribute("The user the client named (bytes; empty: none named).")
+    token = Attribute("The bearer token (bytes), never logged.")
+
+
+class ITokenValidator(Interface):
+    """
+    Says whose an OAuth 2.0 access token is: a JWT checked against keys,
+    an RFC 7662 introspection endpoint, or a third party's.
+    """
+
+    def validate(token: bytes) -> Deferred[str]:
+        """
+        @return: a L{Deferred} firing with the user the token was issued
+            for; failing with L{popgate.oauth.InvalidToken} when it is not
+            valid (a failed login, the RFC 7628 error) or
+            L{popgate.errors.TemporaryFailure} when the validator cannot
+            tell now (its key set or endpoint unreachable).  Never blocks
+            the reactor.
+        """
+
+
+class ITokenValidatorFactory(IPlugin):
+    """
+    A plugin turning C{--oauth TYPE:ARGS} (C{jwt:jwks_file=...}) into an
+    L{ITokenValidator}, as L{IMailStoreFactory} does for stores.
+    """
+
+    validatorType = Attribute("The prefix before the colon, e.g. 'jwt'.")
+    validatorHelp = Attribute("A few sentences on what the validator does.")
+    argStringFormat = Attribute("How to write the argument string.")
+
+    def makeValidator(argstring: str, reactor: Any) -> ITokenValidator:
+        """
+        @param reactor: the server's, for HTTP requests and timers.
+        @raise ValueError: with a one-line reason if C{argstring} is bad.
+        """
+
+
 class IReachable(Interface):
     """
     A user store that can tell, cheaply, whether it can answer now:

@@ -12,7 +12,7 @@ from __future__ import annotations
 __all__ = ["EXTRAS", "is_missing_dependency", "missing_library"]
 
 #: The extra that installs each optional library.
-EXTRAS = {"ldaptor": "ldap", "psycopg": "sql", "pymysql": "sql"}
+EXTRAS = {"ldaptor": "ldap", "psycopg": "sql", "pymysql": "sql", "jwt": "oauth"}
 
 
 def _top(name: str | None) -> str:

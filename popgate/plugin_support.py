@@ -17,7 +17,7 @@ from twisted.cred.strcred import ICheckerFactory
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from popgate.interfaces import IMailStoreFactory
+from popgate.interfaces import IMailStoreFactory, ITokenValidatorFactory
 
 
 def _load(dotted: str) -> Any:
@@ -104,3 +104,19 @@ class LazyStoreFactory:
 
     def makeStore(self, argstring: str, reactor: Any) -> Any:
         return call_maker(_load(self._maker), argstring, reactor)
+
+
+@implementer(ITokenValidatorFactory, IPlugin)
+class LazyValidatorFactory:
+    """An L{ITokenValidatorFactory} whose C{makeValidator} calls
+    C{maker(argstring, reactor)}, named by its dotted path."""
+
+    def __init__(self, validatorType: str, maker: str, validatorHelp: str,
+                 argStringFormat: str) -> None:
+        self.validatorType = validatorType
+        self.validatorHelp = validatorHelp
+        self.argStringFormat = argStringFormat
+        self._maker = maker
+
+    def makeValidator(self, argstring: str, reactor: Any) -> Any:
+        return _load(self._maker)(argstring, reactor)

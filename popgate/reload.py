@@ -160,7 +160,8 @@ def apply(server: Server, plan: Plan, reactor: Any) -> None:
     """
     config = plan.config
     portal = build_portal(server.store, plan.checkers, reactor,
-                          (config.auth_cache_ttl, config.auth_cache_negative_ttl))
+                          (config.auth_cache_ttl, config.auth_cache_negative_ttl),
+                          getattr(server, "oauth", None))
     settings = session_settings(config, plan.hostname)
     limits = exempt = None
     if set(plan.changed) & set(_LIMIT_KEYS):

@@ -233,6 +233,11 @@ class Config:
     store: str | None = _declare(
         None, "The mail store, TYPE:ARGS (e.g. maildir:/var/mail/%d/%n); --help-stores lists "
         "the types.", "Stores", metavar="TYPE:ARGS")
+    oauth: str | None = _declare(
+        None, "Accept OAuth 2.0 bearer tokens (SASL OAUTHBEARER and XOAUTH2, over TLS only), "
+        "checked by this token validator, TYPE:ARGS: jwt:jwks_file=FILE,issuer=...,audience=... "
+        "or introspect:url=https://...,client_id=...,client_secret_file=...; --help-oauth "
+        "lists the types.", "Stores", metavar="TYPE:ARGS", default_text="none (off)")
     auth_cache_ttl: float = _declare(
         60.0, "Seconds a successful login is cached (0 turns the cache off).", "Stores",
         kind="float", metavar="SECONDS", live=True)

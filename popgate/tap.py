@@ -20,6 +20,7 @@ from popgate.backends import CREDENTIALS
 from popgate.build import Server, build_server
 from popgate.cred import catalog
 from popgate.logs import twistd_log
+from popgate.oauth.registry import describe_validators
 from popgate.reload import install as install_reload
 from popgate.settings import Config, Setting
 from popgate.startup_checks import run_as
@@ -118,6 +119,11 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     def opt_help_stores(self) -> None:
         """List the mail store types (--store)."""
         print(describe_store_factories())
+        raise SystemExit(0)
+
+    def opt_help_oauth(self) -> None:
+        """List the OAuth token validator types (--oauth)."""
+        print(describe_validators())
         raise SystemExit(0)
 
     def opt_help_auth(self) -> None:

@@ -34,6 +34,7 @@ from twisted.internet.interfaces import (
 from twisted.logger import ILogObserver
 from twisted.mail import maildir as twisted_maildir
 from twisted.plugin import IPlugin, getPlugins
+from twisted.web.iweb import IBodyProducer
 from zope.interface import Interface, implementedBy
 from zope.interface.verify import verifyObject
 
@@ -49,12 +50,15 @@ from popgate.interfaces import (
     IMailStore,
     IMailStoreFactory,
     IMessageSource,
+    IOAuthCredentials,
     IPerUserPolicy,
     IReachable,
     IRetrievalRecord,
     IScramCredentials,
     IScramLookup,
     ISeenMaildrop,
+    ITokenValidator,
+    ITokenValidatorFactory,
     ITopMaildrop,
     IUserLookup,
 )
@@ -368,6 +372,52 @@ def _server_tls(tmp: Any) -> Any:
     return ServerTLS(str(pki.cert), str(pki.key))
 
 
+def _oauth_credentials(tmp: Any) -> Any:
+    from popgate.oauth import OAuthCredentials
+
+    return OAuthCredentials(b"u", b"token")
+
+
+def _jwks(tmp: Any) -> str:
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = jwt.algorithms.ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256R1()).public_key())
+    path = tmp / "jwks.json"
+    path.write_text('{"keys": [' + key + "]}")
+    return str(path)
+
+
+def _jwt_validator(tmp: Any) -> Any:
+    from twisted.internet.task import Clock
+
+    from popgate.oauth.jwt_validator import make_validator
+
+    return make_validator(f"jwks_file={_jwks(tmp)},issuer=i,audience=a", Clock())
+
+
+def _token_checker(tmp: Any) -> Any:
+    from popgate.oauth import TokenChecker
+
+    return TokenChecker(_jwt_validator(tmp))
+
+
+def _introspection_validator(tmp: Any) -> Any:
+    from twisted.internet.task import Clock
+
+    from popgate.oauth.introspect import make_validator
+
+    secret = tmp / "secret"
+    secret.write_text("s")
+    return make_validator(f"url=https://idp/i,client_id=c,client_secret_file={secret}", Clock())
+
+
+def _http_body(tmp: Any) -> Any:
+    from popgate.oauth.http import _Body
+
+    return _Body(b"x")
+
+
 # (case, the class it builds, the interfaces to verify)
 CASES: list[tuple[Case, str, tuple[Any, ...]]] = [
     (_memory_maildrop, "popgate.stores.memory.MemoryMaildrop", (IMaildrop,)),
@@ -425,6 +475,12 @@ CASES: list[tuple[Case, str, tuple[Any, ...]]] = [
     (_server_tls, "popgate.tls.ServerTLS", (IOpenSSLServerConnectionCreator,)),
     (_server_log, "popgate.logs.ServerLog", (ILogObserver,)),
     (_metrics, "popgate.metrics.Metrics", (ILogObserver,)),
+    (_oauth_credentials, "popgate.oauth.OAuthCredentials", (IOAuthCredentials,)),
+    (_token_checker, "popgate.oauth.TokenChecker", (ICredentialsChecker,)),
+    (_jwt_validator, "popgate.oauth.jwt_validator.JWTValidator", (ITokenValidator,)),
+    (_introspection_validator, "popgate.oauth.introspect.IntrospectionValidator",
+     (ITokenValidator,)),
+    (_http_body, "popgate.oauth.http._Body", (IBodyProducer,)),
 ]
 
 
@@ -457,7 +513,8 @@ def test_every_implementation_has_a_case():
         module, _, qualname = name.rpartition(".")
         cls = getattr(importlib.import_module(module), qualname)
         tested[cls] = {base for i in interfaces for base in i.__iro__}
-    plugin_classes = {"popgate.plugin_support.LazyCheckerFactory", "popgate.plugin_support.LazyStoreFactory"}
+    plugin_classes = {"popgate.plugin_support.LazyCheckerFactory", "popgate.plugin_support.LazyStoreFactory",
+                      "popgate.plugin_support.LazyValidatorFactory"}
     missing = []
     for name, cls in _popgate_classes().items():
         if name in plugin_classes:
@@ -482,6 +539,16 @@ def test_store_plugins():
     assert {"maildir", "memory"} <= {p.storeType for p in plugins}
     for plugin in plugins:
         assert verifyObject(IMailStoreFactory, plugin)
+        assert verifyObject(IPlugin, plugin)
+
+
+def test_validator_plugins() -> None:
+    from twisted import plugins
+
+    found = list(getPlugins(ITokenValidatorFactory, plugins))
+    assert {"jwt", "introspect"} <= {p.validatorType for p in found}
+    for plugin in found:
+        assert verifyObject(ITokenValidatorFactory, plugin)
         assert verifyObject(IPlugin, plugin)
 
 

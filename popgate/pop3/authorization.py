@@ -30,7 +30,13 @@ from twisted.python.failure import Failure
 from popgate import errors
 from popgate.cred.penalty import PenaltyQueueFull
 from popgate.i18n.text import I_DEFAULT, N_
-from popgate.interfaces import IMaildrop, IScramCredentials, IScramLookup, IStreamTransport
+from popgate.interfaces import (
+    IMaildrop,
+    IOAuthCredentials,
+    IScramCredentials,
+    IScramLookup,
+    IStreamTransport,
+)
 from popgate.pop3 import responses as r
 from popgate.pop3 import sasl
 from popgate.pop3.apop import APOPCredentials
@@ -86,6 +92,18 @@ class _Attempt:
         self.mind = mind
         self.started = started
         self.checked: float | None = None
+        # The mechanism's error challenge for refused credentials (RFC
+        # 7628's JSON), sent before the -ERR.
+        self.failure_data: Callable[[], bytes] | None = None
+
+
+class _FailureAcknowledgement:
+    """A refused OAuth login sent its error challenge: the client's answer
+    (RFC 7628: 0x01) is awaited before the C{-ERR}."""
+
+    def __init__(self, reply: bytes, close: bool) -> None:
+        self.reply = reply
+        self.close = close
 
 
 class _Acknowledgement:
@@ -274,7 +292,7 @@ class AuthorizationCommands(Localized):
 
     def _usable_mechanisms(self) -> list[sasl.MechanismInfo]:
         return sasl.usable(self.plaintext_allowed(), self._secrets_checkable(),
-                           self._scram_mechanisms())
+                           self._scram_mechanisms(), self.tls_active() and self._oauth_configured())
 
     def pop3_AUTH(self, argument: bytes) -> defer.Deferred[None] | None:
         # "AUTH mechanism [initial-response]", spaces as Dovecot takes them
@@ -290,9 +308,16 @@ class AuthorizationCommands(Localized):
             raise BadArgument("Invalid parameters.", r.AUTH)
         info = sasl.find(words[0])
         if info is None or (info.needs_secret and not self._secrets_checkable()) or (
-                info.needs_scram and info.name.decode("ascii") not in self._scram_mechanisms()):
+                info.needs_scram and info.name.decode("ascii") not in self._scram_mechanisms()) or (
+                info.needs_oauth and not self._oauth_configured()):
             raise BadArgument("Unsupported authentication mechanism.", r.AUTH)
         self._sasl_method = info.name.decode("ascii")
+        if info.needs_oauth and not self.tls_active():
+            # A bearer token is a password for as long as it lives: TLS
+            # only, whatever the network (RFC 7628 section 5).
+            self._refused(self._sasl_method, None, "plaintext-disallowed")
+            self.transport.write(r.err(self._(_PLAINTEXT_REFUSED), r.AUTH))
+            return None
         if info.plaintext and not self.plaintext_allowed():
             self._refused(self._sasl_method, None, "plaintext-disallowed")
             self.transport.write(r.err(self._(_PLAINTEXT_REFUSED), r.AUTH))
@@ -313,6 +338,12 @@ class AuthorizationCommands(Localized):
         line = line.strip()
         if isinstance(mechanism, _Acknowledgement):
             self._acknowledged(line, mechanism.attempt)
+            return None
+        if isinstance(mechanism, _FailureAcknowledgement):
+            # Whatever the answer (0x01, empty, "*"): the login failed.
+            self.transport.write(mechanism.reply)
+            if mechanism.close:
+                self._close()
             return None
         if line == b"*":
             self._refused(self._sasl_method, None, "aborted")
@@ -342,7 +373,8 @@ class AuthorizationCommands(Localized):
             self._sasl = mechanism
             self.transport.write(b"+ " + sasl.encode(result.data) + b"\r\n")
             return None
-        return self.login(result, self._sasl_method, getattr(mechanism, "success_data", None))
+        return self.login(result, self._sasl_method, getattr(mechanism, "success_data", None),
+                          getattr(mechanism, "failure_data", None))
 
     def _look_up_keys(self, mechanism: Any, wanted: KeysWanted) -> defer.Deferred[None]:
         """
@@ -418,17 +450,20 @@ class AuthorizationCommands(Localized):
         return str(getattr(peer, "host", peer))
 
     def login(self, credentials: Any, method: str,
-              success_data: Callable[[], bytes] | None = None) -> defer.Deferred[None]:
+              success_data: Callable[[], bytes] | None = None,
+              failure_data: Callable[[], bytes] | None = None) -> defer.Deferred[None]:
         """
         Run C{credentials} through the portal and enter TRANSACTION.  With a
         login penalty, the check waits its turn: one check at a time per
         client address, each after that address's penalty.  C{None}: a
         broken SASL exchange, a failed login that still waits its turn.
         C{method} (USER, APOP, the SASL mechanism) is for the log;
-        C{success_data}, the mechanism's last word once the portal said yes.
+        C{success_data}, the mechanism's last word once the portal said yes;
+        C{failure_data}, its error challenge once the portal said no.
         """
         attempt = _Attempt(LoginMind(defaults(self.settings)), self.report.attempt(
             method, getattr(credentials, "username", None)))
+        attempt.failure_data = failure_data
 
         def check() -> defer.Deferred[Any]:
             attempt.checked = self.clock.seconds()
@@ -516,6 +551,8 @@ class AuthorizationCommands(Localized):
             last = self._auth_failures >= self.settings.max_auth_failures
             if last:
                 self.report.ending("too-many-failures")
+            if attempt.failure_data is not None and not failure.check(BadSASL):
+                return self._failure_challenge(attempt.failure_data(), last)
             return self._after_delay(self.settings.auth_failure_delay,
                                      r.err(self._("Authentication failed."), r.AUTH), close=last)
         if failure.check(PenaltyQueueFull):
@@ -540,6 +577,24 @@ class AuthorizationCommands(Localized):
             reply = r.err(self._("Temporary server failure, try again later."), r.SYS_TEMP)
         self.transport.write(reply)
         return None
+
+    def _failure_challenge(self, data: bytes, close: bool) -> defer.Deferred[None]:
+        """After the failure delay, the mechanism's error challenge (RFC
+        7628 section 3.2.2); the C{-ERR [AUTH]} follows the client's answer."""
+        reply = r.err(self._("Authentication failed."), r.AUTH)
+
+        def send() -> None:
+            if not self._disconnected:
+                self._sasl = _FailureAcknowledgement(reply, close)
+                self.transport.write(b"+ " + sasl.encode(data) + b"\r\n")
+
+        return deferLater(self.clock, self.settings.auth_failure_delay, send)
+
+    def _oauth_configured(self) -> bool:
+        """Whether a token validator is configured (C{--oauth}): the portal
+        has a checker for bearer tokens."""
+        interfaces: list[object] = getattr(self.portal, "listCredentialsInterfaces", lambda: [])()
+        return IOAuthCredentials in interfaces
 
     def _after_delay(self, delay: float, reply: bytes, close: bool) -> defer.Deferred[None]:
         def send() -> None:

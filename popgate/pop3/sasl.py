@@ -1,7 +1,8 @@
 """
 SASL mechanisms for POP3 AUTH (RFC 5034): PLAIN (RFC 4616), LOGIN,
 CRAM-MD5 (RFC 2195), and SCRAM-SHA-256 and SCRAM-SHA-1 (RFC 7677, RFC 5802:
-L{popgate.pop3.scram}).
+L{popgate.pop3.scram}), OAUTHBEARER (RFC 7628) and XOAUTH2
+(L{popgate.pop3.oauth}).
 
 A mechanism is a small state machine that turns the client's decoded
 responses into C{twisted.cred} credentials, so SASL logins go through the
@@ -23,6 +24,7 @@ from typing import Any
 from twisted.cred.credentials import UsernamePassword
 
 from popgate.pop3.apop import DigestCredentials
+from popgate.pop3.oauth import OAuthBearerMechanism, XOAuth2Mechanism
 from popgate.pop3.sasl_steps import Challenge, SASLError
 from popgate.pop3.scram import ScramMechanism
 
@@ -160,6 +162,8 @@ class MechanismInfo:
         current time.
     @ivar needs_scram: the user store must hold SCRAM keys for it
         (L{popgate.interfaces.IScramLookup}).
+    @ivar needs_oauth: a bearer token: offered only over TLS and with a
+        token validator (C{--oauth}).
     """
 
     name: bytes
@@ -167,6 +171,7 @@ class MechanismInfo:
     needs_secret: bool
     make: Callable[[str, float], Any]
     needs_scram: bool = False
+    needs_oauth: bool = False
 
 
 MECHANISMS: tuple[MechanismInfo, ...] = (
@@ -178,6 +183,10 @@ MECHANISMS: tuple[MechanismInfo, ...] = (
                   lambda host, now: ScramMechanism("SCRAM-SHA-256"), needs_scram=True),
     MechanismInfo(b"SCRAM-SHA-1", False, False,
                   lambda host, now: ScramMechanism("SCRAM-SHA-1"), needs_scram=True),
+    MechanismInfo(b"OAUTHBEARER", False, False,
+                  lambda host, now: OAuthBearerMechanism(), needs_oauth=True),
+    MechanismInfo(b"XOAUTH2", False, False,
+                  lambda host, now: XOAuth2Mechanism(), needs_oauth=True),
 )
 
 
@@ -191,10 +200,12 @@ def find(name: bytes) -> MechanismInfo | None:
 
 
 def usable(plaintext_allowed: bool, secrets_checkable: bool,
-           scram: frozenset[str] = frozenset()) -> list[MechanismInfo]:
+           scram: frozenset[str] = frozenset(), oauth: bool = False) -> list[MechanismInfo]:
     """The mechanisms this connection may use, in order of listing;
-    C{scram}: the SCRAM mechanisms the user stores can verify."""
+    C{scram}: the SCRAM mechanisms the user stores can verify; C{oauth}:
+    the session is TLS and a token validator is configured."""
     return [info for info in MECHANISMS
             if (plaintext_allowed or not info.plaintext)
             and (secrets_checkable or not info.needs_secret)
-            and (not info.needs_scram or info.name.decode("ascii") in scram)]
+            and (not info.needs_scram or info.name.decode("ascii") in scram)
+            and (oauth or not info.needs_oauth)]

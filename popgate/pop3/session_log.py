@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from popgate import errors
 from popgate.cred.penalty import PenaltyQueueFull
 from popgate.events import address_text, emit
+from popgate.oauth import InvalidToken
 from popgate.policy import Policy
 from popgate.pop3.base import describe
 
@@ -30,6 +31,7 @@ class BadSASL(cred_error.UnauthorizedLogin):
 # Failures that are the client's (result=failed), by reason.
 _CLIENT_FAILURES: tuple[tuple[type[BaseException], str], ...] = (
     (BadSASL, "bad-sasl"),
+    (InvalidToken, "bad-token"),
     (errors.UnknownUser, "unknown-user"),
     (cred_error.UnauthorizedLogin, "bad-password"),
     (cred_error.UnhandledCredentials, "bad-password"),
@@ -161,7 +163,7 @@ class SessionLog:
             self.account = mind.account
         for client_failure, reason in _CLIENT_FAILURES:
             if failure.check(client_failure):
-                if reason in ("bad-password", "unknown-user", "bad-sasl"):
+                if reason in ("bad-password", "unknown-user", "bad-sasl", "bad-token"):
                     self.attempts += 1
                 self._login("failed", reason, tls, started, checked)
                 return reason

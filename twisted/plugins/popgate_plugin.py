@@ -4,7 +4,7 @@
 from twisted.application.service import ServiceMaker
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 
-from popgate.plugin_support import LazyCheckerFactory, LazyStoreFactory
+from popgate.plugin_support import LazyCheckerFactory, LazyStoreFactory, LazyValidatorFactory
 
 popgate = ServiceMaker(
     "popgate",
@@ -91,4 +91,21 @@ memory = LazyStoreFactory(
     "popgate.stores.memory.make_store",
     "In-memory mailboxes (demos and tests); lost on restart.",
     "memory:",
+)
+
+oauth_jwt = LazyValidatorFactory(
+    "jwt",
+    "popgate.oauth.jwt_validator.make_validator",
+    "OAuth 2.0 access tokens that are signed JWTs, checked against a JWKS file or URL "
+    "(issuer, audience, expiry); needs the oauth extra (PyJWT).",
+    "jwt:jwks_file=/etc/popgate/jwks.json|jwks_url=https://idp/jwks,issuer=...,audience=..."
+    "[,user_claim=email][,algorithms=RS256,ES256][,leeway=30][,jwks_ttl=300]",
+)
+
+oauth_introspect = LazyValidatorFactory(
+    "introspect",
+    "popgate.oauth.introspect.make_validator",
+    "OAuth 2.0 token introspection (RFC 7662) at the identity provider, results cached.",
+    "introspect:url=https://idp/introspect,client_id=...,client_secret_file=...[,ca_file=...]"
+    "[,user_field=username][,ttl=60][,timeout=5]",
 )

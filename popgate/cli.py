@@ -22,6 +22,9 @@ The C{popgate} admin command.
   popgate expire [--dry-run] [server options] (--all | USER...)
                                            EXPIRE for mailboxes nobody polls
                                            (see popgate.admin.expire)
+  popgate uidl import|verify --store STORE --from-... USER...
+                                           carry the old server's UIDLs over
+                                           (see popgate.uidl)
 
 Each command's work is in L{popgate.admin}; this module parses and
 dispatches.
@@ -45,6 +48,7 @@ from popgate.cred.schemes import HASH_SCHEMES, UnknownScheme, hash_password, ver
 from popgate.delivery import deliver
 from popgate.migrate import command as migrate
 from popgate.stores.maildir_delivery import ensure_maildir
+from popgate.uidl import command as uidl
 
 DEMO_USER = "demo"
 DEMO_PASSWORD = "demo"
@@ -254,6 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.set_defaults(func=_admin_command(name))
     deliver.add_subcommand(sub)
     migrate.add_subcommand(sub)
+    uidl.add_subcommand(sub)
     db.add_subcommand(sub)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)

@@ -33,7 +33,7 @@ __all__ = ["EnumerationRefused", "enumerate_users", "merge", "read_users_file"]
 _PIECE = re.compile(r"(%.)")
 # What sits beside mbox spools in /var/mail and is not one: MTA dotlocks,
 # popgate's session locks and UIDL records.
-_NOT_SPOOLS = (".lock", ".popgate-lock", ".popgate-uidl")
+_NOT_SPOOLS = (".lock", ".popgate-lock", ".popgate-uidl", ".popgate-imported-uidls")
 
 
 class EnumerationRefused(ValueError):

@@ -2,7 +2,9 @@
 Reading a Maildir's C{new/} and C{cur/} into a snapshot: the unique id and
 delivery order from each file name, the POP3 size from C{,W=} in the name
 or from the size cache kept in the Maildir (C{popgate-sizes}), reading the
-file only when neither has it.  Blocking: call it in a thread.
+file only when neither has it; the UIDL from the file name, or the one
+C{popgate uidl import} carried over (L{popgate.stores.imported_uidls}).
+Blocking: call it in a thread.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from twisted.logger import Logger
 
 from popgate import wire
 from popgate.maildrop import MessageInfo, is_valid_uid
+from popgate.stores import imported_uidls
 
 SIZE_CACHE = "popgate-sizes"
 _W_SIZE = re.compile(r",W=(\d+)")
@@ -151,5 +154,9 @@ def scan(directory: str) -> list[Entry]:
     cache.save(seen)
     found.sort(key=lambda f: _order_key(f[2]))
     unchecked = MessageInfo.unchecked
-    return [Entry(subdir, name, base, unchecked(unique_id(base), size))
-            for subdir, name, base, size in found]
+    bases = [f[2] for f in found]
+    uids = imported_uidls.apply(
+        bases, [unique_id(base) for base in bases],
+        imported_uidls.read(os.path.join(directory, imported_uidls.MAILDIR_FILE)))
+    return [Entry(subdir, name, base, unchecked(uid, size))
+            for (subdir, name, base, size), uid in zip(found, uids, strict=True)]

@@ -12,6 +12,7 @@ import time
 from collections import OrderedDict
 
 from popgate.stores import nowait
+from popgate.stores.imported_uidls import MAILDIR_FILE
 from popgate.stores.maildir_scan import Entry, scan
 
 # A snapshot is reused only if the directories have not changed since, and
@@ -22,16 +23,29 @@ _SNAPSHOT_SETTLE_NS = 2_000_000_000
 _SNAPSHOT_BUDGET = 1_000_000
 
 
-def _stamp(directory: str) -> tuple[int, int] | None:
-    """The change times of C{cur/} and C{new/}, or C{None} if one is missing."""
+Stamp = tuple[int, int, int]
+
+
+def _imported_stamp(st: os.stat_result | None) -> int:
+    return 0 if st is None else st.st_mtime_ns ^ st.st_ino
+
+
+def _stamp(directory: str) -> Stamp | None:
+    """The change times of C{cur/} and C{new/} (C{None} if one is missing)
+    and of the imported UIDLs (L{popgate.stores.imported_uidls})."""
     try:
-        return (os.stat(os.path.join(directory, "cur")).st_mtime_ns,
-                os.stat(os.path.join(directory, "new")).st_mtime_ns)
+        cur = os.stat(os.path.join(directory, "cur")).st_mtime_ns
+        new = os.stat(os.path.join(directory, "new")).st_mtime_ns
     except FileNotFoundError:
         return None
+    try:
+        imported: os.stat_result | None = os.stat(os.path.join(directory, MAILDIR_FILE))
+    except FileNotFoundError:
+        imported = None
+    return (cur, new, _imported_stamp(imported))
 
 
-def _cached_stamp(directory: str) -> tuple[int, int] | None:
+def _cached_stamp(directory: str) -> Stamp | None:
     """L{_stamp} from the kernel's caches only: C{None} if it would wait
     for the disk (or a directory is missing)."""
     try:
@@ -41,7 +55,15 @@ def _cached_stamp(directory: str) -> tuple[int, int] | None:
         return None
     if cur is None or new is None:
         return None
-    return (cur.st_mtime_ns, new.st_mtime_ns)
+    try:
+        imported = nowait.stat_cached(os.path.join(directory, MAILDIR_FILE))
+        if imported is None:
+            return None  # it would wait for the disk
+    except FileNotFoundError:
+        imported = None
+    except OSError:
+        return None
+    return (cur.st_mtime_ns, new.st_mtime_ns, _imported_stamp(imported))
 
 
 class SnapshotCache:
@@ -54,7 +76,7 @@ class SnapshotCache:
     def __init__(self, budget: int = _SNAPSHOT_BUDGET) -> None:
         self._budget = budget
         self._held = 0
-        self._snapshots: OrderedDict[str, tuple[tuple[int, int], list[Entry]]] = OrderedDict()
+        self._snapshots: OrderedDict[str, tuple[Stamp, list[Entry]]] = OrderedDict()
         self._lock = threading.Lock()
 
     def known(self, directory: str) -> bool:
@@ -87,13 +109,13 @@ class SnapshotCache:
         started = time.time_ns()
         entries = scan(directory)
         if stamp is not None and _stamp(directory) == stamp \
-                and started - max(stamp) > _SNAPSHOT_SETTLE_NS:
+                and started - max(stamp[:2]) > _SNAPSHOT_SETTLE_NS:
             self._keep(directory, stamp, entries)
         else:
             self.forget(directory)
         return entries
 
-    def _keep(self, directory: str, stamp: tuple[int, int], entries: list[Entry]) -> None:
+    def _keep(self, directory: str, stamp: Stamp, entries: list[Entry]) -> None:
         with self._lock:
             old = self._snapshots.pop(directory, None)
             if old is not None:

@@ -49,7 +49,7 @@ from zope.interface import implementer
 from popgate import errors
 from popgate.interfaces import IDeliveryTarget, IMaildrop, IMailStore
 from popgate.maildrop import MessageInfo
-from popgate.stores import mailpath
+from popgate.stores import imported_uidls, mailpath
 from popgate.stores.base import LockedMaildrop, LockingStore, take_flock
 from popgate.stores.mboxappend import append_to_spool
 from popgate.stores.mboxfile import MessageReader, NotAnMbox
@@ -89,6 +89,13 @@ def session_lock_path(spool: str, lockdir: str | None) -> str:
     return os.path.join(lockdir, flat + SESSION_LOCK_SUFFIX)
 
 
+def imported_uidls_path(spool: str, lockdir: str | None) -> str:
+    """Where C{popgate uidl import} keeps the UIDLs it carried over, keyed
+    by popgate's own UIDL of each message: beside the session lock."""
+    return session_lock_path(spool, lockdir)[:-len(SESSION_LOCK_SUFFIX)] + \
+        imported_uidls.MBOX_SUFFIX
+
+
 def uidl_record_path(spool: str, lockdir: str | None) -> str:
     """Where L{DuplicateIds} keeps its record: beside the session lock."""
     return session_lock_path(spool, lockdir)[:-len(SESSION_LOCK_SUFFIX)] + ".popgate-uidl"
@@ -105,8 +112,9 @@ class MboxMaildrop(LockedMaildrop):
         self._snapshot = opened.snapshot
         self._uids = opened.uids
         self._duplicates = opened.duplicates
+        served = opened.served if opened.served is not None else opened.uids
         self._infos = [MessageInfo(uid, e.size)
-                       for uid, e in zip(opened.uids, opened.snapshot.entries, strict=True)]
+                       for uid, e in zip(served, opened.snapshot.entries, strict=True)]
 
     def list_messages(self) -> list[MessageInfo]:
         return self._infos
@@ -135,6 +143,8 @@ class _Opened:
     snapshot: Snapshot
     uids: list[bytes]
     duplicates: DuplicateIds
+    #: the UIDLs served, when some were imported (L{imported_uidls_path})
+    served: list[bytes] | None = None
 
 
 @implementer(IMailStore, IDeliveryTarget)
@@ -189,7 +199,12 @@ class MboxStore(LockingStore):
         duplicates = DuplicateIds(uidl_record_path(spool, self.settings.lockdir))
         uids = assign_uids(snapshot.entries, self.settings.xuidl, duplicates)
         duplicates.save()
-        return _Opened(lock_fd, snapshot, uids, duplicates)
+        imported = imported_uidls.read(imported_uidls_path(spool, self.settings.lockdir))
+        served = None
+        if imported:
+            served = imported_uidls.apply([u.decode("ascii", "surrogateescape") for u in uids],
+                                          uids, imported)
+        return _Opened(lock_fd, snapshot, uids, duplicates, served)
 
     # IDeliveryTarget
 

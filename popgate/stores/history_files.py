@@ -26,7 +26,7 @@ from collections.abc import Mapping
 
 from twisted.logger import Logger
 
-from popgate.stores.durable import fsync_dir, write_all
+from popgate.stores.durable import fsync_dir, replace_file
 
 __all__ = ["LAST_LOGIN", "RETRIEVED", "read_retrievals", "read_time", "write_retrievals",
            "write_time"]
@@ -52,32 +52,6 @@ def _read(path: str) -> bytes | None:
     return data
 
 
-def _replace(path: str, data: bytes, durable: bool) -> None:
-    """Write C{data} under a temporary name beside C{path}, then rename it
-    over C{path} (fsynced first, and the directory after, if C{durable}).
-    Only the session holding the mailbox's lock writes (a login is
-    recorded once the maildrop is open), so one temporary name serves, and
-    one left by a killed process is overwritten."""
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            write_all(fd, data)
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    if durable:
-        fsync_dir(os.path.dirname(path) or ".")
-
-
 def read_time(path: str) -> float | None:
     """The time in a last-login file; C{None} if there is none (or it is
     not a number: a broken file lets the user in)."""
@@ -96,7 +70,9 @@ def write_time(path: str, when: float) -> None:
     the directory does not exist (an mbox user with no spool yet)."""
     if not os.path.isdir(os.path.dirname(path) or "."):
         return
-    _replace(path, b"%.3f\n" % when, durable=False)
+    # Written only by the session holding the mailbox's lock: one
+    # temporary name serves, and one a killed process left is overwritten.
+    replace_file(path, b"%.3f\n" % when, durable=False, tmp=f"{path}.tmp")
 
 
 def read_retrievals(path: str) -> dict[str, float]:
@@ -126,4 +102,4 @@ def write_retrievals(path: str, times: Mapping[str, float]) -> None:
     # A key with a line end would read back as two lines: not kept.
     lines = [b"%s %.3f\n" % (key.encode("utf-8", "surrogateescape"), when)
              for key, when in times.items() if "\n" not in key and "\r" not in key]
-    _replace(path, b"".join(lines), durable=True)
+    replace_file(path, b"".join(lines), durable=True, tmp=f"{path}.tmp")

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from twisted.logger import Logger
 
 from popgate.maildrop import is_valid_uid
+from popgate.stores.durable import fsync_dir, replace_file
 
 #: The file's name in a Maildir.
 MAILDIR_FILE = "popgate-uidls"
@@ -65,34 +66,15 @@ def write(path: str, mapping: Mapping[str, bytes]) -> None:
         if "\n" in key:
             raise ValueError(f"key with a newline: {key!r}")
         seen.add(uidl)
-    directory = os.path.dirname(path) or "."
     if not mapping:
         try:
             os.unlink(path)
         except FileNotFoundError:
             return
-    else:
-        tmp = f"{path}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
-        try:
-            with open(fd, "wb") as f:
-                f.writelines(key.encode("utf-8", "surrogateescape") + b" " + uidl + b"\n"
-                             for key, uidl in sorted(mapping.items()))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        fsync_dir(os.path.dirname(path) or ".")
+        return
+    replace_file(path, b"".join(key.encode("utf-8", "surrogateescape") + b" " + uidl + b"\n"
+                                for key, uidl in sorted(mapping.items())))
 
 
 def apply(keys: Sequence[str], uids: Sequence[bytes],

@@ -417,8 +417,11 @@ def test_first_deliveries_at_once_to_a_new_mailbox_all_succeed(dsn: str) -> None
     try:
         for round_ in range(3):
             user = f"race{round_}"
-            deliveries = [store.deliver(user, b"Subject: %d\n\nhi\n" % i) for i in range(8)]
-            uidls = reactor_thread.run(lambda ds=deliveries: defer.gatherResults(ds))
+            # Started in the reactor's thread, as popgate does: a thread pool
+            # started from this (non-daemon) thread would keep pytest from
+            # exiting.
+            uidls = reactor_thread.run(lambda u=user: defer.gatherResults(
+                [store.deliver(u, b"Subject: %d\n\nhi\n" % i) for i in range(8)]))
             assert len(set(uidls)) == 8
             assert len(stored(dsn, user)) == 8
         # A row deleted by hand while its id is kept: that delivery fails,

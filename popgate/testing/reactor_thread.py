@@ -58,8 +58,17 @@ def start_reactor() -> Any:
             _thread.start()
             if not running.wait(10):
                 raise RuntimeError("the reactor did not start within 10 seconds")
+            # Its pool's threads are made by whichever thread first hands it
+            # work, and inherit that thread's daemon flag: made by a test's
+            # own thread they would be non-daemon, and the interpreter waits
+            # for those before it runs atexit (so _stop would never come).
+            reactor.getThreadPool().threadFactory = _daemon_thread
             atexit.register(_stop)
     return reactor
+
+
+def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
+    return threading.Thread(*args, daemon=True, **kwargs)
 
 
 def _stop() -> None:

@@ -106,3 +106,13 @@ def test_batches_run_one_after_the_other(link: ReactorLink) -> None:
 
     first, second = reactor_thread.run(both)
     assert first[0].get_value(0, 1) == b"a" and second[0].get_value(0, 0) == b"b"
+
+
+def test_each_statement_of_a_batch_commits_before_the_next_runs(link: ReactorLink) -> None:
+    """A sync point after each statement: in one implicit transaction, a
+    QUIT's unlock would free the mailbox before its DELETE committed, and
+    another node's snapshot would still list the deleted messages (the
+    two-node test caught that once)."""
+    txid = Statement(b"t_txid", b"SELECT txid_current()")
+    first, second = values(reactor_thread.run(link.run, [txid, txid]))
+    assert first != second

@@ -12,12 +12,14 @@ measured under 10 parallel logins, 1.7-2.4 ms of popgate CPU per login
 against 1.0 on Maildir.  Here a login is one write and one read of the
 session's socket, in the reactor, as a POP3 line is.
 
-Each batch of statements goes out as one pipeline (every statement
-prepared once per connection, then executed by name) closed by a sync
-point; the server runs them in order, each with its own snapshot.  A
-statement that fails aborts the rest of its batch; the L{Deferred} then
-fails with L{StatementError} (the batch's results so far attached, so a
-caller can tell whether, say, the lock had been taken).  A dead socket,
+Each batch of statements goes out as one pipeline, in one write (every
+statement prepared once per connection, then executed by name), with a
+sync point after each statement: the server runs them in order, each in
+a transaction of its own, committed before the next one runs.  A failing
+statement fails the batch's L{Deferred} with L{StatementError} (the
+results of the statements before it attached, so a caller can tell
+whether, say, a deletion had been committed); the ones after it still
+run.  A dead socket,
 or no answer within C{timeout} seconds, fails it with L{LinkBroken} and
 closes the connection.  Batches on one link run one after the other.
 
@@ -103,6 +105,7 @@ class ReactorLink:
         self._results: list[Any] = []
         self._pending: list[Any] = []
         self._preparing: list[bool] = []
+        self._syncs = 0  # sync points of the running batch still to come
         self._timer: Any = None
         self._writing = False
         #: A duplicate of libpq's socket, for the reactor: libpq closes its
@@ -155,7 +158,13 @@ class ReactorLink:
                 self._preparing.append(prepare)
                 pgconn.send_query_prepared(statement.name, statement.params,
                                            result_format=1 if statement.binary else 0)
-            pgconn.pipeline_sync()
+                # A sync point after each statement: without one, the
+                # statements up to the next form one implicit transaction,
+                # and a QUIT's unlock would free the mailbox before its
+                # DELETE commits (another node's snapshot would still see
+                # the deleted messages).
+                pgconn.pipeline_sync()
+            self._syncs = len(statements)
             if self._fileno < 0:
                 self._fileno = os.dup(pgconn.socket)
         except (psycopg.Error, OSError) as e:
@@ -196,8 +205,10 @@ class ReactorLink:
                     self._one_done(self._pending)
                     self._pending = []
                 elif result.status == ExecStatus.PIPELINE_SYNC:
-                    self._finished()
-                    return
+                    self._syncs -= 1
+                    if self._syncs <= 0:
+                        self._finished()
+                        return
                 else:
                     self._pending.append(result)
         except psycopg.Error as e:

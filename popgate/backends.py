@@ -13,6 +13,7 @@ from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.python import usage
 
 from popgate.cred import catalog
+from popgate.routes.source import make_route_source
 from popgate.settings import Config
 from popgate.stores.registry import make_store
 
@@ -23,14 +24,20 @@ CREDENTIALS = (IUsernamePassword, IUsernameHashedPassword)
 def build_store(config: Config, reactor: Any) -> Any:
     """
     The mail store of C{--store}, on C{reactor} (its thread pool, its
-    clock).
+    clock), choosing upstreams from C{--route} when given.
 
     @raise usage.UsageError: no store, or one that cannot be built.
     """
     if not config.store:
         raise usage.UsageError("no mail store: give --store TYPE:ARGS (see --help-stores)")
+    route = None
+    if config.route:
+        try:
+            route = make_route_source(config.route, reactor)
+        except (ValueError, OSError) as e:
+            raise usage.UsageError(f"--route: {e}") from None
     try:
-        return make_store(config.store, reactor)
+        return make_store(config.store, reactor, route=route)
     except (ValueError, OSError) as e:
         raise usage.UsageError(f"--store: {e}") from None
 

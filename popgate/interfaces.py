@@ -369,6 +369,12 @@ class IMailStoreFactory(IPlugin):
             (L{popgate.plugin_support.call_maker}).
         @return: an L{IMailStore}.
         @raise ValueError: with a one-line reason if C{argstring} is bad.
+
+        A factory whose C{routable} attribute is true (a proxy) is also
+        called as C{makeStore(argstring, reactor, route=source)} when
+        C{--route} is given: C{source} is a
+        L{popgate.routes.source.RouteSource}, and the store makes it a
+        L{popgate.routes.router.Router} for its own URL schemes.
         """
 
 

@@ -93,16 +93,21 @@ class LazyStoreFactory:
     """
 
     def __init__(self, storeType: str, maker: str, storeHelp: str, argStringFormat: str,
-                 checks_users: bool = False) -> None:
+                 checks_users: bool = False, routable: bool = False) -> None:
         self.storeType = storeType
         self.storeHelp = storeHelp
         self.argStringFormat = argStringFormat
         #: The store can check users itself (a proxy: the upstream does),
         #: so it may be used without --auth.
         self.checksUsers = checks_users
+        #: The store chooses each user's upstream from a C{--route} source:
+        #: its maker takes C{route=} (L{popgate.routes}).
+        self.routable = routable
         self._maker = maker
 
-    def makeStore(self, argstring: str, reactor: Any) -> Any:
+    def makeStore(self, argstring: str, reactor: Any, route: Any = None) -> Any:
+        if route is not None:
+            return _load(self._maker)(argstring, reactor, route=route)
         return call_maker(_load(self._maker), argstring, reactor)
 
 

@@ -233,6 +233,12 @@ class Config:
     store: str | None = _declare(
         None, "The mail store, TYPE:ARGS (e.g. maildir:/var/mail/%d/%n); --help-stores lists "
         "the types.", "Stores", metavar="TYPE:ARGS")
+    route: str | None = _declare(
+        None, "Choose each user's upstream (a proxy: store) from a directory, TYPE:ARGS: "
+        "ldap:url=...,base=...,attribute=ATTR (the user's entry holds the URL) or "
+        "sql:dsn=...,query=SELECT upstream FROM ... WHERE userid = %(user)s; the store's "
+        "upstream= serves users without a route, if given. See docs/gateway.md#routing.",
+        "Stores", metavar="TYPE:ARGS", default_text="none (upstream= for everyone)")
     oauth: str | None = _declare(
         None, "Accept OAuth 2.0 bearer tokens (SASL OAUTHBEARER and XOAUTH2, over TLS only), "
         "checked by this token validator, TYPE:ARGS: jwt:jwks_file=FILE,issuer=...,audience=... "

@@ -11,10 +11,10 @@ from urllib.parse import urlsplit
 
 from twisted.internet import ssl
 
-from popgate.cred.args import ArgSpec
+from popgate.cred.args import Args, ArgSpec
 from popgate.cred.ldap_filter import DEFAULT_FILTER, expand_filter, parse_filter
 
-__all__ = ["DEFAULT_TIMEOUT", "LDAPSettings", "load_trust_root", "parse_args"]
+__all__ = ["DEFAULT_TIMEOUT", "LDAPSettings", "load_trust_root", "parse_args", "settings_from"]
 
 DEFAULT_TIMEOUT = 5.0
 
@@ -91,7 +91,17 @@ def parse_args(argstring: str) -> LDAPSettings:
 
     @raise ValueError: with a one-line reason.
     """
-    args = ARGS.parse(argstring)
+    return settings_from(ARGS.parse(argstring))
+
+
+def settings_from(args: Args) -> LDAPSettings:
+    """
+    The settings of parsed arguments: L{ARGS}', or those of another
+    L{ArgSpec} holding the connection keys (a route source's,
+    L{popgate.routes.ldap}); keys it lacks take their defaults.
+
+    @raise ValueError: with a one-line reason.
+    """
     ldaps, host, port = _parse_url(args["url"])
     starttls = args.yes_no("starttls")
     if starttls and ldaps:

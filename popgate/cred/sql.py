@@ -64,8 +64,8 @@ from popgate.interfaces import (
 )
 from popgate.policy import UserPolicy, user_policy
 
-__all__ = ["DEFAULT_QUERY", "PLACEHOLDERS", "SQLChecker", "compile_query", "make_checker",
-           "parse_args"]
+__all__ = ["DEFAULT_QUERY", "PLACEHOLDERS", "SQLChecker", "checked_name", "compile_query",
+           "make_checker", "parse_args"]
 
 DEFAULT_QUERY = "SELECT password, userid AS user FROM users WHERE userid = %(user)s"
 MAX_USER_LENGTH = 320
@@ -347,18 +347,22 @@ class SQLChecker:
 
     @staticmethod
     def _user_name(raw: bytes | str) -> str | None:
-        """
-        The user name as text, domain lower-cased, or C{None} if it cannot
-        name a user.
-        """
-        name = user_name(raw)
-        if (name is None or len(name) > MAX_USER_LENGTH or not name.isprintable()
-                or name != name.strip()):
-            # Control characters, NUL (PostgreSQL would reject it as a query
-            # error, i.e. a temporary failure) and padding (MySQL ignores
-            # trailing spaces when comparing) never name a user.
-            return None
-        return name
+        return checked_name(raw)
+
+
+def checked_name(raw: bytes | str) -> str | None:
+    """
+    The user name as text, domain lower-cased, or C{None} if it cannot
+    name a user (so no query is run for it).
+    """
+    name = user_name(raw)
+    if (name is None or len(name) > MAX_USER_LENGTH or not name.isprintable()
+            or name != name.strip()):
+        # Control characters, NUL (PostgreSQL would reject it as a query
+        # error, i.e. a temporary failure) and padding (MySQL ignores
+        # trailing spaces when comparing) never name a user.
+        return None
+    return name
 
 
 def make_checker(argstring: str) -> SQLChecker:

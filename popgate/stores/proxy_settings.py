@@ -1,7 +1,7 @@
 """
-The C{proxy:} store's argument string: which upstream POP3 server, how
-TLS to it is checked, the deadlines, and the master user for local
-authentication.
+The C{proxy:} store's argument string: which upstream POP3 server (or,
+with C{--route}, the one for users without a route), how TLS to it is
+checked, the deadlines, and the master user for local authentication.
 """
 
 from __future__ import annotations
@@ -18,11 +18,13 @@ ARGS = ArgSpec(
     "proxy",
     {
         "upstream": "pop3://HOST:PORT (STLS with ?tls=starttls), or pop3s://HOST:PORT "
-                    "(TLS from the first octet); ports default to 110 and 995.",
+                    "(TLS from the first octet); ports default to 110 and 995. With "
+                    "--route, the upstream of users without a route (default: none: "
+                    "they are refused).",
         "ca_file": "PEM file of the CAs that sign the upstream's certificate (default: "
                    "the system's trust store).",
-        "server_name": "The name the upstream's certificate must carry (default: the "
-                       "URL's host).",
+        "server_name": "The name the certificate of upstream= must carry (default: the "
+                       "URL's host; a routed upstream's is always its URL's host).",
         "connect_timeout": "Seconds to connect, TLS included (default: 10).",
         "greeting_timeout": "Seconds to wait for the upstream's greeting (default: 10).",
         "command_timeout": "Seconds an upstream reply may make no progress (default: 60).",
@@ -32,7 +34,6 @@ ARGS = ArgSpec(
                                 "line).",
         "master_separator": "What joins the user and the master user (default: *).",
     },
-    required=("upstream",),
 )
 
 
@@ -60,57 +61,67 @@ class Upstream:
 
 @dataclass(frozen=True)
 class ProxySettings:
-    upstream: Upstream
+    #: None with --route and no upstream=.
+    upstream: Upstream | None
     connect_timeout: float = 10.0
     greeting_timeout: float = 10.0
     command_timeout: float = 60.0
     master_user: str | None = None
     master_password: bytes | None = field(default=None, repr=False)
     master_separator: str = "*"
+    #: The CAs of every upstream, routed ones included.
+    ca_file: str | None = None
 
 
 def parse_upstream(url: str, ca_file: str | None = None,
-                   server_name: str | None = None) -> Upstream:
+                   server_name: str | None = None, what: str = "upstream=") -> Upstream:
     """
     C{pop3://mail.example.org:110?tls=starttls} -> an L{Upstream}.
 
+    @param what: how messages name the URL (C{route} for a routed one).
     @raise ValueError: with a one-line reason.
     """
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
     if scheme not in ("pop3", "pop3s"):
-        raise ValueError(f"proxy: upstream= must be a pop3:// or pop3s:// URL, got {url[:60]!r}")
+        raise ValueError(f"proxy: {what} must be a pop3:// or pop3s:// URL, got {url[:60]!r}")
     if not parts.hostname:
-        raise ValueError(f"proxy: upstream= {url[:60]!r} names no host")
+        raise ValueError(f"proxy: {what} {url[:60]!r} names no host")
     try:
         port = parts.port or (995 if scheme == "pop3s" else 110)
     except ValueError:
-        raise ValueError(f"proxy: upstream= {url[:60]!r} has a bad port") from None
+        raise ValueError(f"proxy: {what} {url[:60]!r} has a bad port") from None
     if parts.path not in ("", "/") or parts.username or parts.password:
-        raise ValueError("proxy: upstream= takes scheme://host:port[?tls=starttls] only")
+        raise ValueError(f"proxy: {what} takes scheme://host:port[?tls=starttls] only")
     query = parse_qs(parts.query, keep_blank_values=True)
     unknown = set(query) - {"tls"}
     if unknown:
-        raise ValueError(f"proxy: upstream= unknown parameter {sorted(unknown)[0]!r}")
+        raise ValueError(f"proxy: {what} unknown parameter {sorted(unknown)[0]!r}")
     tls = "implicit" if scheme == "pop3s" else "none"
     wanted = query.get("tls", [""])[-1].lower()
     if wanted:
         if scheme == "pop3s" or wanted != "starttls":
-            raise ValueError("proxy: upstream= ?tls=starttls is the only tls= value, "
+            raise ValueError(f"proxy: {what} ?tls=starttls is the only tls= value, "
                              "and only for pop3://")
         tls = "starttls"
     return Upstream(parts.hostname, port, tls, server_name or parts.hostname, ca_file)
 
 
-def parse_args(argstring: str) -> ProxySettings:
+def parse_args(argstring: str, routed: bool = False) -> ProxySettings:
     """
+    @param routed: a route source chooses the upstreams (C{--route}), so
+        C{upstream=} is optional.
     @raise ValueError: with a one-line reason.
     """
     args = ARGS.parse(argstring)
     ca_file = args.text("ca_file")
     if ca_file is not None and not Path(ca_file).is_file():
         raise ARGS.error(f"ca_file= {ca_file}: no such file")
-    upstream = parse_upstream(args["upstream"], ca_file, args.text("server_name"))
+    given = args.text("upstream")
+    if given is None and not routed:
+        raise ARGS.error("upstream= is required (or give --route)")
+    upstream = None if given is None else parse_upstream(given, ca_file,
+                                                          args.text("server_name"))
     timeouts = {}
     for key, default in (("connect_timeout", 10.0), ("greeting_timeout", 10.0),
                          ("command_timeout", 60.0)):
@@ -133,4 +144,4 @@ def parse_args(argstring: str) -> ProxySettings:
             raise ARGS.error(f"master_password_file= {secret_file} is empty")
     separator = args.text("master_separator") or "*"
     return ProxySettings(upstream, master_user=master, master_password=secret,
-                         master_separator=separator, **timeouts)
+                         master_separator=separator, ca_file=ca_file, **timeouts)

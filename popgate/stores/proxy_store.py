@@ -15,11 +15,15 @@ dropped, mid-reply), so nothing is deleted.
 Who checks the password (L{popgate.stores.proxy_auth}): the upstream
 itself (no C{--auth}), or popgate's user stores and then the upstream is
 logged in to with the same password or as a master user.
+
+Which upstream: C{upstream=}, or with C{--route} the one a directory names
+for the user (L{popgate.routes}), looked up before either login.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 from twisted.cred.checkers import ICredentialsChecker
@@ -30,6 +34,8 @@ from zope.interface import implementer
 from popgate import errors
 from popgate.interfaces import IAuthenticatingStore, IMailStore, IReachable, ITopMaildrop
 from popgate.maildrop import MessageInfo, is_valid_uid
+from popgate.routes.router import Router
+from popgate.routes.source import RouteSource
 from popgate.stores.pop3_upstream import UpstreamError, UpstreamProtocol
 from popgate.stores.proxy_auth import (
     PasswordForwarder,
@@ -38,20 +44,28 @@ from popgate.stores.proxy_auth import (
     forwarded_password,
 )
 from popgate.stores.proxy_connect import connect, log_in
-from popgate.stores.proxy_settings import ProxySettings, Upstream, parse_args
+from popgate.stores.proxy_settings import ProxySettings, Upstream, parse_args, parse_upstream
 from popgate.stores.proxy_source import UpstreamMessage
 
 __all__ = ["ProxyMaildrop", "ProxyStore", "make_store"]
 
 log = Logger()
 
-#: Chooses the upstream of a user (the seam for per-user routing from a
-#: directory): by default, the store's one upstream.
-Route = Callable[[str], Upstream]
+#: Chooses the upstream of a user: by default the store's one upstream,
+#: with --route a L{Router} asking a directory.
+Route = Callable[[str], defer.Deferred[Upstream]]
 
 
-def make_store(argstring: str, reactor: Any) -> ProxyStore:
-    return ProxyStore(parse_args(argstring), reactor)
+def make_store(argstring: str, reactor: Any, route: RouteSource | None = None) -> ProxyStore:
+    """
+    @param route: the C{--route} source, if any; C{upstream=} is then the
+        upstream of users it has no route for.
+    """
+    settings = parse_args(argstring, routed=route is not None)
+    if route is None:
+        return ProxyStore(settings, reactor)
+    parse = partial(parse_upstream, ca_file=settings.ca_file, what="route")
+    return ProxyStore(settings, reactor, Router(route, parse, settings.upstream, "proxy"))
 
 
 @implementer(IMailStore, IAuthenticatingStore, IReachable)
@@ -63,7 +77,12 @@ class ProxyStore:
     def __init__(self, settings: ProxySettings, reactor: Any, route: Route | None = None) -> None:
         self.settings = settings
         self.reactor = reactor
-        self.route: Route = route or (lambda user: settings.upstream)
+        if route is None:
+            upstream = settings.upstream
+            if upstream is None:
+                raise ValueError("proxy: no upstream= and no route")
+            route = lambda user: defer.succeed(upstream)  # noqa: E731
+        self.route: Route = route
 
     # -- who checks the password (IAuthenticatingStore)
 
@@ -76,23 +95,31 @@ class ProxyStore:
 
     def log_in(self, name: str, user: bytes, password: bytes) -> defer.Deferred[UpstreamProtocol]:
         """Log in to C{name}'s upstream as C{user} (upstream authentication)."""
-        upstream = self.route(name)
-        return defer.Deferred.fromCoroutine(
-            log_in(self.reactor, self.settings, upstream, user, password))
+        async def routed() -> UpstreamProtocol:
+            upstream = await self.route(name)
+            return await log_in(self.reactor, self.settings, upstream, user, password)
+
+        return defer.Deferred.fromCoroutine(routed())
 
     # -- IReachable (popgate check-config)
 
     def probe(self) -> defer.Deferred[str]:
-        """Connect to the upstream (TLS and its certificate included), read
-        its greeting, QUIT."""
+        """Ask the route source, if any; connect to C{upstream=}, if given
+        (TLS and its certificate included), read its greeting, QUIT."""
         async def greet() -> str:
+            said = []
+            probe = getattr(self.route, "probe", None)
+            if probe is not None:
+                said.append(f"routes from {await probe()}")
             upstream = self.settings.upstream
-            connection = await connect(self.reactor, self.settings, upstream)
-            try:
-                await connection.simple(b"QUIT")
-            finally:
-                connection.close()
-            return f"{upstream.url} answers"
+            if upstream is not None:
+                connection = await connect(self.reactor, self.settings, upstream)
+                try:
+                    await connection.simple(b"QUIT")
+                finally:
+                    connection.close()
+                said.append(f"{upstream.url} answers")
+            return "; ".join(said)
 
         return defer.Deferred.fromCoroutine(greet())
 
@@ -118,6 +145,7 @@ class ProxyStore:
         upstream as a master user, or with the password the client gave."""
         name = str(avatar_id)
         settings = self.settings
+        upstream = await self.route(name)
         if settings.master_user and settings.master_password:
             user = f"{name}{settings.master_separator}{settings.master_user}".encode()
             password = settings.master_password
@@ -128,7 +156,7 @@ class ProxyStore:
                     "proxy: no password to log in upstream with (give master_user=, or a "
                     "user store that checks passwords)")
             user, password = name.encode(), found
-        connection = await log_in(self.reactor, settings, self.route(name), user, password)
+        connection = await log_in(self.reactor, settings, upstream, user, password)
         return connection
 
 

@@ -21,11 +21,14 @@ def store_factories() -> dict[str, Any]:
     return {f.storeType: f for f in getPlugins(IMailStoreFactory, plugins)}
 
 
-def make_store(description: str, reactor: Any) -> Any:
+def make_store(description: str, reactor: Any, route: Any = None) -> Any:
     """
     Build the store that C{description} (C{maildir:/var/mail/%d/%n}) names,
     running on C{reactor} (handed to the plugin's C{makeStore} when it
     takes one; see L{IMailStoreFactory.makeStore}).
+
+    @param route: a C{--route} source (L{popgate.routes.source}), for a
+        store whose factory is C{routable} (a proxy).
 
     @raise ValueError: with a one-line reason, also when the plugin's
         module needs an optional dependency that is not installed
@@ -37,7 +40,11 @@ def make_store(description: str, reactor: Any) -> Any:
     if factory is None:
         known = ", ".join(sorted(factories)) or "none"
         raise ValueError(f"unknown store type {store_type!r} (known: {known})")
+    if route is not None and not getattr(factory, "routable", False):
+        raise ValueError(f"the {store_type}: store takes no --route (proxy stores do)")
     try:
+        if route is not None:
+            return factory.makeStore(argstring, reactor, route=route)
         return call_maker(factory.makeStore, argstring, reactor)
     except ImportError as e:
         if not is_missing_dependency(e):

@@ -82,8 +82,9 @@ proxy = LazyStoreFactory(
     "penalties, limits and logs in front of it); without --auth the upstream checks "
     "the passwords. See docs/gateway.md.",
     "proxy:upstream=pop3s://HOST:PORT[,ca_file=...][,server_name=...]"
-    "[,master_user=...,master_password_file=...]",
+    "[,master_user=...,master_password_file=...] (with --route, upstream= is optional)",
     checks_users=True,
+    routable=True,
 )
 
 memory = LazyStoreFactory(

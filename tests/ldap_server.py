@@ -51,6 +51,14 @@ TWIN_PASSWORD = "twin-pw"
 # recipients in any case must get the directory's spelling.
 MIXED_CASE_USER = ("Dana", "dana-pw", "Dana@Example.org")
 ERIN_MAIL_LOCATION = "/srv/mail/erin/Maildir"
+#: The attribute holding users' upstream URLs (--route): alice's and bob's
+#: name POP3 servers on the directory's C{route_ports}, carol's an IMAP one.
+ROUTE_ATTRIBUTE = "labeledURI"
+
+
+def _routes(ports: tuple[int, int]) -> dict[str, str]:
+    return {"alice": f"pop3://127.0.0.1:{ports[0]}", "bob": f"pop3://127.0.0.1:{ports[1]}",
+            "carol": f"imaps://127.0.0.1:{ports[0]}"}
 
 # A private OID arc: only the tests' own slapd loads this schema.
 _MAIL_SCHEMA = """\
@@ -139,8 +147,10 @@ def _person(name: str, ou: str, base: str, password: str, extra: tuple[tuple[str
     )
 
 
-def make_ldif(base: str, top: list[str], mail_attribute: str, service_dn: str | None) -> str:
-    """The test entries under C{base}; C{top} is the base entry itself."""
+def make_ldif(base: str, top: list[str], mail_attribute: str, service_dn: str | None,
+              routes: dict[str, str] | None = None) -> str:
+    """The test entries under C{base}; C{top} is the base entry itself;
+    C{routes}, the L{ROUTE_ATTRIBUTE} of some users."""
     entries = [_entry(base, *((line.split(": ", 1)[0], line.split(": ", 1)[1]) for line in top))]
     for ou in ("people", "others", "services"):
         entries.append(_entry(f"ou={ou},{base}", ("objectClass", "organizationalUnit"), ("ou", ou)))
@@ -161,6 +171,8 @@ def make_ldif(base: str, top: list[str], mail_attribute: str, service_dn: str | 
                 extra = (("objectClass", "popgateMailUser"), ("mailMessageStore", ERIN_MAIL_LOCATION))
             else:
                 extra = ((mail_attribute, ERIN_MAIL_LOCATION),)
+        if name in (routes or {}):
+            extra += ((ROUTE_ATTRIBUTE, (routes or {})[name]),)
         entries.append(_person(name, "people", base, _stored(password, scheme), extra))
     name, password, mail = MIXED_CASE_USER
     entries.append(
@@ -269,6 +281,9 @@ class LDAPServer:
     binddn: str
     bindpw: str
     mail_attribute: str
+    #: Where the users' routes (L{ROUTE_ATTRIBUTE}) say alice's and bob's
+    #: upstreams listen.
+    route_ports: tuple[int, int] = (0, 0)
     ldaps_url: str | None = None
     cafile: str | None = None
     local: bool = False
@@ -313,7 +328,9 @@ def _local_server(directory: Path) -> LDAPServer:
     service_dn = f"cn=popgate,ou=services,{SUFFIX}"
     ldif = directory / "users.ldif"
     top = ["objectClass: dcObject", "objectClass: organization", "dc: example", "o: Example"]
-    ldif.write_text(make_ldif(SUFFIX, top, "mailMessageStore", service_dn), encoding="utf-8")
+    route_ports = (free_port(), free_port())
+    ldif.write_text(make_ldif(SUFFIX, top, "mailMessageStore", service_dn, _routes(route_ports)),
+                    encoding="utf-8")
     _checked([slapadd, "-f", str(conf), "-l", str(ldif)])
     plain, tls = free_port(), free_port()
     server = LDAPServer(
@@ -323,6 +340,7 @@ def _local_server(directory: Path) -> LDAPServer:
         binddn=service_dn,
         bindpw=SERVICE_PASSWORD,
         mail_attribute="mailMessageStore",
+        route_ports=route_ports,
         cafile=str(directory / "ca.pem"),
         local=True,
         _slapd=[slapd, "-f", str(conf)],
@@ -364,14 +382,17 @@ def _external_server(url: str) -> tuple[LDAPServer, _External]:
         pytest.fail("POPGATE_LDAP_URL needs POPGATE_LDAP_BASE, POPGATE_LDAP_BINDDN and POPGATE_LDAP_BINDPW")
     ou = f"popgate-test-{secrets.token_hex(4)}"
     base = f"ou={ou},{ext.base}"
-    ldif = make_ldif(base, ["objectClass: organizationalUnit", f"ou: {ou}"], "description", None)
+    route_ports = (free_port(), free_port())
+    ldif = make_ldif(base, ["objectClass: organizationalUnit", f"ou: {ou}"], "description", None,
+                     _routes(route_ports))
     try:
         _ldap_tool("ldapadd", url, ext.binddn, ext.bindpw, stdin=ldif)
     except Exception:
         with contextlib.suppress(Exception):
             _ldap_tool("ldapdelete", url, ext.binddn, ext.bindpw, "-r", base)
         raise
-    server = LDAPServer(url=url, base=base, binddn=ext.binddn, bindpw=ext.bindpw, mail_attribute="description")
+    server = LDAPServer(url=url, base=base, binddn=ext.binddn, bindpw=ext.bindpw, mail_attribute="description",
+                        route_ports=route_ports)
     return server, ext
 
 

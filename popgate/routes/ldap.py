@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 
 from popgate.cred.args import ArgSpec
 from popgate.cred.ldap_directory import Directory
@@ -45,7 +44,6 @@ ARGS = ArgSpec(
 class LDAPRoutes:
     """The URL in C{attribute} of the user's one entry."""
 
-    log = Logger()
 
     def __init__(self, settings: LDAPSettings, attribute: str, reactor: Any) -> None:
         self.attribute = attribute
@@ -60,10 +58,8 @@ class LDAPRoutes:
         if user is None:
             return None
         entries = await self.directory.search(parse_filter(expand_filter(self._filter, user)))
-        if len(entries) > 1:
-            self.log.error("route: the LDAP filter matches several entries for {user!r}",
-                           user=user)
-            raise PermanentFailure("the LDAP filter matches several entries")
+        if len(entries) > 1:  # the login's error line says so
+            raise PermanentFailure(f"the LDAP filter matches several entries for {user}")
         return (entries[0].first(self.attribute) or None) if entries else None
 
     def probe(self) -> Deferred[str]:

@@ -11,8 +11,9 @@ perdition and Dovecot's proxy decide it:
     L{UnknownUser} (C{-ERR [AUTH]}, as for a user who does not exist, and
     the login penalty counts it);
   - a URL the store cannot serve (malformed, or another store's scheme):
-    L{PermanentFailure} (C{-ERR [SYS/PERM]}), one log line naming the user
-    and the value: the directory needs fixing, retrying will not help;
+    L{PermanentFailure} (C{-ERR [SYS/PERM]}) saying why, which the login's
+    one error line shows with the user: the directory needs fixing,
+    retrying will not help;
   - the directory cannot answer: its L{TemporaryFailure}
     (C{-ERR [SYS/TEMP]}) passes through.
 """
@@ -65,9 +66,8 @@ class Router(Generic[U]):
         try:
             return self.parse(url)
         except ValueError as e:
-            self.log.error("{store}: the route of {user!r} is unusable: {error}",
-                           store=self.store, user=name, error=e)
-            raise PermanentFailure(f"the route of {name} is unusable") from None
+            # The login's error line says this (why=), naming the user.
+            raise PermanentFailure(f"the route of {name} is unusable: {e}") from None
 
     def probe(self) -> Deferred[str]:
         """Whether the source answers."""

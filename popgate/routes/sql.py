@@ -71,9 +71,8 @@ class SQLRoutes:
         if user is None:
             return None
         rows = await self.database.fetch(self._query, user)
-        if len(rows) > 1:
-            self.log.error("route: the query returns several rows for {user!r}", user=user)
-            raise PermanentFailure("the route query returns several rows")
+        if len(rows) > 1:  # the login's error line says so
+            raise PermanentFailure(f"the route query returns several rows for {user}")
         if not rows or not rows[0].columns:
             return None
         return self._stored.decode(rows[0].columns[0], "the route", user) or None

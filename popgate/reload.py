@@ -130,8 +130,8 @@ def prepare(parse: Parse, running: Config, checkers: Sequence[ICredentialsChecke
     changed = [s.key for s in SETTINGS if getattr(new, s.key) != getattr(running, s.key)]
     live = tuple(key for key in changed if BY_KEY[key].live)
     restart_needed = tuple(key for key in changed if not BY_KEY[key].live)
-    if "store" in restart_needed:
-        build_store(new, reactor)  # only to refuse one that cannot work
+    if "store" in restart_needed or "route" in restart_needed:
+        build_store(new, reactor)  # only to refuse one that cannot work (nothing connects yet)
     config = dataclasses.replace(running, **{key: getattr(new, key) for key in live})
     if config.pop3s and not config.tls_cert:
         raise usage.UsageError("the --pop3s listeners need --tls-cert and --tls-key until "

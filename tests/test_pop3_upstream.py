@@ -1,6 +1,7 @@
 """
-The proxy store's upstream side in memory: the dot decoder at every chunk
-edge, the upstream POP3 client on a StringTransport and a Clock (replies,
+The proxy store's upstream side in memory: the dot decoder and the wire
+scanner (RETR's end, passed through) at every chunk edge, the upstream
+POP3 client on a StringTransport and a Clock (replies,
 -ERR codes, deadlines, a lost connection, back-pressure, an abandoned
 reply), the maildrop's snapshot, QUIT and drop, and the argument string.
 """
@@ -23,7 +24,7 @@ from popgate import errors
 from popgate.interfaces import IDeferredMessageSource, IMailStore, ITopMaildrop
 from popgate.pop3.encoder import encode_message
 from popgate.stores import proxy_source
-from popgate.stores.pop3_dots import DotDecoder
+from popgate.stores.pop3_dots import DotDecoder, WireScanner
 from popgate.stores.pop3_upstream import UpstreamError, UpstreamProtocol, UpstreamUnavailable
 from popgate.stores.proxy_auth import PasswordForwarder, UpstreamAvatarId, claim_upstream
 from popgate.stores.proxy_connect import login_refusal
@@ -82,6 +83,78 @@ def test_decoder_bytewise_and_random() -> None:
         cuts = sorted(rng.sample(range(len(body)), 20))
         chunks = [body[a:b] for a, b in zip([0] + cuts, cuts + [len(body)], strict=True)]
         assert decode(chunks)[0] == message
+
+
+def scan(chunks: list[bytes]) -> tuple[bytes, bytes]:
+    """What the scanner passes on, and what it leaves for the next reply."""
+    scanner = WireScanner()
+    out, rest = [], b""
+    for i, chunk in enumerate(chunks):
+        data, rest = scanner.feed(chunk)
+        out.append(data)
+        if scanner.done:
+            rest += b"".join(chunks[i + 1:])
+            break
+    assert scanner.done, chunks
+    return b"".join(out), rest
+
+
+# Replies as servers send them (wire form, terminated), with the edges
+# that matter: dot lines, "..", an empty message, a terminator-like line
+# that is stuffed, bare CRs and bare LFs, which end no line.
+WIRE_REPLIES = [wire(message) for message in CORPUS] + [
+    b".\r\n",  # an empty message
+    b"..\r\n.\r\n",  # a message that is one "." line
+    b"\r\n.\r\n",  # one empty line
+    b"...\r\n..\r\n\r\n.\r\n",
+    b"a\n.\r\nb\r\n.\r\n",  # "\n.\r\n" ends nothing: a bare LF ends no line
+    b"a\r.\r\n\r\n.\r\n",  # nor does "\r.\r\n"
+    b"x\r\n.\r\r\n.\r\n",  # ".\r\r\n": a (stuffed) line, not the end
+    b"x\r\n.\rx\r\n.\r\n",
+    b"x\r\n.\r\n",
+]
+
+
+@pytest.mark.parametrize("reply", WIRE_REPLIES)
+def test_scanner_every_split(reply: bytes) -> None:
+    """Every split of a reply into three chunks (so the terminator is cut
+    after each of its 1, 2, 3 and 4 first octets, and into pieces): the
+    octets before ".\r\n" come out as they came, and what follows is left
+    for the next reply."""
+    body = reply + b"+OK next\r\n"
+    for cut in range(len(body) + 1):
+        for cut2 in range(cut, len(body) + 1):
+            got, rest = scan([body[:cut], body[cut:cut2], body[cut2:]])
+            assert got == reply[:-3], (cut, cut2)
+            assert rest == b"+OK next\r\n", (cut, cut2)
+
+
+def test_scanner_bytewise_and_random() -> None:
+    rng = random.Random(11)
+    message = b"".join(rng.choice([b".", b"..", b"x", b"\r", b"\n", b"\r\n", b"\r\n."])
+                       for _ in range(3000))
+    body = wire(message)
+    assert scan([body[i:i + 1] for i in range(len(body))]) == (body[:-3], b"")
+    for _ in range(50):
+        cuts = sorted(rng.sample(range(len(body)), 20))
+        chunks = [body[a:b] for a, b in zip([0] + cuts, cuts + [len(body)], strict=True)]
+        assert scan(chunks) == (body[:-3], b"")
+        # And the client, un-stuffing it, gets what the decoder gets.
+        assert decode(chunks)[0] == normalized(message) + (
+            b"\r\n" if message and not normalized(message).endswith(b"\r\n") else b"")
+
+
+def test_scanner_passes_whole_chunks_on() -> None:
+    """No copy on the way: a chunk that ends no line start goes on as the
+    same object; one that ends in ".\r" after a CRLF is held back."""
+    scanner = WireScanner()
+    chunk = b"Subject: x\r\n\r\n" + b"body line\r\n" * 1000
+    assert scanner.feed(chunk)[0] is chunk
+    assert scanner.feed(b"..dot\r\n.") == (b"..dot\r\n", b"")
+    assert scanner.feed(b"\r") == (b"", b"")
+    assert scanner.feed(b"\r\n") == (b".\r\r\n", b"")  # not the end: a stuffed line
+    assert scanner.feed(b".\r\n+OK") == (b"", b"+OK")
+    assert scanner.done
 
 
 # -- the client
@@ -225,8 +298,8 @@ def test_source_waits_for_data() -> None:
     first = source.read_deferred(4)
     assert not first.called
     protocol.dataReceived(b"..abcdef\r\n")
-    assert first.result == b".abc"
-    assert source.read_deferred(100).result == b"def\r\n"
+    assert first.result == b"..ab"  # the wire form, passed through
+    assert source.read_deferred(100).result == b"cdef\r\n"
     second = source.read_deferred(100)
     protocol.dataReceived(b".\r\n")
     assert second.result == b""

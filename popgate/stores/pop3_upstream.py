@@ -4,14 +4,14 @@ A POP3 client for an upstream server, on the reactor: the proxy store's
 
 Commands go one at a time, in order (no pipelining: an upstream need not
 offer it).  A single-line reply fires with its text; a listing (UIDL,
-LIST) with its lines; a message (RETR, TOP) is handed to a I{sink} a
-chunk at a time as it arrives, un-stuffed by L{DotDecoder}, and the sink
-can pause the socket (back-pressure from popgate's client) or abandon the
-rest (the reply is then read and dropped, so the connection stays in
-step).  Every step has a deadline: a command whose reply does not progress
-for C{timeout} seconds aborts the connection, and every waiting command
-fails with L{UpstreamUnavailable}, as does everything after a lost
-connection.
+LIST) with its lines, un-stuffed by L{DotDecoder}; a message (RETR, TOP)
+is handed to a I{sink} a chunk at a time as it arrives, in its wire form
+(L{WireScanner} only finds its end), and the sink can pause the socket
+(back-pressure from popgate's client) or abandon the rest (the reply is
+then read and dropped, so the connection stays in step).  Every step has
+a deadline: a command whose reply does not progress for C{timeout}
+seconds aborts the connection, and every waiting command fails with
+L{UpstreamUnavailable}, as does everything after a lost connection.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from popgate import errors
-from popgate.stores.pop3_dots import DotDecoder
+from popgate.stores.pop3_dots import DotDecoder, WireScanner
 
 __all__ = ["Sink", "UpstreamError", "UpstreamProtocol", "UpstreamUnavailable"]
 
@@ -65,7 +65,8 @@ class UpstreamError(Exception):
 
 
 class Sink(TypingProtocol):
-    """Where the octets of a RETR or TOP reply go (L{popgate.stores.proxy_source})."""
+    """Where the octets of a RETR or TOP reply go (L{popgate.stores.proxy_source}):
+    its wire form, dot-stuffed, without the terminating C{.} line."""
 
     def data(self, octets: bytes) -> None: ...
     def end(self) -> None: ...
@@ -81,7 +82,7 @@ class _Command:
         self.deferred: defer.Deferred[Any] = defer.Deferred()
         self.sink = sink
         self.listing = bytearray()
-        self.decoder: DotDecoder | None = None
+        self.decoder: DotDecoder | WireScanner | None = None
         self.dropping = False  # the sink let go: read the rest, hand out nothing
 
 
@@ -253,9 +254,11 @@ class UpstreamProtocol(Protocol):
                 self._complete(command)
                 command.deferred.callback(text)
                 return
-            command.decoder = DotDecoder()
             if command.kind == "stream":
+                command.decoder = WireScanner()
                 command.deferred.callback(text)
+            else:
+                command.decoder = DotDecoder()
             return
         if line.startswith(b"-ERR"):
             self._complete(command)

@@ -23,6 +23,7 @@ from zope.interface.verify import verifyObject
 from popgate import errors
 from popgate.interfaces import IDeferredMessageSource, IMailStore, ITopMaildrop
 from popgate.pop3.encoder import encode_message
+from popgate.pop3.output import MessageSender, OutputGate, encoder_for
 from popgate.stores import proxy_source
 from popgate.stores.pop3_dots import DotDecoder, WireScanner
 from popgate.stores.pop3_upstream import UpstreamError, UpstreamProtocol, UpstreamUnavailable
@@ -305,6 +306,40 @@ def test_source_waits_for_data() -> None:
     assert second.result == b""
 
 
+@pytest.mark.parametrize("cut", [b"abc\r\n", b"abc\r\n.", b"abc\r\n.\r", b"..x\r\n"])
+def test_relayed_retr_cut_by_the_upstream_never_looks_finished(cut: bytes) -> None:
+    """The upstream goes away before its end line (even in the middle of
+    it): popgate's sender fails (its client is dropped), and what the
+    client got does not end with a "." line."""
+    protocol, transport, _ = connected()
+    source = UpstreamMessage(protocol)
+    protocol.stream(b"RETR 1", source)
+    protocol.dataReceived(b"+OK\r\n" + cut)
+    out: list[bytes] = []
+    gate = OutputGate(lambda: None, lambda: None, lambda: None)
+    sender = MessageSender(gate, source, encoder_for(source, None), out.append, lambda: None)
+    done = sender.start(b"+OK 9 octets\r\n")
+    protocol.connectionLost(Failure(ConnectionError("reset")))
+    assert done.result.check(UpstreamUnavailable)
+    done.addErrback(lambda _: None)
+    assert not b"".join(out).endswith(b"\r\n.\r\n")
+
+
+def test_relayed_retr_goes_out_as_the_upstream_sent_it() -> None:
+    protocol, transport, _ = connected()
+    source = UpstreamMessage(protocol)
+    protocol.stream(b"RETR 1", source)
+    protocol.dataReceived(b"+OK\r\n")
+    out: list[bytes] = []
+    gate = OutputGate(lambda: None, lambda: None, lambda: None)
+    done = MessageSender(gate, source, encoder_for(source, None), out.append,
+                         lambda: None).start(b"+OK 11 octets\r\n")
+    for piece in (b"..a\r\nb\nc\r", b"\n\r\n.", b"\r", b"\n"):
+        protocol.dataReceived(piece)
+    assert done.result is None
+    assert b"".join(out) == b"+OK 11 octets\r\n..a\r\nb\nc\r\n\r\n.\r\n"
+
+
 # -- the maildrop
 
 def logged_in(listing: bytes = b"+OK\r\n1 uid-a\r\n2 uid-b\r\n.\r\n"
@@ -385,6 +420,78 @@ def test_quit_refused_upstream() -> None:
     protocol.dataReceived(b"-ERR [SYS/TEMP] could not expunge\r\n")
     assert d.result.check(errors.TemporaryFailure)
     d.addErrback(lambda _: None)
+
+
+FOUR = (b"+OK\r\n1 a\r\n2 b\r\n3 c\r\n4 d\r\n.\r\n"
+        b"+OK\r\n1 10\r\n2 20\r\n3 30\r\n4 40\r\n.\r\n")
+
+
+def writes_of(transport: StringTransport) -> list[bytes]:
+    writes: list[bytes] = []
+    write = transport.write
+
+    def recorded(data: bytes) -> None:
+        writes.append(data)
+        write(data)
+
+    transport.write = recorded  # type: ignore[method-assign]
+    return writes
+
+
+def test_quit_pipelines_the_deles_if_the_upstream_offers_it() -> None:
+    maildrop, transport, protocol = logged_in(FOUR)
+    writes = writes_of(transport)
+    d = maildrop.commit([3, 0, 1])
+    assert sent(transport) == b"CAPA\r\n"
+    protocol.dataReceived(b"+OK\r\nTOP\r\nPIPELINING\r\nUIDL\r\n.\r\n")
+    assert writes[1:] == [b"DELE 1\r\nDELE 2\r\nDELE 4\r\n"]  # one write, before any reply
+    sent(transport)
+    protocol.dataReceived(b"+OK\r\n+OK\r\n")
+    assert sent(transport) == b""  # QUIT only once every DELE said +OK
+    protocol.dataReceived(b"+OK\r\n")
+    assert sent(transport) == b"QUIT\r\n"
+    assert not d.called
+    protocol.dataReceived(b"+OK bye\r\n")
+    assert d.result is None
+
+
+def test_a_refused_pipelined_dele_deletes_nothing() -> None:
+    maildrop, transport, protocol = logged_in(FOUR)
+    d = maildrop.commit([0, 1, 2])
+    protocol.dataReceived(b"+OK\r\nPIPELINING\r\n.\r\n")
+    assert sent(transport) == b"CAPA\r\nDELE 1\r\nDELE 2\r\nDELE 3\r\n"
+    protocol.dataReceived(b"+OK\r\n-ERR [SYS/TEMP] nope\r\n")
+    assert not d.called  # the third reply is still to come
+    protocol.dataReceived(b"+OK\r\n")
+    assert d.result.check(errors.TemporaryFailure)
+    d.addErrback(lambda _: None)
+    assert sent(transport) == b"RSET\r\n"
+    protocol.dataReceived(b"+OK\r\n")
+    assert sent(transport) == b"QUIT\r\n"
+
+
+def test_upstream_lost_during_pipelined_deles() -> None:
+    maildrop, transport, protocol = logged_in(FOUR)
+    d = maildrop.commit([0, 1, 2])
+    protocol.dataReceived(b"+OK\r\nPIPELINING\r\n.\r\n+OK\r\n")
+    protocol.connectionLost(Failure(ConnectionError("reset")))
+    assert d.result.check(UpstreamUnavailable)
+    d.addErrback(lambda _: None)
+    assert b"QUIT" not in transport.value()
+
+
+@pytest.mark.parametrize("capa", [b"-ERR what?\r\n", b"+OK\r\nTOP\r\nUIDL\r\n.\r\n"])
+def test_deles_one_at_a_time_without_pipelining(capa: bytes) -> None:
+    maildrop, transport, protocol = logged_in(FOUR)
+    d = maildrop.commit([0, 1, 2])
+    assert sent(transport) == b"CAPA\r\n"
+    protocol.dataReceived(capa)
+    for n in (1, 2, 3):
+        assert sent(transport) == b"DELE %d\r\n" % n
+        protocol.dataReceived(b"+OK\r\n")
+    assert sent(transport) == b"QUIT\r\n"
+    protocol.dataReceived(b"+OK\r\n")
+    assert d.result is None
 
 
 def test_drop_sends_no_dele() -> None:

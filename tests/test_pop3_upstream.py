@@ -24,7 +24,7 @@ from popgate import errors
 from popgate.interfaces import IDeferredMessageSource, IMailStore, ITopMaildrop
 from popgate.pop3.encoder import encode_message
 from popgate.pop3.output import MessageSender, OutputGate, encoder_for
-from popgate.stores import proxy_source
+from popgate.stores import pop3_upstream, proxy_source
 from popgate.stores.pop3_dots import DotDecoder, WireScanner
 from popgate.stores.pop3_upstream import UpstreamError, UpstreamProtocol, UpstreamUnavailable
 from popgate.stores.proxy_auth import PasswordForwarder, UpstreamAvatarId, claim_upstream
@@ -191,6 +191,22 @@ def sent(transport: StringTransport) -> bytes:
     value = transport.value()
     transport.clear()
     return value
+
+
+def test_reads_the_upstream_in_big_pieces() -> None:
+    """The TCP transport reads up to READ_SIZE at once (under TLS, the
+    TCP transport beneath it); a transport without the knob is left alone."""
+    tcp = StringTransport()
+    tcp.bufferSize = 65536  # type: ignore[attr-defined]
+    UpstreamProtocol(Clock(), timeout=30).makeConnection(tcp)
+    assert tcp.bufferSize == pop3_upstream.READ_SIZE  # type: ignore[attr-defined]
+    inner = StringTransport()
+    inner.bufferSize = 65536  # type: ignore[attr-defined]
+    tls = StringTransport()
+    tls.transport = inner  # type: ignore[attr-defined]
+    UpstreamProtocol(Clock(), timeout=30).makeConnection(tls)
+    assert inner.bufferSize == pop3_upstream.READ_SIZE  # type: ignore[attr-defined]
+    connected()  # a StringTransport: nothing to set
 
 
 def test_commands_one_at_a_time() -> None:

@@ -15,12 +15,19 @@ Dovecot's CPU per MB or login in both cases (the upstream's work, over
 the whole load run).  Targets: MB/s at least 0.8x Dovecot direct, and
 popgate's CPU per MB below Dovecot's own.  The results go to
 bench/results/proxy-<time>.json; nothing is changed outside --workdir.
+
+popgate runs this tree's code (PYTHONPATH is set to it; the path is
+printed).  --baseline REV adds a second proxy running the code of
+commit REV (git archive into the run directory), measured in turn with
+the other two: before/after figures under the same load.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +47,28 @@ class ProxyPopgate(Popgate):
         return [self.twistd, "-n", "--pidfile=", "--logfile", str(self.log), "popgate",
                 "--pop3", f"tcp:{port}:interface={self.host}", "--store", self.store,
                 "--max-connections-per-ip", "0", *self.extra]
+
+
+def code_env(tree: Path) -> dict:
+    """The environment that makes twistd import popgate from C{tree}."""
+    return dict(os.environ, PYTHONPATH=str(tree))
+
+
+def code_path(twistd: str, env: dict) -> str:
+    """Where twistd's Python finds popgate with C{env} (printed, to be sure)."""
+    python = Path(twistd).with_name("python")
+    r = subprocess.run([str(python), "-c", "import popgate; print(popgate.__file__)"], env=env,
+                       capture_output=True, text=True, timeout=60, cwd="/")
+    return r.stdout.strip() or r.stderr.strip()[-200:]
+
+
+def export(rev: str, into: Path) -> Path:
+    """Commit C{rev} of this repository's tree, unpacked under C{into}."""
+    into.mkdir()
+    archive = subprocess.run(["git", "-C", str(bench.REPO), "archive", rev], check=True,
+                             capture_output=True, timeout=120).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True, timeout=120)
+    return into
 
 
 def load(kind: str, server, files: dict, duration: float, rawdir: Path, n: int) -> list[str]:
@@ -82,8 +111,9 @@ FIGURES = {
 }
 
 
-def profile(proxy, dovecot, files: dict, duration: float, rawdir: Path) -> dict:
-    """py-spy on popgate during a RETR 10 MiB run; the busiest functions."""
+def profile(proxy, dovecot, files: dict, duration: float, rawdir: Path,
+            kind: str = "retr10m") -> dict:
+    """py-spy on popgate during a RETR run (10 MiB or 100 KB); the busiest functions."""
     import shutil
     import signal
     import subprocess
@@ -92,19 +122,22 @@ def profile(proxy, dovecot, files: dict, duration: float, rawdir: Path) -> dict:
     spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if not spy:
         return {"error": "py-spy not installed (pip install py-spy)"}
-    raw = rawdir / "proxy-retr10m.txt"
+    raw = rawdir / f"proxy-{kind}.txt"
     p = subprocess.Popen([spy, "record", "--pid", str(proxy.pid), "-r", "250", "-f", "raw",
                           "-o", str(raw), "--nonblocking"], stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         time.sleep(1.0)
         t0 = time.monotonic()
-        measure("retr10m", proxy, dovecot, files, duration, rawdir, 999)
+        measure(kind, proxy, dovecot, files, duration, rawdir, 999)
         secs = time.monotonic() - t0
     finally:
         p.send_signal(signal.SIGINT)
         p.wait(timeout=30)
-    summary = hotspots.summarize(str(raw), 15, 250, secs + 1.0)
+    kept = HERE / "results" / f"proxy-profile-{kind}-{time.strftime('%Y%m%d-%H%M%S')}.txt"
+    kept.parent.mkdir(exist_ok=True)
+    shutil.copyfile(raw, kept)  # the raw stacks (file paths say whose code ran)
+    summary = dict(hotspots.summarize(str(kept), 15, 250, secs + 1.0), workload=kind)
     print(json.dumps(summary, indent=1)[:6000])
     return summary
 
@@ -117,8 +150,17 @@ def main() -> int:
     ap.add_argument("--twistd", default=str(bench.REPO / ".venv" / "bin" / "twistd"))
     ap.add_argument("--profile", action="store_true",
                     help="then profile popgate with py-spy during one more RETR 10 MiB run")
+    ap.add_argument("--profile-kind", choices=["retr10m", "retr100k"], default="retr10m",
+                    help="the load run while profiling (default %(default)s)")
+    ap.add_argument("--only", metavar="KINDS", default=",".join(FIGURES),
+                    help="comma-separated loads to measure (default %(default)s)")
+    ap.add_argument("--baseline", metavar="REV",
+                    help="also measure a proxy running commit REV's code, in turn with the others")
     a = ap.parse_args()
     reps, duration = (1, 2.0) if a.quick else (a.reps, 5.0)
+    kinds = [k for k in a.only.split(",") if k]
+    if unknown := set(kinds) - set(FIGURES):
+        ap.error(f"unknown loads: {', '.join(sorted(unknown))}")
     version = ensure_dovecot()
     stop_system_dovecot()
     workdir = Path(a.workdir)
@@ -132,18 +174,30 @@ def main() -> int:
         rawdir.mkdir()
         dovecot = Dovecot("dovecot", rundir, files["passwd"], files["root-dovecot"])
         dovecot.start()
+        store = f"proxy:upstream=pop3://127.0.0.1:{dovecot.port}"
         proxy = ProxyPopgate("popgate-proxy", a.twistd, rundir, files["passwd"], files["root-popgate"],
-                             store=f"proxy:upstream=pop3://127.0.0.1:{dovecot.port}")
+                             store=store, env=code_env(bench.REPO))
+        servers = [("popgate", proxy)]
+        if a.baseline:
+            tree = export(a.baseline, rundir / "baseline")
+            servers.append(("baseline", ProxyPopgate(
+                "popgate-baseline", a.twistd, rundir, files["passwd"], files["root-popgate"],
+                store=store, env=code_env(tree))))
+            results["baseline"] = a.baseline
+        for label, s in servers:
+            print(f"{label}: popgate from {code_path(a.twistd, s.env)}", flush=True)
+        servers.append(("dovecot", dovecot))
         try:
-            proxy.start()
+            for _, s in servers[:-1]:
+                s.start()
             n = 0
-            for kind in FIGURES:
-                runs: dict[str, list] = {"popgate": [], "dovecot": []}
-                for s in (proxy, dovecot):  # warm both
+            for kind in kinds:
+                runs: dict[str, list] = {label: [] for label, _ in servers}
+                for _, s in servers:  # warm them all
                     n += 1
                     measure(kind, s, dovecot, files, 1.0, rawdir, n)
                 for rep in range(reps):
-                    for label, s in (("popgate", proxy), ("dovecot", dovecot)):
+                    for label, s in servers:
                         n += 1
                         rec = measure(kind, s, dovecot, files, duration, rawdir, n)
                         runs[label].append(rec)
@@ -153,21 +207,36 @@ def main() -> int:
                         time.sleep(1.0)
                 results["runs"][kind] = runs
             if a.profile:
-                results["profile"] = profile(proxy, dovecot, files, duration, rawdir)
+                results["profile"] = profile(proxy, dovecot, files, duration, rawdir,
+                                             a.profile_kind)
         finally:
-            proxy.stop()
-            dovecot.stop()
-    print(f"\nDovecot {version}; medians of {reps}; popgate -> Dovecot vs Dovecot direct\n")
-    print("| scenario | popgate -> Dovecot | Dovecot direct | ratio |")
-    print("|---|---:|---:|---:|")
-    for kind, figures in FIGURES.items():
-        for key, title in figures:
+            for _, s in servers:
+                s.stop()
+    labels = [label for label, _ in servers]
+    print(f"\nDovecot {version}; medians of {reps}; popgate -> Dovecot vs Dovecot direct"
+          + (f"; baseline: popgate at {a.baseline}" if a.baseline else "") + "\n")
+    head = ["popgate -> Dovecot", "Dovecot direct", "ratio"]
+    if a.baseline:
+        head = ["popgate -> Dovecot", "baseline -> Dovecot", "Dovecot direct", "ratio",
+                "baseline ratio", "popgate / baseline"]
+    print("| scenario | " + " | ".join(head) + " |")
+    print("|---|" + "---:|" * len(head))
+
+    def ratio(x: float | None, y: float | None) -> str:
+        return f"{x / y:.2f}" if x and y else "-"
+
+    for kind in kinds:
+        for key, title in FIGURES[kind]:
             def med(label: str) -> float | None:
                 values = [r[key] for r in results["runs"][kind][label] if r.get(key) is not None]
                 return statistics.median(values) if values else None
-            p, d = med("popgate"), med("dovecot")
-            ratio = f"{p / d:.2f}" if p and d else "-"
-            print(f"| {title} | {p} | {d} | {ratio} |")
+            got = {label: med(label) for label in labels}
+            p, d = got["popgate"], got["dovecot"]
+            cells = [p, d, ratio(p, d)]
+            if a.baseline:
+                b = got["baseline"]
+                cells = [p, b, d, ratio(p, d), ratio(b, d), ratio(p, b)]
+            print(f"| {title} | " + " | ".join(str(c) for c in cells) + " |")
     out = HERE / "results" / f"proxy-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=1))

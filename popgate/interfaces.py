@@ -191,6 +191,17 @@ class IDeferredMessageSource(IMessageSource):
         """
 
 
+class IWireMessageSource(IMessageSource):
+    """
+    A source whose octets are already the body of the reply, as the
+    client must get it: dot-stuffed lines ending in CRLF, without the
+    terminating C{.} line (an upstream POP3 server's RETR or TOP reply).
+    The sender passes them on as they are and adds only the C{.} line;
+    for TOP it cuts nothing (the source already holds just what TOP
+    asked for).
+    """
+
+
 class IMailStore(Interface):
     """
     Where users' mail lives.  Opens maildrops for authenticated users.

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from popgate.pop3.encoder import MessageEncoder, encode_message
+from popgate.pop3.encoder import MessageEncoder, WireEncoder, encode_message
 from popgate.wire import wire_size
 
 
@@ -271,3 +271,23 @@ def test_top_is_independent_of_chunking(message: bytes, k: int, cuts: list[int])
 @given(messages)
 def test_top_with_many_lines_equals_retr(message: bytes) -> None:
     assert encode_message([message], 10 ** 18) == encode_message([message])
+
+
+# -- a source already in wire form (a proxied RETR or TOP)
+
+
+@pytest.mark.parametrize("chunks, sent", [
+    ([b"..\r\n", b"a\r\n"], b"..\r\na\r\n.\r\n"),  # passed on as they are: no second stuffing
+    ([], b".\r\n"),  # an empty message
+    ([b"a\nb\r\n"], b"a\nb\r\n.\r\n"),  # a bare LF is the source's business
+    ([b"x\r", b"\n"], b"x\r\n.\r\n"),
+    ([b"x\r\n", b"\r"], b"x\r\n\r\r\n.\r\n"),  # no final CRLF: one is added before the "."
+    ([b"x"], b"x\r\n.\r\n"),
+    ([b"ab", b"c", b"\r", b"\n"], b"abc\r\n.\r\n"),
+])
+def test_wire_encoder_passes_chunks_on_and_ends_the_reply(chunks: list[bytes], sent: bytes) -> None:
+    encoder = WireEncoder()
+    out = [encoder.encode(chunk) for chunk in chunks]
+    assert all(got is chunk for got, chunk in zip(out, chunks, strict=True))
+    assert not encoder.done
+    assert b"".join(out) + encoder.finish() == sent

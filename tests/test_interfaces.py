@@ -61,6 +61,7 @@ from popgate.interfaces import (
     ITokenValidatorFactory,
     ITopMaildrop,
     IUserLookup,
+    IWireMessageSource,
 )
 from tests.helpers import InlineReactor
 
@@ -461,7 +462,7 @@ CASES: list[tuple[Case, str, tuple[Any, ...]]] = [
      (IMailStore, IAuthenticatingStore, IReachable)),
     (_proxy_maildrop, "popgate.stores.proxy_store.ProxyMaildrop", (IMaildrop, ITopMaildrop)),
     (_proxy_source, "popgate.stores.proxy_source.UpstreamMessage",
-     (IMessageSource, IDeferredMessageSource)),
+     (IMessageSource, IDeferredMessageSource, IWireMessageSource)),
     (_upstream_checker, "popgate.stores.proxy_auth.UpstreamChecker", (ICredentialsChecker,)),
     (_password_forwarder, "popgate.stores.proxy_auth.PasswordForwarder", (ICredentialsChecker,)),
     (_apop, "popgate.pop3.apop.APOPCredentials", (IUsernameHashedPassword,)),

@@ -16,9 +16,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from popgate.interfaces import ICachedMessageSource, IMessageSource
+from popgate.interfaces import ICachedMessageSource, IMessageSource, IWireMessageSource
 from popgate.pop3 import output
-from popgate.pop3.encoder import MessageEncoder, encode_message
+from popgate.pop3.encoder import encode_message
 from popgate.pop3.factory import POP3ServerFactory
 from popgate.pop3.output import MessageSender, OutputGate, PoolReader, read_inline
 from popgate.stores.sources import BytesSource
@@ -82,7 +82,8 @@ class Harness:
         self.gate = OutputGate(lambda: None, lambda: None, lambda: None)
         self.progress = 0
         self.source = source
-        self.sender = MessageSender(self.gate, source, MessageEncoder(body_lines), self.write,
+        self.sender = MessageSender(self.gate, source, output.encoder_for(source, body_lines),
+                                    self.write,
                                     self.tick, reader=reader)
         self.pause_after: int | None = None
 
@@ -196,6 +197,40 @@ def test_top_stops_reading_at_its_limit() -> None:
     successResultOf(h.sender.start(b"+OK\r\n"))
     assert h.sent() == b"+OK\r\nH: v\r\n\r\nbody\r\n.\r\n"
     assert h.source.reads == 1
+
+
+@implementer(IWireMessageSource)
+class WireSource(Source):
+    """A source whose octets are a reply's wire form (a proxied RETR)."""
+
+    blocking = False
+
+
+WIRE = b"".join(b"line %d\r\n..dot\r\n" % i for i in range(100_000))  # ~1.6 MB
+
+
+@pytest.mark.parametrize("body_lines", [None, 1])
+def test_a_wire_source_goes_out_as_it_is(body_lines: int | None) -> None:
+    """Its chunks are written as they are read, not stuffed again, TOP's
+    budget is the upstream's (nothing is cut), and the "." line ends it."""
+    h = Harness(WireSource(WIRE), body_lines=body_lines)
+    h.pause_after = 3  # back-pressure holds for it as for any source
+    done = h.sender.start(b"+OK\r\n")
+    assert not done.called and len(h.out) == 3
+    h.gate.resumeProducing()
+    successResultOf(done)
+    assert h.sent() == b"+OK\r\n" + WIRE + b".\r\n"
+    assert len(h.out) == 2 + -(-len(WIRE) // output.CHUNK_SIZE)  # +OK, chunks, "."
+    assert h.source.closed == 1
+
+
+def test_a_wire_source_without_a_final_crlf_still_ends_well() -> None:
+    h = Harness(WireSource(b"x\r\ny"))
+    successResultOf(h.sender.start(b"+OK\r\n"))
+    assert h.sent() == b"+OK\r\nx\r\ny\r\n.\r\n"
+    h = Harness(WireSource(b""))
+    successResultOf(h.sender.start(b"+OK\r\n"))
+    assert h.sent() == b"+OK\r\n.\r\n"
 
 
 # -- where sources are read

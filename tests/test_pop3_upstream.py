@@ -1,6 +1,7 @@
 """
-The proxy store's upstream side in memory: the dot decoder at every chunk
-edge, the upstream POP3 client on a StringTransport and a Clock (replies,
+The proxy store's upstream side in memory: the dot decoder and the wire
+scanner (RETR's end, passed through) at every chunk edge, the upstream
+POP3 client on a StringTransport and a Clock (replies,
 -ERR codes, deadlines, a lost connection, back-pressure, an abandoned
 reply), the maildrop's snapshot, QUIT and drop, and the argument string.
 """
@@ -22,8 +23,9 @@ from zope.interface.verify import verifyObject
 from popgate import errors
 from popgate.interfaces import IDeferredMessageSource, IMailStore, ITopMaildrop
 from popgate.pop3.encoder import encode_message
-from popgate.stores import proxy_source
-from popgate.stores.pop3_dots import DotDecoder
+from popgate.pop3.output import MessageSender, OutputGate, encoder_for
+from popgate.stores import pop3_upstream, proxy_source
+from popgate.stores.pop3_dots import DotDecoder, WireScanner
 from popgate.stores.pop3_upstream import UpstreamError, UpstreamProtocol, UpstreamUnavailable
 from popgate.stores.proxy_auth import PasswordForwarder, UpstreamAvatarId, claim_upstream
 from popgate.stores.proxy_connect import login_refusal
@@ -84,6 +86,78 @@ def test_decoder_bytewise_and_random() -> None:
         assert decode(chunks)[0] == message
 
 
+def scan(chunks: list[bytes]) -> tuple[bytes, bytes]:
+    """What the scanner passes on, and what it leaves for the next reply."""
+    scanner = WireScanner()
+    out, rest = [], b""
+    for i, chunk in enumerate(chunks):
+        data, rest = scanner.feed(chunk)
+        out.append(data)
+        if scanner.done:
+            rest += b"".join(chunks[i + 1:])
+            break
+    assert scanner.done, chunks
+    return b"".join(out), rest
+
+
+# Replies as servers send them (wire form, terminated), with the edges
+# that matter: dot lines, "..", an empty message, a terminator-like line
+# that is stuffed, bare CRs and bare LFs, which end no line.
+WIRE_REPLIES = [wire(message) for message in CORPUS] + [
+    b".\r\n",  # an empty message
+    b"..\r\n.\r\n",  # a message that is one "." line
+    b"\r\n.\r\n",  # one empty line
+    b"...\r\n..\r\n\r\n.\r\n",
+    b"a\n.\r\nb\r\n.\r\n",  # "\n.\r\n" ends nothing: a bare LF ends no line
+    b"a\r.\r\n\r\n.\r\n",  # nor does "\r.\r\n"
+    b"x\r\n.\r\r\n.\r\n",  # ".\r\r\n": a (stuffed) line, not the end
+    b"x\r\n.\rx\r\n.\r\n",
+    b"x\r\n.\r\n",
+]
+
+
+@pytest.mark.parametrize("reply", WIRE_REPLIES)
+def test_scanner_every_split(reply: bytes) -> None:
+    """Every split of a reply into three chunks (so the terminator is cut
+    after each of its 1, 2, 3 and 4 first octets, and into pieces): the
+    octets before ".\r\n" come out as they came, and what follows is left
+    for the next reply."""
+    body = reply + b"+OK next\r\n"
+    for cut in range(len(body) + 1):
+        for cut2 in range(cut, len(body) + 1):
+            got, rest = scan([body[:cut], body[cut:cut2], body[cut2:]])
+            assert got == reply[:-3], (cut, cut2)
+            assert rest == b"+OK next\r\n", (cut, cut2)
+
+
+def test_scanner_bytewise_and_random() -> None:
+    rng = random.Random(11)
+    message = b"".join(rng.choice([b".", b"..", b"x", b"\r", b"\n", b"\r\n", b"\r\n."])
+                       for _ in range(3000))
+    body = wire(message)
+    assert scan([body[i:i + 1] for i in range(len(body))]) == (body[:-3], b"")
+    for _ in range(50):
+        cuts = sorted(rng.sample(range(len(body)), 20))
+        chunks = [body[a:b] for a, b in zip([0] + cuts, cuts + [len(body)], strict=True)]
+        assert scan(chunks) == (body[:-3], b"")
+        # And the client, un-stuffing it, gets what the decoder gets.
+        assert decode(chunks)[0] == normalized(message) + (
+            b"\r\n" if message and not normalized(message).endswith(b"\r\n") else b"")
+
+
+def test_scanner_passes_whole_chunks_on() -> None:
+    """No copy on the way: a chunk that ends no line start goes on as the
+    same object; one that ends in ".\r" after a CRLF is held back."""
+    scanner = WireScanner()
+    chunk = b"Subject: x\r\n\r\n" + b"body line\r\n" * 1000
+    assert scanner.feed(chunk)[0] is chunk
+    assert scanner.feed(b"..dot\r\n.") == (b"..dot\r\n", b"")
+    assert scanner.feed(b"\r") == (b"", b"")
+    assert scanner.feed(b"\r\n") == (b".\r\r\n", b"")  # not the end: a stuffed line
+    assert scanner.feed(b".\r\n+OK") == (b"", b"+OK")
+    assert scanner.done
+
+
 # -- the client
 
 class Sink:
@@ -117,6 +191,22 @@ def sent(transport: StringTransport) -> bytes:
     value = transport.value()
     transport.clear()
     return value
+
+
+def test_reads_the_upstream_in_big_pieces() -> None:
+    """The TCP transport reads up to READ_SIZE at once (under TLS, the
+    TCP transport beneath it); a transport without the knob is left alone."""
+    tcp = StringTransport()
+    tcp.bufferSize = 65536  # type: ignore[attr-defined]
+    UpstreamProtocol(Clock(), timeout=30).makeConnection(tcp)
+    assert tcp.bufferSize == pop3_upstream.READ_SIZE  # type: ignore[attr-defined]
+    inner = StringTransport()
+    inner.bufferSize = 65536  # type: ignore[attr-defined]
+    tls = StringTransport()
+    tls.transport = inner  # type: ignore[attr-defined]
+    UpstreamProtocol(Clock(), timeout=30).makeConnection(tls)
+    assert inner.bufferSize == pop3_upstream.READ_SIZE  # type: ignore[attr-defined]
+    connected()  # a StringTransport: nothing to set
 
 
 def test_commands_one_at_a_time() -> None:
@@ -225,11 +315,45 @@ def test_source_waits_for_data() -> None:
     first = source.read_deferred(4)
     assert not first.called
     protocol.dataReceived(b"..abcdef\r\n")
-    assert first.result == b".abc"
-    assert source.read_deferred(100).result == b"def\r\n"
+    assert first.result == b"..ab"  # the wire form, passed through
+    assert source.read_deferred(100).result == b"cdef\r\n"
     second = source.read_deferred(100)
     protocol.dataReceived(b".\r\n")
     assert second.result == b""
+
+
+@pytest.mark.parametrize("cut", [b"abc\r\n", b"abc\r\n.", b"abc\r\n.\r", b"..x\r\n"])
+def test_relayed_retr_cut_by_the_upstream_never_looks_finished(cut: bytes) -> None:
+    """The upstream goes away before its end line (even in the middle of
+    it): popgate's sender fails (its client is dropped), and what the
+    client got does not end with a "." line."""
+    protocol, transport, _ = connected()
+    source = UpstreamMessage(protocol)
+    protocol.stream(b"RETR 1", source)
+    protocol.dataReceived(b"+OK\r\n" + cut)
+    out: list[bytes] = []
+    gate = OutputGate(lambda: None, lambda: None, lambda: None)
+    sender = MessageSender(gate, source, encoder_for(source, None), out.append, lambda: None)
+    done = sender.start(b"+OK 9 octets\r\n")
+    protocol.connectionLost(Failure(ConnectionError("reset")))
+    assert done.result.check(UpstreamUnavailable)
+    done.addErrback(lambda _: None)
+    assert not b"".join(out).endswith(b"\r\n.\r\n")
+
+
+def test_relayed_retr_goes_out_as_the_upstream_sent_it() -> None:
+    protocol, transport, _ = connected()
+    source = UpstreamMessage(protocol)
+    protocol.stream(b"RETR 1", source)
+    protocol.dataReceived(b"+OK\r\n")
+    out: list[bytes] = []
+    gate = OutputGate(lambda: None, lambda: None, lambda: None)
+    done = MessageSender(gate, source, encoder_for(source, None), out.append,
+                         lambda: None).start(b"+OK 11 octets\r\n")
+    for piece in (b"..a\r\nb\nc\r", b"\n\r\n.", b"\r", b"\n"):
+        protocol.dataReceived(piece)
+    assert done.result is None
+    assert b"".join(out) == b"+OK 11 octets\r\n..a\r\nb\nc\r\n\r\n.\r\n"
 
 
 # -- the maildrop
@@ -312,6 +436,78 @@ def test_quit_refused_upstream() -> None:
     protocol.dataReceived(b"-ERR [SYS/TEMP] could not expunge\r\n")
     assert d.result.check(errors.TemporaryFailure)
     d.addErrback(lambda _: None)
+
+
+FOUR = (b"+OK\r\n1 a\r\n2 b\r\n3 c\r\n4 d\r\n.\r\n"
+        b"+OK\r\n1 10\r\n2 20\r\n3 30\r\n4 40\r\n.\r\n")
+
+
+def writes_of(transport: StringTransport) -> list[bytes]:
+    writes: list[bytes] = []
+    write = transport.write
+
+    def recorded(data: bytes) -> None:
+        writes.append(data)
+        write(data)
+
+    transport.write = recorded  # type: ignore[method-assign]
+    return writes
+
+
+def test_quit_pipelines_the_deles_if_the_upstream_offers_it() -> None:
+    maildrop, transport, protocol = logged_in(FOUR)
+    writes = writes_of(transport)
+    d = maildrop.commit([3, 0, 1])
+    assert sent(transport) == b"CAPA\r\n"
+    protocol.dataReceived(b"+OK\r\nTOP\r\nPIPELINING\r\nUIDL\r\n.\r\n")
+    assert writes[1:] == [b"DELE 1\r\nDELE 2\r\nDELE 4\r\n"]  # one write, before any reply
+    sent(transport)
+    protocol.dataReceived(b"+OK\r\n+OK\r\n")
+    assert sent(transport) == b""  # QUIT only once every DELE said +OK
+    protocol.dataReceived(b"+OK\r\n")
+    assert sent(transport) == b"QUIT\r\n"
+    assert not d.called
+    protocol.dataReceived(b"+OK bye\r\n")
+    assert d.result is None
+
+
+def test_a_refused_pipelined_dele_deletes_nothing() -> None:
+    maildrop, transport, protocol = logged_in(FOUR)
+    d = maildrop.commit([0, 1, 2])
+    protocol.dataReceived(b"+OK\r\nPIPELINING\r\n.\r\n")
+    assert sent(transport) == b"CAPA\r\nDELE 1\r\nDELE 2\r\nDELE 3\r\n"
+    protocol.dataReceived(b"+OK\r\n-ERR [SYS/TEMP] nope\r\n")
+    assert not d.called  # the third reply is still to come
+    protocol.dataReceived(b"+OK\r\n")
+    assert d.result.check(errors.TemporaryFailure)
+    d.addErrback(lambda _: None)
+    assert sent(transport) == b"RSET\r\n"
+    protocol.dataReceived(b"+OK\r\n")
+    assert sent(transport) == b"QUIT\r\n"
+
+
+def test_upstream_lost_during_pipelined_deles() -> None:
+    maildrop, transport, protocol = logged_in(FOUR)
+    d = maildrop.commit([0, 1, 2])
+    protocol.dataReceived(b"+OK\r\nPIPELINING\r\n.\r\n+OK\r\n")
+    protocol.connectionLost(Failure(ConnectionError("reset")))
+    assert d.result.check(UpstreamUnavailable)
+    d.addErrback(lambda _: None)
+    assert b"QUIT" not in transport.value()
+
+
+@pytest.mark.parametrize("capa", [b"-ERR what?\r\n", b"+OK\r\nTOP\r\nUIDL\r\n.\r\n"])
+def test_deles_one_at_a_time_without_pipelining(capa: bytes) -> None:
+    maildrop, transport, protocol = logged_in(FOUR)
+    d = maildrop.commit([0, 1, 2])
+    assert sent(transport) == b"CAPA\r\n"
+    protocol.dataReceived(capa)
+    for n in (1, 2, 3):
+        assert sent(transport) == b"DELE %d\r\n" % n
+        protocol.dataReceived(b"+OK\r\n")
+    assert sent(transport) == b"QUIT\r\n"
+    protocol.dataReceived(b"+OK\r\n")
+    assert d.result is None
 
 
 def test_drop_sends_no_dele() -> None:

@@ -274,15 +274,24 @@ def maildir_count(site: Site, user: str) -> int:
 
 
 def test_dele_quit_removes_exactly_those(site: Site) -> None:
-    port = site.upstream_auth.port  # type: ignore[attr-defined]
-    before = uidl(site.dovecot.port, "ben")
-    client = raw(port, "ben")
-    assert client.cmd(b"DELE 2").startswith(b"+OK")
-    assert client.cmd(b"DELE 4").startswith(b"+OK")
-    assert client.cmd(b"QUIT").startswith(b"+OK")
+    """Three DELEs: popgate sends them upstream in one write, since
+    Dovecot's CAPA offers PIPELINING (seen by a relay in between)."""
+    relay = SlowRelay(site.dovecot.port, slow=set(), delay=0)
+    try:
+        # Plain POP3 (loopback), so that the relay reads the commands.
+        server = site.popgate(f"proxy:upstream=pop3://127.0.0.1:{relay.port}")
+        before = uidl(site.dovecot.port, "ben")
+        client = raw(server.port, "ben")
+        for n in (1, 2, 4):
+            assert client.cmd(b"DELE %d" % n).startswith(b"+OK")
+        assert client.cmd(b"QUIT").startswith(b"+OK")
+    finally:
+        relay.close()
     after = uidl(site.dovecot.port, "ben")
-    assert [u.split()[1] for u in after] == [before[0].split()[1], before[2].split()[1]]
-    assert maildir_count(site, "ben") == 2
+    kept = [u.split()[1] for n, u in enumerate(before, 1) if n not in (1, 2, 4)]
+    assert [u.split()[1] for u in after] == kept
+    assert maildir_count(site, "ben") == len(before) - 3
+    assert b"DELE 1\r\nDELE 2\r\nDELE 4\r\n" in relay.received, relay.received
 
 
 def test_a_dropped_session_removes_nothing(site: Site) -> None:
@@ -401,7 +410,10 @@ class SlowRelay:
     """A TCP relay to Dovecot that holds the greeting of the connections
     whose number is in C{slow} (counted from 0) for C{delay} seconds, and
     with C{throttle}, passes the upstream's octets on at about 800 KB/s
-    (so a big RETR is still being written when Dovecot is killed)."""
+    (so a big RETR is still being written when Dovecot is killed).
+
+    @ivar received: what popgate sent, one item per C{recv}.
+    """
 
     def __init__(self, target: int, slow: set[int], delay: float,
                  throttle: bool = False) -> None:
@@ -409,6 +421,7 @@ class SlowRelay:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.count = 0
+        self.received: list[bytes] = []
         self.stopping = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -430,9 +443,12 @@ class SlowRelay:
             self.stopping.wait(self.delay)
         upstream = socket.create_connection(("127.0.0.1", self.target))
 
-        def pump(a: socket.socket, b: socket.socket, slowly: bool = False) -> None:
+        def pump(a: socket.socket, b: socket.socket, slowly: bool = False,
+                 record: list[bytes] | None = None) -> None:
             try:
                 while data := a.recv(16384 if slowly else 65536):
+                    if record is not None:
+                        record.append(data)
                     b.sendall(data)
                     if slowly:
                         time.sleep(0.02)
@@ -446,7 +462,7 @@ class SlowRelay:
 
         threading.Thread(target=pump, args=(upstream, conn, self.throttle),
                          daemon=True).start()
-        pump(conn, upstream)
+        pump(conn, upstream, record=self.received)
 
     def close(self) -> None:
         self.stopping.set()

@@ -119,6 +119,32 @@ class MessageEncoder:
         return data[:end]
 
 
+class WireEncoder:
+    """
+    The encoder for a source that gives the reply's wire form already
+    (L{popgate.interfaces.IWireMessageSource}, a proxied RETR or TOP):
+    its chunks go out as they are; L{finish} adds the C{.} line, after a
+    CRLF if the source's last line had none, so the reply always ends
+    well whatever the source gave.
+    """
+
+    __slots__ = ("_tail",)
+
+    #: Never cuts (the source ends where the reply ends).
+    done = False
+
+    def __init__(self) -> None:
+        self._tail = b"\r\n"  # the status line's end: an empty body needs nothing
+
+    def encode(self, chunk: bytes) -> bytes:
+        if chunk:
+            self._tail = chunk[-2:] if len(chunk) > 1 else self._tail[-1:] + chunk
+        return chunk
+
+    def finish(self) -> bytes:
+        return _TERMINATOR if self._tail == b"\r\n" else b"\r\n" + _TERMINATOR
+
+
 def encode_message(chunks: Iterable[bytes], body_lines: int | None = None) -> bytes:
     """Encode a whole message at once (tests, small replies)."""
     encoder = MessageEncoder(body_lines)

@@ -28,12 +28,31 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from popgate.interfaces import ICachedMessageSource, IDeferredMessageSource, IMessageSource
-from popgate.pop3.encoder import MessageEncoder
+from popgate.interfaces import (
+    ICachedMessageSource,
+    IDeferredMessageSource,
+    IMessageSource,
+    IWireMessageSource,
+)
+from popgate.pop3.encoder import MessageEncoder, WireEncoder
 
 CHUNK_SIZE = 256 * 1024
 
 log = Logger()
+
+Encoder = MessageEncoder | WireEncoder
+
+
+def encoder_for(source: Any, body_lines: int | None) -> Encoder:
+    """
+    The encoder of one RETR (C{body_lines} None) or TOP reply: for a
+    source already in wire form (L{IWireMessageSource}: a proxied reply)
+    one that passes its octets on, else one that converts line ends,
+    stuffs dots and applies TOP's line budget.
+    """
+    if IWireMessageSource.providedBy(source):
+        return WireEncoder()
+    return MessageEncoder(body_lines)
 
 
 @implementer(IPushProducer)
@@ -138,6 +157,7 @@ class MessageSender:
 
     @param source: what the maildrop's C{open_message} gave: an
         L{IMessageSource} (or any object with C{read(n)} and C{close()}).
+    @param encoder: from L{encoder_for}.
     @param write: the transport's C{write}.
     @param progress: called after every chunk (the session's idle timer).
     @param reader: C{reader(source, n)} reads one chunk, returning a
@@ -145,7 +165,7 @@ class MessageSender:
         L{PoolReader} in a server; by default the source is read inline.
     """
 
-    def __init__(self, gate: OutputGate, source: Any, encoder: MessageEncoder,
+    def __init__(self, gate: OutputGate, source: Any, encoder: Encoder,
                  write: Callable[[bytes], object], progress: Callable[[], object],
                  reader: Reader = read_inline) -> None:
         self._gate = gate

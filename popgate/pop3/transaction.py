@@ -20,9 +20,8 @@ from popgate import errors
 from popgate.interfaces import ISeenMaildrop, IStreamTransport, ITopMaildrop
 from popgate.pop3 import responses as r
 from popgate.pop3.base import AUTHORIZATION, UPDATE, BadArgument, describe
-from popgate.pop3.encoder import MessageEncoder
 from popgate.pop3.language import Localized
-from popgate.pop3.output import MessageSender, OutputGate, Reader, read_inline
+from popgate.pop3.output import MessageSender, OutputGate, Reader, encoder_for, read_inline
 from popgate.pop3.policy import defaults, retrievals_for
 from popgate.pop3.session_log import SessionLog, store_kind
 
@@ -316,7 +315,7 @@ class TransactionCommands(Localized):
             if self._disconnected:
                 source.close()
                 return None
-            sender = MessageSender(self._gate, source, MessageEncoder(body_lines),
+            sender = MessageSender(self._gate, source, encoder_for(source, body_lines),
                                    write, self.resetTimeout, self.reader)
             return sender.start(first).addCallback(
                 lambda _: self._message_sent(index, body_lines is None, octets))

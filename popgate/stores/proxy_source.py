@@ -1,7 +1,9 @@
 """
 One message being relayed from the upstream (RETR or TOP), for
 popgate's sender: an L{IDeferredMessageSource} fed by the upstream
-connection as its octets arrive.
+connection as its octets arrive.  They are the upstream reply's wire form
+(L{IWireMessageSource}: still dot-stuffed, without the C{.} line), which
+the sender passes on as they are.
 
 It holds at most about L{HIGH_WATER} octets: past that the upstream
 socket is paused until popgate's client has taken them, so a slow client
@@ -19,7 +21,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from popgate.interfaces import IDeferredMessageSource
+from popgate.interfaces import IDeferredMessageSource, IWireMessageSource
 
 __all__ = ["HIGH_WATER", "UpstreamMessage"]
 
@@ -28,7 +30,7 @@ __all__ = ["HIGH_WATER", "UpstreamMessage"]
 HIGH_WATER = 1024 * 1024
 
 
-@implementer(IDeferredMessageSource)
+@implementer(IDeferredMessageSource, IWireMessageSource)
 class UpstreamMessage:
     """
     @param connection: the L{popgate.stores.pop3_upstream.UpstreamProtocol}

@@ -32,8 +32,8 @@ HIGH_WATER = 1024 * 1024
 class UpstreamMessage:
     """
     @param connection: the L{popgate.stores.pop3_upstream.UpstreamProtocol}
-        whose current reply this is (its C{pause}, C{resume} and
-        C{abandon}).
+        (or L{popgate.stores.imap_upstream.ImapProtocol}) whose current
+        reply this is (its C{pause}, C{resume} and C{abandon}).
     """
 
     blocking = False
@@ -72,6 +72,11 @@ class UpstreamMessage:
         waiting, self._waiting = self._waiting, None
         if waiting is not None:
             waiting.errback(failure)
+
+    @property
+    def closed(self) -> bool:
+        """The sender let go (the client left, or TOP has its lines)."""
+        return self._closed
 
     # -- read by popgate's sender
 

@@ -21,6 +21,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ import pytest
 
 from tests.harness import free_port
 from tests.pop3_oracle import RawClient, top_oracle, wire
-from tests.popgate_server import PopgateProcess
+from tests.popgate_server import REPO, PopgateProcess, child_env
 from tests.services import need_program
 from tests.test_dovecot_parity import DovecotProcess
 from tests.test_proxy_dovecot import CORPUS, SlowRelay
@@ -44,6 +45,7 @@ MASTER = ("gateway", "master-secret")
 
 EXTRA_CONF = """
 protocols = imap pop3
+auth_failure_delay = 0
 auth_master_user_separator = *
 passdb {{
   driver = passwd-file
@@ -375,6 +377,17 @@ def test_local_authentication_same_password_and_master(site: Site) -> None:
     refused = RawClient(master.port, timeout=30, source="127.0.6.4")
     refused.cmd(b"USER fay")
     assert refused.cmd(b"PASS fay-pw").startswith(b"-ERR [AUTH]")
+
+
+def test_check_config_checks_the_upstreams_certificate(site: Site) -> None:
+    def check(store: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "popgate.cli", "check-config", "--store",
+                               store], capture_output=True, text=True, timeout=60,
+                              env=child_env(), cwd=REPO)
+
+    bad = check(site.store("imaps", name="other.example.org"))
+    assert bad.returncode != 0
+    assert "certificate" in bad.stdout + bad.stderr
 
 
 # -- faults

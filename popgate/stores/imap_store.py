@@ -264,8 +264,8 @@ class ImapMaildrop:
         return d
 
     def open_top(self, index: int, lines: int) -> defer.Deferred[UpstreamMessage]:
-        source = UpstreamMessage(self.connection)
-        windows = _Windows(self.connection, self.uids[index], self._messages[index].size, source)
+        windows = _Windows(self.connection, self.uids[index], self._messages[index].size)
+        source = windows.message
         d: defer.Deferred[Any] = windows.fetch()
         d.addCallbacks(lambda _: source, self._refused, errbackArgs=(self.uids[index],))
         return d
@@ -379,25 +379,30 @@ def _mailbox_state(untagged: list[bytes]) -> tuple[int | None, int]:
 class _Windows:
     """
     TOP's fetches: C{BODY.PEEK[]<offset.length>} windows of one message
-    fed to one L{UpstreamMessage}, the next asked for only while its
-    reader still wants octets (popgate's encoder stops at the TOP line
-    budget and closes it).
+    fed to one L{_TopMessage}; the next is asked for only once its reader
+    has taken the last one and still wants octets (popgate's encoder
+    stops at the TOP line budget and closes it), so a TOP reads at most
+    one window past what it sends.
     """
 
-    def __init__(self, connection: ImapProtocol, uid: int, size: int,
-                 message: UpstreamMessage) -> None:
+    def __init__(self, connection: ImapProtocol, uid: int, size: int) -> None:
         self.connection = connection
         self.uid = uid
         self.size = size
-        self.message = message
+        self.message = _TopMessage(connection, self)
         self.offset = 0
         self.window = TOP_WINDOWS[0]
         self.got = 0
+        self.pending = False  # a next window is due when the reader wants it
 
     def fetch(self) -> defer.Deferred[int]:
         self.got = 0
         return self.connection.stream(
             b"UID FETCH %d (BODY.PEEK[]<%d.%d>)" % (self.uid, self.offset, self.window), self)
+
+    def next(self) -> None:
+        self.pending = False
+        self.fetch().addErrback(self.message.failed)
 
     def data(self, octets: bytes) -> None:
         self.got += len(octets)
@@ -409,8 +414,28 @@ class _Windows:
         self.window = min(self.window * 2, TOP_WINDOWS[1])
         if self.message.closed or short or self.offset >= self.size:
             self.message.end()
-            return
-        self.fetch().addErrback(self.message.failed)
+        else:
+            self.pending = True
+            self.message.window_done()
 
     def failed(self, failure: Failure) -> None:
         self.message.failed(failure)
+
+
+class _TopMessage(UpstreamMessage):
+    """An L{UpstreamMessage} that asks for TOP's next window when its
+    reader has taken everything held."""
+
+    def __init__(self, connection: ImapProtocol, windows: _Windows) -> None:
+        super().__init__(connection)
+        self._windows = windows
+
+    def read_deferred(self, size: int) -> defer.Deferred[bytes]:
+        if not self._held and self._windows.pending and not self.closed:
+            self._windows.next()
+        return super().read_deferred(size)
+
+    def window_done(self) -> None:
+        """A window ended with the reader already waiting: the next now."""
+        if self._waiting is not None and not self._held and not self.closed:
+            self._windows.next()

@@ -16,7 +16,8 @@ run: MB/s or logins/s; popgate's CPU per MB or per login (the proxy's own
 cost, measured by popbench in its window); and Dovecot's CPU per MB or
 login in both cases (the upstream's work, over the whole load run).
 Targets: MB/s at least 0.8x Dovecot direct, and popgate's CPU per MB below
-Dovecot's own.  The results go to bench/results/proxy-<upstream>-<time>.json; nothing is changed outside --workdir.
+Dovecot's own.  The results go to
+bench/results/proxy-<upstream>-<time>.json; nothing is changed outside --workdir.
 """
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ from tests.tlscerts import PKI, make_pki
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 USERS = {"ann": "ann-pw", "ben": "ben-pw", "cat": "cat-pw", "dan": "dan-pw", "eve": "eve-pw",
-         "fay": "fay-pw", "gus": "gus-pw"}
+         "fay": "fay-pw", "gus": "gus-pw", "hal": "hal-pw"}
 MASTER = ("gateway", "master-secret")
 
 EXTRA_CONF = """
@@ -61,6 +61,16 @@ service imap-login {{
     address = 127.0.0.1
     port = {imaps_port}
     ssl = yes
+  }}
+  inet_listener imap_plain {{
+    address = 127.0.0.3
+    port = {imap_port}
+  }}
+}}
+# An IMAP server without UIDPLUS (on 127.0.0.3): popgate's fallback.
+local 127.0.0.3 {{
+  protocol imap {{
+    imap_capability = IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE
   }}
 }}
 """
@@ -162,7 +172,7 @@ def site() -> Iterator[Site]:
     os.chmod(base, 0o755)  # Dovecot's auth process reads the passwd file
     site = Site(base)
     site.fill("ann", CORPUS)
-    for user in ("ben", "cat", "dan", "eve", "gus"):
+    for user in ("ben", "cat", "dan", "eve", "gus", "hal"):
         site.fill(user, [f"Subject: {user} {i}\n\nbody {i}\n".encode() for i in range(1, 5)])
     site.fill("fay", [CORPUS[-1]])
     site.start_dovecot()
@@ -298,6 +308,25 @@ def test_dele_quit_expunges_exactly_those(site: Site) -> None:
     imap.select("INBOX", readonly=True)
     assert imap.uid("SEARCH", "DELETED")[1] == [b""]
     imap.logout()
+
+
+def test_without_uidplus_expunges_only_when_no_other_is_flagged(site: Site) -> None:
+    server = site.popgate(f"imap:upstream=imap://127.0.0.3:{site.dovecot.imap_port}")
+    uids = site.upstream_uids("hal")
+    imap = site.imap("hal")
+    imap.select("INBOX")
+    imap.uid("STORE", str(uids[0]), "+FLAGS.SILENT", "(\\Deleted)")  # another client's
+    client = raw(server.port, "hal")
+    assert client.cmd(b"DELE 2").startswith(b"+OK")
+    assert client.cmd(b"QUIT").startswith(b"-ERR [SYS/TEMP]")  # EXPUNGE would take uids[0]
+    assert site.upstream_uids("hal") == uids
+    imap.uid("STORE", str(uids[0]), "-FLAGS.SILENT", "(\\Deleted)")
+    imap.logout()
+    client = raw(server.port, "hal")
+    assert client.cmd(b"DELE 1").startswith(b"+OK")
+    assert client.cmd(b"DELE 3").startswith(b"+OK")
+    assert client.cmd(b"QUIT").startswith(b"+OK")
+    assert site.upstream_uids("hal") == [uids[1], uids[3]]
 
 
 def test_a_dropped_session_removes_nothing(site: Site) -> None:

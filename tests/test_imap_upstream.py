@@ -176,6 +176,28 @@ def test_literal_strings_wait_for_continuations() -> None:
     assert d.called
 
 
+def test_octets_after_the_starttls_reply_are_refused() -> None:
+    protocol, transport, _ = connected()
+    started: list[Any] = []
+    transport.startTLS = started.append  # type: ignore[attr-defined]
+    refused: list[Failure] = []
+
+    def ok(_: Any) -> None:
+        try:
+            protocol.start_tls("options")
+        except UpstreamUnavailable:
+            refused.append(Failure())
+
+    protocol.command(b"STARTTLS").addCallback(ok)
+    protocol.dataReceived(b"p1 OK Begin TLS negotiation now.\r\n* CAPABILITY IMAP4rev1\r\n")
+    assert refused and not started
+    clean, transport, _ = connected()
+    transport.startTLS = started.append  # type: ignore[attr-defined]
+    clean.command(b"STARTTLS").addCallback(lambda _: clean.start_tls("options"))
+    clean.dataReceived(b"p1 OK Begin TLS negotiation now.\r\n")
+    assert started == ["options"]
+
+
 def test_login_command_choices() -> None:
     assert login_command({b"AUTH=PLAIN", b"SASL-IR"}, b"bob", b"pw") == (
         [b"AUTHENTICATE PLAIN AGJvYgBwdw=="], "auth")

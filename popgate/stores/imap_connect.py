@@ -55,7 +55,7 @@ async def connect(reactor: Any, settings: ProxySettings, upstream: Upstream) -> 
             if b"STARTTLS" not in protocol.capabilities:
                 raise UpstreamUnavailable("it does not offer STARTTLS")
             await protocol.command(b"STARTTLS")
-            protocol.transport.startTLS(tls_options(upstream))
+            protocol.start_tls(tls_options(upstream))
             protocol.capabilities = set()  # those before TLS are void (RFC 3501 6.2.1)
             await protocol.command(b"CAPABILITY")
     except ImapError as e:

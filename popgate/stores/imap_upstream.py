@@ -199,6 +199,15 @@ class ImapProtocol(Protocol):
         if self.transport is not None and self.lost is None:
             self.transport.loseConnection()
 
+    def start_tls(self, options: Any) -> None:
+        """Start TLS after C{STARTTLS}'s C{OK}.
+
+        @raise UpstreamUnavailable: octets came after that C{OK} before
+            TLS (injected into the plain connection: RFC 3207's attack)."""
+        if self._buffer:
+            raise UpstreamUnavailable("octets after the STARTTLS reply, before TLS")
+        self.transport.startTLS(options)
+
     @property
     def idle(self) -> bool:
         return self._current is None and not self._queue and self.lost is None

@@ -355,6 +355,23 @@ def test_mail_delivered_during_a_session_is_not_shown(site: Site) -> None:
     again.cmd(b"QUIT")
 
 
+def test_a_message_expunged_by_another_client(site: Site) -> None:
+    uids = site.upstream_uids("gus")
+    client = raw(site.upstream_auth.port, "gus")
+    imap = site.imap("gus")
+    imap.select("INBOX")
+    imap.uid("STORE", str(uids[0]), "+FLAGS.SILENT", "(\\Deleted)")
+    imap.expunge()
+    imap.logout()
+    assert client.cmd(b"RETR 1").startswith(b"-ERR [SYS/PERM]")
+    assert client.cmd(b"TOP 1 0").startswith(b"-ERR [SYS/PERM]")
+    assert retr(client, b"RETR 2").endswith(b"body 2\r\n.\r\n")
+    assert client.cmd(b"DELE 1").startswith(b"+OK")
+    assert client.cmd(b"DELE 3").startswith(b"+OK")
+    assert client.cmd(b"QUIT").startswith(b"+OK")
+    assert site.upstream_uids("gus") == [uids[1], uids[3]]
+
+
 def test_empty_mailbox(site: Site) -> None:
     site.fill("eve", [])
     client = raw(site.upstream_auth.port, "eve")

@@ -151,6 +151,17 @@ def test_fetch_without_a_literal_is_message_gone() -> None:
     d.addErrback(lambda _: None)
 
 
+@pytest.mark.parametrize(("item", "octets"), [
+    (b'BODY[] ""', b""), (b"BODY[]<0> NIL", b""), (b'BODY[] "a \\"q\\" \\\\ b"', b'a "q" \\ b')])
+def test_a_body_sent_as_a_quoted_string(item: bytes, octets: bytes) -> None:
+    protocol, _, _ = connected()
+    sink = Sink()
+    d = protocol.stream(b"UID FETCH 9 (BODY.PEEK[])", sink)
+    protocol.dataReceived(b"* 2 FETCH (UID 9 " + item + b")\r\np1 OK done\r\n")
+    assert d.result == len(octets)
+    assert sink.octets == octets and sink.ended
+
+
 def test_a_huge_literal_outside_body_is_refused() -> None:
     protocol, transport, _ = connected()
     d = protocol.command(b"UID FETCH 1 (BODY.PEEK[HEADER])")

@@ -53,6 +53,9 @@ MAX_COLLECTED = 1024 * 1024
 _LITERAL = re.compile(rb"~?\{(\d+)\}$")
 _BODY_ITEM = re.compile(rb"BODY\[\](?:<\d+>)? ~?\{\d+\}$", re.IGNORECASE)
 _CODE = re.compile(rb"^\[([A-Za-z0-9.-]+)(?: ([^\]]*))?\]")
+#: A C{BODY[]} item sent as a quoted string or NIL instead of a literal
+#: (an empty or one-line message: RFC 3501 allows any nstring).
+_QUOTED_BODY = re.compile(rb'BODY\[\](?:<\d+>)? (?:"((?:[^"\\]|\\.)*)"|NIL)', re.IGNORECASE)
 
 log = Logger()
 
@@ -361,12 +364,28 @@ class ImapProtocol(Protocol):
             if command.kind != "stream":
                 command.deferred.callback(ImapReply(text, command.collected))
             elif not command.started:
-                command.deferred.errback(MessageGone(text.decode("utf-8", "replace")[:200]))
+                self._quoted_or_gone(command, text)
             elif command.sink is not None:
                 command.sink.end()
         else:
             self._fail(command, Failure(ImapError(status, text)))
         self._send_next()
+
+    def _quoted_or_gone(self, command: _Command, text: bytes) -> None:
+        """A fetch's C{OK} without a literal: its C{BODY[]} was a quoted
+        string (or NIL), or the message is gone."""
+        for line in command.collected:
+            match = _QUOTED_BODY.search(line)
+            if match is not None:
+                value = re.sub(rb"\\(.)", rb"\1", match.group(1) or b"")
+                command.started = True
+                command.deferred.callback(len(value))
+                if command.sink is not None and value:
+                    command.sink.data(value)
+                if command.sink is not None:
+                    command.sink.end()
+                return
+        command.deferred.errback(MessageGone(text.decode("utf-8", "replace")[:200]))
 
     def _greeting(self, line: bytes) -> None:
         self._greeted = True

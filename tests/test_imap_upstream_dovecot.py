@@ -372,17 +372,23 @@ def test_a_message_expunged_by_another_client(site: Site) -> None:
     assert site.upstream_uids("gus") == [uids[1], uids[3]]
 
 
-def test_empty_mailbox(site: Site) -> None:
-    site.fill("eve", [])
+def test_empty_mailbox_and_empty_message(site: Site) -> None:
     client = raw(site.upstream_auth.port, "eve")
     for n in range(1, 5):
         assert client.cmd(b"DELE %d" % n).startswith(b"+OK")
     assert client.cmd(b"QUIT").startswith(b"+OK")
     client = raw(site.upstream_auth.port, "eve")
     assert client.cmd(b"STAT") == b"+OK 0 0"
-    assert retr(client, b"UIDL") == b"+OK\r\n.\r\n" or \
-        retr(client, b"UIDL").endswith(b"\r\n.\r\n")
+    listing = retr(client, b"UIDL")
+    assert listing.startswith(b"+OK") and listing.endswith(b"\r\n.\r\n")
+    assert listing.count(b"\r\n") == 2  # no message lines
     assert client.cmd(b"QUIT").startswith(b"+OK")
+    site.fill("eve", [b""])  # no octets at all: served as popgate serves it from a Maildir
+    client = raw(site.upstream_auth.port, "eve")
+    assert client.cmd(b"LIST 1") == b"+OK 1 0"
+    assert retr(client, b"RETR 1").split(b"\r\n", 1)[1] == wire(b"") == b".\r\n"
+    assert retr(client, b"TOP 1 0").split(b"\r\n", 1)[1] == b".\r\n"
+    client.cmd(b"QUIT")
 
 
 # -- credentials

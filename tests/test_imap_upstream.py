@@ -142,17 +142,20 @@ def test_inline_literals_bytewise_and_random() -> None:
             b"1 FETCH (UID 4 BODY[HEADER] {12}\r\nSubject: a\r\n FLAGS (\\Seen))"]
 
 
-def test_fetch_without_a_literal_is_message_gone() -> None:
+@pytest.mark.parametrize("reply", [
+    b"p1 OK Fetch completed.\r\n",
+    b"* 1 FETCH (UID 9 BODY[] NIL)\r\np1 OK Fetch completed.\r\n"])  # Dovecot, expunged
+def test_fetch_without_a_body_is_message_gone(reply: bytes) -> None:
     protocol, _, _ = connected()
     sink = Sink()
     d = protocol.stream(b"UID FETCH 9 (BODY.PEEK[])", sink)
-    protocol.dataReceived(b"p1 OK Fetch completed.\r\n")
+    protocol.dataReceived(reply)
     assert d.result.check(MessageGone)
     d.addErrback(lambda _: None)
 
 
 @pytest.mark.parametrize(("item", "octets"), [
-    (b'BODY[] ""', b""), (b"BODY[]<0> NIL", b""), (b'BODY[] "a \\"q\\" \\\\ b"', b'a "q" \\ b')])
+    (b'BODY[] ""', b""), (b'BODY[]<0> "x"', b"x"), (b'BODY[] "a \\"q\\" \\\\ b"', b'a "q" \\ b')])
 def test_a_body_sent_as_a_quoted_string(item: bytes, octets: bytes) -> None:
     protocol, _, _ = connected()
     sink = Sink()
@@ -394,6 +397,16 @@ def test_top_windows_stop_once_the_reader_has_enough() -> None:
     assert sent(server.transport).endswith(b" UID FETCH 5 (BODY.PEEK[]<65536.131072>)\r\n")
     assert not waiting.called
     source.close()
+
+
+def test_a_message_gone_upstream_is_sys_perm() -> None:
+    server = Server({**SNAPSHOT, b"UID FETCH 4 ": b"TAG OK Fetch completed.\r\n",
+                     b"UID FETCH 9 ": b"TAG NO [SERVERBUG] broken\r\n"})
+    maildrop = load(server)
+    for d in (maildrop.open_message(0), maildrop.open_top(0, 1), maildrop.open_message(2)):
+        server.run()
+        assert d.result.check(errors.PermanentFailure)
+        d.addErrback(lambda _: None)
 
 
 def test_drop_logs_out_without_changes() -> None:

@@ -53,9 +53,10 @@ MAX_COLLECTED = 1024 * 1024
 _LITERAL = re.compile(rb"~?\{(\d+)\}$")
 _BODY_ITEM = re.compile(rb"BODY\[\](?:<\d+>)? ~?\{\d+\}$", re.IGNORECASE)
 _CODE = re.compile(rb"^\[([A-Za-z0-9.-]+)(?: ([^\]]*))?\]")
-#: A C{BODY[]} item sent as a quoted string or NIL instead of a literal
-#: (an empty or one-line message: RFC 3501 allows any nstring).
-_QUOTED_BODY = re.compile(rb'BODY\[\](?:<\d+>)? (?:"((?:[^"\\]|\\.)*)"|NIL)', re.IGNORECASE)
+#: A C{BODY[]} item sent as a quoted string instead of a literal (an
+#: empty or one-line message: RFC 3501 allows any string).  C{NIL} is no
+#: message: Dovecot answers so for one expunged by another session.
+_QUOTED_BODY = re.compile(rb'BODY\[\](?:<\d+>)? "((?:[^"\\]|\\.)*)"', re.IGNORECASE)
 
 log = Logger()
 
@@ -373,11 +374,11 @@ class ImapProtocol(Protocol):
 
     def _quoted_or_gone(self, command: _Command, text: bytes) -> None:
         """A fetch's C{OK} without a literal: its C{BODY[]} was a quoted
-        string (or NIL), or the message is gone."""
+        string, or the message is gone (C{BODY[] NIL}, or no FETCH)."""
         for line in command.collected:
             match = _QUOTED_BODY.search(line)
             if match is not None:
-                value = re.sub(rb"\\(.)", rb"\1", match.group(1) or b"")
+                value = re.sub(rb"\\(.)", rb"\1", match.group(1))
                 command.started = True
                 command.deferred.callback(len(value))
                 if command.sink is not None and value:

@@ -9,12 +9,15 @@ proxy:upstream=pop3://127.0.0.1:PORT` and no `--auth`: the upstream
 checks the passwords (upstream authentication).  popbench's login (10
 clients), RETR 100 KB and RETR 10 MiB loads (every byte checked against
 the generator's digests) alternate between popgate -> Dovecot and Dovecot
-direct.  Reported per run: MB/s or logins/s; popgate's CPU per MB or per
-login (the proxy's own cost, measured by popbench in its window); and
-Dovecot's CPU per MB or login in both cases (the upstream's work, over
-the whole load run).  Targets: MB/s at least 0.8x Dovecot direct, and
-popgate's CPU per MB below Dovecot's own.  The results go to
-bench/results/proxy-<time>.json; nothing is changed outside --workdir.
+direct.  With `--upstream imap` popgate runs the imap: store against the
+same Dovecot's IMAP (`imap:upstream=imap://127.0.0.1:PORT`, needs
+dovecot-imapd), still compared with Dovecot's POP3 direct.  Reported per
+run: MB/s or logins/s; popgate's CPU per MB or per login (the proxy's own
+cost, measured by popbench in its window); and Dovecot's CPU per MB or
+login in both cases (the upstream's work, over the whole load run).
+Targets: MB/s at least 0.8x Dovecot direct, and popgate's CPU per MB below
+Dovecot's own.  The results go to
+bench/results/proxy-<upstream>-<time>.json; nothing is changed outside --workdir.
 
 popgate runs this tree's code (PYTHONPATH is set to it; the path is
 printed).  --baseline REV adds a second proxy running the code of
@@ -148,6 +151,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="1 repetition, 2 s windows")
     ap.add_argument("--workdir", default="/tmp/popgate-bench")
     ap.add_argument("--twistd", default=str(bench.REPO / ".venv" / "bin" / "twistd"))
+    ap.add_argument("--upstream", choices=("pop3", "imap"), default="pop3",
+                    help="popgate's store: proxy: to Dovecot's POP3, or imap: to its IMAP")
     ap.add_argument("--profile", action="store_true",
                     help="then profile popgate with py-spy during one more RETR 10 MiB run")
     ap.add_argument("--profile-kind", choices=["retr10m", "retr100k"], default="retr10m",
@@ -172,9 +177,12 @@ def main() -> int:
         files = bench.build_run(rundir, data)
         rawdir = rundir / "raw"
         rawdir.mkdir()
-        dovecot = Dovecot("dovecot", rundir, files["passwd"], files["root-dovecot"])
+        imap = a.upstream == "imap"
+        dovecot = Dovecot("dovecot", rundir, files["passwd"], files["root-dovecot"], imap=imap)
         dovecot.start()
-        store = f"proxy:upstream=pop3://127.0.0.1:{dovecot.port}"
+        store = (f"imap:upstream=imap://127.0.0.1:{dovecot.imap_port}" if imap
+                 else f"proxy:upstream=pop3://127.0.0.1:{dovecot.port}")
+        results["store"] = store.split(":")[0]
         proxy = ProxyPopgate("popgate-proxy", a.twistd, rundir, files["passwd"], files["root-popgate"],
                              store=store, env=code_env(bench.REPO))
         servers = [("popgate", proxy)]
@@ -213,7 +221,8 @@ def main() -> int:
             for _, s in servers:
                 s.stop()
     labels = [label for label, _ in servers]
-    print(f"\nDovecot {version}; medians of {reps}; popgate -> Dovecot vs Dovecot direct"
+    print(f"\nDovecot {version}; medians of {reps}; popgate ({a.upstream} upstream) -> Dovecot"
+          " vs Dovecot POP3 direct"
           + (f"; baseline: popgate at {a.baseline}" if a.baseline else "") + "\n")
     head = ["popgate -> Dovecot", "Dovecot direct", "ratio"]
     if a.baseline:
@@ -237,7 +246,7 @@ def main() -> int:
                 b = got["baseline"]
                 cells = [p, b, d, ratio(p, d), ratio(b, d), ratio(p, b)]
             print(f"| {title} | " + " | ".join(str(c) for c in cells) + " |")
-    out = HERE / "results" / f"proxy-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out = HERE / "results" / f"proxy-{a.upstream}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     print(f"\nresults: {out}")

@@ -234,13 +234,33 @@ service lmtp {{
 """
 
 
+DOVECOT_IMAP = """
+service imap-login {{
+  service_count = 0
+  process_min_avail = 2
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service imap {{
+  service_count = 0
+  process_limit = 600
+}}
+"""
+
+
 class Dovecot(Server):
     kind = "dovecot"
 
     def __init__(self, name: str, rundir: Path, passwd: Path, root: Path, extra: str = "",
-                 lmtp: bool = False) -> None:
+                 lmtp: bool = False, imap: bool = False) -> None:
         super().__init__()
         self.lmtp = lmtp  # needs Debian's dovecot-lmtpd (ensure_dovecot_lmtp)
+        self.imap = imap  # needs Debian's dovecot-imapd; listens on imap_port too
         self.name = name
         self.rundir = rundir
         self.passwd = passwd
@@ -257,7 +277,12 @@ class Dovecot(Server):
         if self.lmtp:
             self.lmtp_port = free_port()
             extra += DOVECOT_LMTP.format(port=self.lmtp_port)
-        self.conf.write_text(DOVECOT_CONF.format(protocols="pop3 lmtp" if self.lmtp else "pop3",
+        protocols = "pop3" + (" lmtp" if self.lmtp else "")
+        if self.imap:
+            self.imap_port = free_port()
+            extra += DOVECOT_IMAP.format(port=self.imap_port)
+            protocols += " imap"
+        self.conf.write_text(DOVECOT_CONF.format(protocols=protocols,
             base=self.base, instance=f"popgate-bench-{self.name}-{os.getpid()}", log=self.log,
             passwd=self.passwd, root=self.root, port=self.port, uid=MAIL_UID, gid=MAIL_GID,
             extra=extra))

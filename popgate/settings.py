@@ -234,7 +234,7 @@ class Config:
         None, "The mail store, TYPE:ARGS (e.g. maildir:/var/mail/%d/%n); --help-stores lists "
         "the types.", "Stores", metavar="TYPE:ARGS")
     route: str | None = _declare(
-        None, "Choose each user's upstream (a proxy: store) from a directory, TYPE:ARGS: "
+        None, "Choose each user's upstream (a proxy: or imap: store) from a directory, TYPE:ARGS: "
         "ldap:url=...,base=...,attribute=ATTR (the user's entry holds the URL) or "
         "sql:dsn=...,query=SELECT upstream FROM ... WHERE userid = %(user)s; the store's "
         "upstream= serves users without a route, if given. See docs/gateway.md#routing.",

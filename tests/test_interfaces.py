@@ -285,6 +285,19 @@ def _proxy_source(tmp: Any) -> Any:
     return UpstreamMessage(UpstreamProtocol(InlineReactor(), 1))
 
 
+def _imap_store(tmp: Any) -> Any:
+    from popgate.stores.imap_store import make_store
+
+    return make_store("upstream=imap://127.0.0.1:1", InlineReactor())
+
+
+def _imap_maildrop(tmp: Any) -> Any:
+    from popgate.stores.imap_store import ImapMaildrop
+    from popgate.stores.imap_upstream import ImapProtocol
+
+    return ImapMaildrop(ImapProtocol(InlineReactor(), 1), "bob")
+
+
 def _upstream_checker(tmp: Any) -> Any:
     return _proxy_store(tmp).checkers([])[0]
 
@@ -461,6 +474,9 @@ CASES: list[tuple[Case, str, tuple[Any, ...]]] = [
     (_proxy_store, "popgate.stores.proxy_store.ProxyStore",
      (IMailStore, IAuthenticatingStore, IReachable)),
     (_proxy_maildrop, "popgate.stores.proxy_store.ProxyMaildrop", (IMaildrop, ITopMaildrop)),
+    (_imap_store, "popgate.stores.imap_store.ImapStore",
+     (IMailStore, IAuthenticatingStore, IReachable)),
+    (_imap_maildrop, "popgate.stores.imap_store.ImapMaildrop", (IMaildrop, ITopMaildrop)),
     (_proxy_source, "popgate.stores.proxy_source.UpstreamMessage",
      (IMessageSource, IDeferredMessageSource, IWireMessageSource)),
     (_upstream_checker, "popgate.stores.proxy_auth.UpstreamChecker", (ICredentialsChecker,)),

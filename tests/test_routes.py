@@ -249,3 +249,17 @@ def test_sql_source_on_sqlite(tmp_path: Path, log_events: list[Any]) -> None:
         if source.database.pool is not None:
             run(source.database.pool.close)
     log_events.clear()  # the dropped table's error line is expected
+
+
+def test_the_imap_store_routes_imap_urls_only() -> None:
+    store = make_store("imap:", MemoryReactorClock(),
+                       route=FakeSource({"ann": "imaps://imap.example.org", "bob": "pop3://h",
+                                         "cy": None}))
+    assert store.settings.upstream is None
+    up = outcome(store.route("ann"))
+    assert (up.protocol, up.host, up.port, up.tls) == ("imap", "imap.example.org", 993, "implicit")
+    assert isinstance(outcome(store.route("bob")), errors.PermanentFailure)
+    assert isinstance(outcome(store.route("cy")), errors.UnknownUser)
+    assert outcome(store.probe()) == "routes from the fake directory"
+    with pytest.raises(ValueError, match="upstream= is required"):
+        make_store("imap:", MemoryReactorClock())

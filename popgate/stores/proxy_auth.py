@@ -1,5 +1,6 @@
 """
-Who checks a proxied user's password, as twisted.cred checkers.
+Who checks a proxied user's password, as twisted.cred checkers (for the
+C{proxy:} store, and the C{imap:} store, whose connection is an IMAP one).
 
   - I{Upstream authentication} (no C{--auth}): L{UpstreamChecker} logs
     in upstream with the client's user name and password; the upstream's
@@ -88,8 +89,9 @@ class UpstreamChecker:
     The upstream checks the password: a login upstream with the client's
     credentials.
 
-    @param store: the L{popgate.stores.proxy_store.ProxyStore} (its
-        C{log_in} and its reactor).
+    @param store: the L{popgate.stores.proxy_store.ProxyStore} or
+        L{popgate.stores.imap_store.ImapStore} (its C{log_in} and its
+        reactor).
     """
 
     credentialInterfaces = (IUsernamePassword,)

@@ -1,7 +1,8 @@
 """
-The C{proxy:} store's argument string: which upstream POP3 server (or,
-with C{--route}, the one for users without a route), how TLS to it is
-checked, the deadlines, and the master user for local authentication.
+The C{proxy:} and C{imap:} stores' argument string: which upstream POP3
+or IMAP server (or, with C{--route}, the one for users without a route),
+how TLS to it is checked, the deadlines, and the master user for local
+authentication.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from popgate.cred.args import ArgSpec
 
-__all__ = ["ARGS", "ProxySettings", "Upstream", "parse_args", "parse_upstream"]
+__all__ = ["ARGS", "IMAP_ARGS", "ProxySettings", "Upstream", "parse_args", "parse_upstream"]
 
 ARGS = ArgSpec(
     "proxy",
@@ -36,11 +37,28 @@ ARGS = ArgSpec(
     },
 )
 
+#: The C{imap:} store's keys: the same, for an IMAP upstream.
+IMAP_ARGS = ArgSpec(
+    "imap",
+    {
+        **ARGS.help,
+        "upstream": "imap://HOST:PORT (STARTTLS with ?tls=starttls), or imaps://HOST:PORT "
+                    "(TLS from the first octet); ports default to 143 and 993.",
+        "master_user": "With --auth: log in upstream as this master user for each user "
+                       "(AUTHENTICATE PLAIN, the user as authorization identity).",
+        "master_separator": "What joins the user and the master user in LOGIN, for an "
+                            "upstream without AUTH=PLAIN (default: *).",
+    },
+)
+
+#: Each upstream protocol: its two URL schemes and their default ports.
+_SCHEMES = {"pop3": ("pop3", "pop3s", 110, 995), "imap": ("imap", "imaps", 143, 993)}
+
 
 @dataclass(frozen=True)
 class Upstream:
     """
-    One upstream POP3 server.
+    One upstream POP3 (or IMAP) server.
 
     @ivar tls: C{"none"}, C{"starttls"} or C{"implicit"}.
     @ivar server_name: what its certificate must name.
@@ -51,10 +69,11 @@ class Upstream:
     tls: str = "none"
     server_name: str = ""
     ca_file: str | None = None
+    protocol: str = "pop3"  # or "imap"
 
     @property
     def url(self) -> str:
-        scheme = "pop3s" if self.tls == "implicit" else "pop3"
+        scheme = self.protocol + ("s" if self.tls == "implicit" else "")
         query = "?tls=starttls" if self.tls == "starttls" else ""
         return f"{scheme}://{self.host}:{self.port}{query}"
 
@@ -74,74 +93,81 @@ class ProxySettings:
 
 
 def parse_upstream(url: str, ca_file: str | None = None,
-                   server_name: str | None = None, what: str = "upstream=") -> Upstream:
+                   server_name: str | None = None, protocol: str = "pop3",
+                   what: str = "upstream=") -> Upstream:
     """
-    C{pop3://mail.example.org:110?tls=starttls} -> an L{Upstream}.
+    C{pop3://mail.example.org:110?tls=starttls} (or, for C{protocol}
+    C{"imap"}, C{imaps://mail.example.org}) -> an L{Upstream}.
 
     @param what: how messages name the URL (C{route} for a routed one).
     @raise ValueError: with a one-line reason.
     """
+    plain, secure, plain_port, secure_port = _SCHEMES[protocol]
+    kind = "proxy" if protocol == "pop3" else protocol
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
-    if scheme not in ("pop3", "pop3s"):
-        raise ValueError(f"proxy: {what} must be a pop3:// or pop3s:// URL, got {url[:60]!r}")
+    if scheme not in (plain, secure):
+        raise ValueError(f"{kind}: {what} must be a {plain}:// or {secure}:// URL, "
+                         f"got {url[:60]!r}")
     if not parts.hostname:
-        raise ValueError(f"proxy: {what} {url[:60]!r} names no host")
+        raise ValueError(f"{kind}: {what} {url[:60]!r} names no host")
     try:
-        port = parts.port or (995 if scheme == "pop3s" else 110)
+        port = parts.port or (secure_port if scheme == secure else plain_port)
     except ValueError:
-        raise ValueError(f"proxy: {what} {url[:60]!r} has a bad port") from None
+        raise ValueError(f"{kind}: {what} {url[:60]!r} has a bad port") from None
     if parts.path not in ("", "/") or parts.username or parts.password:
-        raise ValueError(f"proxy: {what} takes scheme://host:port[?tls=starttls] only")
+        raise ValueError(f"{kind}: {what} takes scheme://host:port[?tls=starttls] only")
     query = parse_qs(parts.query, keep_blank_values=True)
     unknown = set(query) - {"tls"}
     if unknown:
-        raise ValueError(f"proxy: {what} unknown parameter {sorted(unknown)[0]!r}")
-    tls = "implicit" if scheme == "pop3s" else "none"
+        raise ValueError(f"{kind}: {what} unknown parameter {sorted(unknown)[0]!r}")
+    tls = "implicit" if scheme == secure else "none"
     wanted = query.get("tls", [""])[-1].lower()
     if wanted:
-        if scheme == "pop3s" or wanted != "starttls":
-            raise ValueError(f"proxy: {what} ?tls=starttls is the only tls= value, "
-                             "and only for pop3://")
+        if scheme == secure or wanted != "starttls":
+            raise ValueError(f"{kind}: {what} ?tls=starttls is the only tls= value, "
+                             f"and only for {plain}://")
         tls = "starttls"
-    return Upstream(parts.hostname, port, tls, server_name or parts.hostname, ca_file)
+    return Upstream(parts.hostname, port, tls, server_name or parts.hostname, ca_file, protocol)
 
 
-def parse_args(argstring: str, routed: bool = False) -> ProxySettings:
+def parse_args(argstring: str, protocol: str = "pop3", routed: bool = False) -> ProxySettings:
     """
+    @param protocol: C{"pop3"} (the C{proxy:} store) or C{"imap"}.
     @param routed: a route source chooses the upstreams (C{--route}), so
         C{upstream=} is optional.
     @raise ValueError: with a one-line reason.
     """
-    args = ARGS.parse(argstring)
+    spec = IMAP_ARGS if protocol == "imap" else ARGS
+    args = spec.parse(argstring)
     ca_file = args.text("ca_file")
     if ca_file is not None and not Path(ca_file).is_file():
-        raise ARGS.error(f"ca_file= {ca_file}: no such file")
+        raise spec.error(f"ca_file= {ca_file}: no such file")
     given = args.text("upstream")
     if given is None and not routed:
-        raise ARGS.error("upstream= is required (or give --route)")
+        raise spec.error("upstream= is required (or give --route)")
     upstream = None if given is None else parse_upstream(given, ca_file,
-                                                          args.text("server_name"))
+                                                          args.text("server_name"), protocol)
     timeouts = {}
     for key, default in (("connect_timeout", 10.0), ("greeting_timeout", 10.0),
                          ("command_timeout", 60.0)):
         value = args.number(key, float, default, unit="seconds")
         if not value > 0:
-            raise ARGS.error(f"{key}= must be more than 0")
+            raise spec.error(f"{key}= must be more than 0")
         timeouts[key] = value
     master = args.text("master_user")
     secret_file = args.text("master_password_file")
     if bool(master) != bool(secret_file):
-        raise ARGS.error("master_user= and master_password_file= go together")
+        raise spec.error("master_user= and master_password_file= go together")
     secret = None
     if secret_file is not None:
         try:
             lines = Path(secret_file).read_bytes().splitlines()
         except OSError as e:
-            raise ARGS.error(f"master_password_file= {secret_file}: {e.strerror}") from None
+            raise spec.error(f"master_password_file= {secret_file}: {e.strerror}") from None
         secret = lines[0] if lines else b""
         if not secret:
-            raise ARGS.error(f"master_password_file= {secret_file} is empty")
+            raise spec.error(f"master_password_file= {secret_file} is empty")
     separator = args.text("master_separator") or "*"
     return ProxySettings(upstream, master_user=master, master_password=secret,
                          master_separator=separator, ca_file=ca_file, **timeouts)

@@ -1,9 +1,12 @@
 """
 One message being relayed from the upstream (RETR or TOP), for
 popgate's sender: an L{IDeferredMessageSource} fed by the upstream
-connection as its octets arrive.  They are the upstream reply's wire form
+connection as its octets arrive.  From a POP3 upstream
+(L{UpstreamMessage}) they are the reply's wire form
 (L{IWireMessageSource}: still dot-stuffed, without the C{.} line), which
-the sender passes on as they are.
+the sender passes on as they are; from an IMAP upstream
+(L{StreamedMessage}) they are the message itself, which popgate's
+encoder stuffs.
 
 It holds at most about L{HIGH_WATER} octets: past that the upstream
 socket is paused until popgate's client has taken them, so a slow client
@@ -23,19 +26,21 @@ from zope.interface import implementer
 
 from popgate.interfaces import IDeferredMessageSource, IWireMessageSource
 
-__all__ = ["HIGH_WATER", "UpstreamMessage"]
+__all__ = ["HIGH_WATER", "StreamedMessage", "UpstreamMessage"]
 
 #: Octets held before the upstream socket is paused: a few of the
 #: sender's reads (L{popgate.pop3.output.CHUNK_SIZE}).
 HIGH_WATER = 1024 * 1024
 
 
-@implementer(IDeferredMessageSource, IWireMessageSource)
-class UpstreamMessage:
+@implementer(IDeferredMessageSource)
+class StreamedMessage:
     """
+    A message's octets as an upstream connection hands them over.
+
     @param connection: the L{popgate.stores.pop3_upstream.UpstreamProtocol}
-        whose current reply this is (its C{pause}, C{resume} and
-        C{abandon}).
+        or L{popgate.stores.imap_upstream.ImapProtocol} whose current
+        reply this is (its C{pause}, C{resume} and C{abandon}).
     """
 
     blocking = False
@@ -75,6 +80,11 @@ class UpstreamMessage:
         if waiting is not None:
             waiting.errback(failure)
 
+    @property
+    def closed(self) -> bool:
+        """The sender let go (the client left, or TOP has its lines)."""
+        return self._closed
+
     # -- read by popgate's sender
 
     def read_deferred(self, size: int) -> defer.Deferred[bytes]:
@@ -113,3 +123,8 @@ class UpstreamMessage:
         self._size = 0
         if not self._ended and self._failure is None:
             self._connection.abandon()
+
+
+@implementer(IWireMessageSource)
+class UpstreamMessage(StreamedMessage):
+    """A POP3 upstream's RETR or TOP reply, in its wire form."""

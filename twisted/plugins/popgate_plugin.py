@@ -87,6 +87,18 @@ proxy = LazyStoreFactory(
     routable=True,
 )
 
+imap = LazyStoreFactory(
+    "imap",
+    "popgate.stores.imap_store.make_store",
+    "POP3 from each user's INBOX on an upstream IMAP4rev1 server (deletions committed "
+    "at QUIT with UID EXPUNGE); without --auth the upstream checks the passwords. "
+    "See docs/gateway.md.",
+    "imap:upstream=imaps://HOST:PORT[,ca_file=...][,server_name=...]"
+    "[,master_user=...,master_password_file=...] (with --route, upstream= is optional)",
+    checks_users=True,
+    routable=True,
+)
+
 memory = LazyStoreFactory(
     "memory",
     "popgate.stores.memory.make_store",

@@ -239,7 +239,8 @@ def test_options_build_pop3s_listeners_and_the_reload_service(pki: PKI, tmp_path
     server = build_server(options.config, reactor)
     assert isinstance(server.tls, ServerTLS)
     names = [s.name for s in server]
-    assert names == ["hangup", "pop3s tcp:0:interface=127.0.0.1", "pop3s tcp6:0:interface=\\:\\:1"]
+    assert names == ["hangup", "pop3s tcp:0:interface=127.0.0.1", "pop3s tcp6:0:interface=\\:\\:1",
+                     "tls-tickets"]
     reload = install(server, tap.parse_config, reactor).reload()
     assert reload.result.certificate.startswith(f"{pki.cert}, expires ")
 

@@ -19,7 +19,6 @@ from twisted.cred.portal import Portal
 from twisted.internet import endpoints
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.systemd import ListenFDs
 
@@ -53,6 +52,7 @@ from popgate.settings import Config
 from popgate.stores.history import login_history
 from popgate.tls import ServerTLS, TLSConfigError
 from popgate.tls_tickets import TicketKeys, TicketRotation
+from popgate.tls_transport import PopgateTLSFactory
 from popgate.workers.pool import WorkerPool
 from popgate.workers.reuseport import ReusePortListener
 
@@ -376,7 +376,7 @@ def build_server(config: Config, reactor: Any,
             # The same protocol behind a TLS layer: it sees an ISSLTransport,
             # so it knows the session is secure and offers no STLS.
             # The limits inside TLS, so a refusal is sent over TLS.
-            listen("pop3s", description, TLSMemoryBIOFactory(tls, False, pop3, clock=reactor))
+            listen("pop3s", description, PopgateTLSFactory(tls, False, pop3, clock=reactor))
     if lmtp is not None:
         delivery = LimitedFactory(lmtp, limits.connections, per_ip=False,
                                   refusals=LMTP_REFUSALS, protocol="lmtp")

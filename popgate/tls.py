@@ -86,6 +86,9 @@ def load_context(cert_path: str, key_path: str) -> tuple[SSL.Context, datetime.d
     # The same in every process, so a TLS 1.2 session (or ticket) is
     # accepted by any of them.
     context.set_session_id(SESSION_ID_CONTEXT)
+    # An idle session gives its 16 KiB read and write buffers back (most
+    # POP3 sessions are idle most of the time).
+    context.set_mode(SSL.MODE_RELEASE_BUFFERS)
     try:
         context.use_certificate_chain_file(cert_path.encode())
     except SSL.Error:

@@ -194,6 +194,7 @@ def test_load_a_certificate_chain(pki: PKI) -> None:
     assert options & SSL.OP_NO_COMPRESSION
     assert options & SSL.OP_NO_RENEGOTIATION
     assert options & SSL.OP_NO_TLSv1_1 and options & SSL.OP_NO_TLSv1
+    assert context.set_mode(0) & SSL.MODE_RELEASE_BUFFERS  # idle sessions hold no buffers
     assert expires is not None
     assert ServerTLS(str(pki.cert), str(pki.key)).expires == expires
 

@@ -92,7 +92,11 @@ _SESSION = [
     ("client_cpu_pct", "load generator CPU %"),
 ]
 DETAILS = {
-    "tls_full": _SESSION,
+    "tls_full": [
+        *_SESSION,
+        ("plain.server_cpu_ms_per_session", "the same logins in clear, server CPU ms/session"),
+        ("tls_ms_per_session", "TLS part: POP3S minus clear, server CPU ms/session"),
+    ],
     "tls_resume": _SESSION,
     "tls_retr10m": [
         ("tls.server_cpu_ms_per_MB", "POP3S server CPU ms/MB"),
@@ -112,8 +116,8 @@ DETAILS = {
 }
 SCENARIOS = list(DETAILS)
 PROFILE = {  # seconds of load per measured run, client processes
-    "full": dict(session=5.0, retr=6.0, warm=1.5, procs=4, max_msgs=0),
-    "quick": dict(session=1.5, retr=1.0, warm=0.5, procs=4, max_msgs=3),
+    "full": dict(session=5.0, retr=6.0, warm=1.5, procs=4, max_msgs=0, plain_sessions=True),
+    "quick": dict(session=1.5, retr=1.0, warm=0.5, procs=4, max_msgs=3, plain_sessions=False),
 }
 
 
@@ -600,10 +604,25 @@ class TLSBench:
             str(self.p["procs"]),
             *(["--resume"] if resume else []),
         ]
+
+        def measure(s, rep):
+            rec = self.run_load(s, sid, args, self.p["session"])
+            if resume or not self.p["plain_sessions"] or "error" in rec:
+                return rec
+            # The same logins in clear, to tell the TLS part from the login's.
+            self.b.settle()
+            plain = self.run_load(s, sid, args, self.p["session"], tls=False)
+            rec["plain"] = plain
+            if "server_cpu_ms_per_session" in rec and "server_cpu_ms_per_session" in plain:
+                rec["tls_ms_per_session"] = round(
+                    rec["server_cpu_ms_per_session"] - plain["server_cpu_ms_per_session"], 3
+                )
+            return rec
+
         self.b.ab(
             sid,
             pair,
-            lambda s, rep: self.run_load(s, sid, args, self.p["session"]),
+            measure,
             warm=lambda s: self.run_load(s, sid, args, self.p["warm"]),
         )
 
@@ -682,12 +701,30 @@ class TLSBench:
             b.stop(pw)
 
     def plan(self) -> dict:
-        return {
+        jobs = {
             "tls_full": lambda: self.sessions("tls_full", False),
             "tls_resume": lambda: self.sessions("tls_resume", True),
             "tls_retr10m": self.retr,
             "tls_retr_w2": self.retr_w2,
         }
+        return {sid: self._settling(job) for sid, job in jobs.items()}
+
+    def _settling(self, job):
+        """With --quick, wait at most 5 s for the servers to go quiet between
+        runs (on a busy machine the harness's 30 s made these scenarios alone
+        take 4 minutes)."""
+        if not self.b.a.quick:
+            return job
+
+        def run():
+            settle = self.b.settle
+            self.b.settle = lambda max_s=5.0: settle(min(max_s, 5.0))
+            try:
+                job()
+            finally:
+                self.b.settle = settle
+
+        return run
 
     def profile_jobs(self) -> list:
         """(name, job, target) for bench/run.py's py-spy profiles."""
@@ -719,6 +756,11 @@ def brief(rec: dict) -> str:
         f"({rec.get('client_cpu_pct')}%), resumed {rec.get('resumed')}/{rec.get('offered')}, "
         f"{rec.get('version')} {rec.get('cipher')}, errors {rec.get('errors')} "
         f"{rec.get('errmsgs') or ''}"
+        + (
+            f"; in clear {rec['plain'].get('server_cpu_ms_per_session')} ms/session"
+            if isinstance(rec.get("plain"), dict)
+            else ""
+        )
     )
 
 

@@ -48,16 +48,20 @@ class TicketKeys:
     This process's ticket keys, installed in every TLS context it hands
     new connections (L{popgate.tls.ServerTLS} watches for new ones).
 
-    @ivar shared: whether contexts take the keys (False where OpenSSL
-        cannot be told them: each context then has its own).
     """
 
     def __init__(self, keys: bytes | None = None) -> None:
         self.keys = keys if keys is not None else new_keys()
         if len(self.keys) != KEY_BYTES:
             raise ValueError(f"TLS ticket keys must be {KEY_BYTES} bytes")
-        self.shared = ssl_ctx_ctrl() is not None
         self._watchers: list[Callable[[], None]] = []
+
+    @property
+    def shared(self) -> bool:
+        """Whether contexts take the keys (False where OpenSSL cannot be
+        told them: each context then has its own).  Looked up on first use,
+        so a server without TLS never reads OpenSSL's symbol table."""
+        return ssl_ctx_ctrl() is not None
 
     @classmethod
     def from_environment(cls, environ: dict[str, str] | None = None) -> TicketKeys:

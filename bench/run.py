@@ -36,6 +36,7 @@ REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 import hotspots  # noqa: E402
+import tlsbench  # noqa: E402
 from servers import (MAIL_GID, MAIL_UID, Dovecot, Popgate, ensure_dovecot,  # noqa: E402
                      ensure_dovecot_lmtp, tree_cpu)
 
@@ -84,6 +85,7 @@ ROWS = [
     ("nooplat", "noop_p99_ms", "p99 NOOP latency during 50 bcrypt-12 logins, ms", "lower", "abs<=", 20.0),
     ("authcache", "sessions_per_s", "polling logins/s, bcrypt-12, auth cache on (2 clients, 10 users)", "higher", "ratio>=", 3.0),
 ]
+ROWS += tlsbench.ROWS  # POP3S (bench/tlsbench.py)
 # The PostgreSQL store beside Maildir and Dovecot (issue 13): id, metric, title,
 # target kind, target value, compared with ("maildir" or "dovecot"; "nodes": the
 # pg_2nodes ratio two nodes / one node).  Server CPU here includes the CPU of the
@@ -147,6 +149,7 @@ DETAILS = {  # supporting figures: scenario -> [(record key, label)]
                 ("server_cpu_pct", "server CPU % during window")],
     "authcache": [("lat_ms_p99", "session latency p99, ms"), ("server_cpu_ms_per_session", "server CPU ms per login")],
 }
+DETAILS.update(tlsbench.DETAILS)
 
 
 class Skip(Exception):
@@ -273,6 +276,7 @@ class Bench:
         self.db = None   # pgstore.BenchDatabase when a PostgreSQL scenario runs
         self.pg = None   # popgate on the PostgreSQL store
         self.dovecot_lmtp = None
+        self.tls = tlsbench.TLSBench(self)  # the POP3S scenarios and their servers
 
     # -- helpers
     def start(self, server) -> None:
@@ -763,6 +767,10 @@ class Bench:
                     "--users-file", str(self.files["users-r100k"]), "-c", "4", "-d", "8", "--verify", "hash",
                     "--server-pid", str(pg.pid), "--grace", "20"], 100)),
             ][:2 if "r100k" in self.pg_loaded else 1]
+        targets = {}
+        for name, job, target in self.tls.profile_jobs():
+            jobs.append((name, job))
+            targets[name] = target
         if self.a.profile_only:
             jobs = [j for j in jobs if j[0] in self.a.profile_only.split(",")]
         fresh_name = None
@@ -771,7 +779,7 @@ class Bench:
             jobs.append(("big_fresh", lambda: self.biglist(s, f"{fresh_name}@{DOMAIN}", 1)))
         for name, job in jobs:
             raw = pdir / f"popgate-{name}.txt"
-            target = self.pg if name.startswith("pg_") else s
+            target = targets.get(name) or (self.pg if name.startswith("pg_") else s)
             log(f"profiling {target.name} during {name} (py-spy, {rate} Hz)")
             spy_p = subprocess.Popen([spy, "record", "--pid", str(target.pid), "-F", "-t", "-r", str(rate),
                                       "-f", "raw", "-o", str(raw), "--nonblocking"],
@@ -870,6 +878,7 @@ class Bench:
                 "pg_big_fresh": lambda: self.sc_big_fresh("pg_big_fresh", self.pg_triple()),
                 "lmtp": self.sc_lmtp,
                 "pg_2nodes": self.sc_pg_2nodes,
+                **self.tls.plan(),
             }
             for sid in selected:
                 log(f"scenario {sid}")
@@ -916,6 +925,8 @@ class Bench:
 
 # ------------------------------------------------------------------ reporting
 def brief(sid: str, rec: dict) -> str:
+    if sid.startswith("tls_"):
+        return tlsbench.brief(rec)
     sid = sid.removeprefix("pg_")
     if "error" in rec:
         return "ERROR " + rec["error"][:200]
@@ -951,6 +962,8 @@ def brief(sid: str, rec: dict) -> str:
 
 def invalid(sid: str, rec: dict) -> str | None:
     """Why a run does not count, or None."""
+    if sid.startswith("tls_"):
+        return tlsbench.invalid(rec)
     sid = sid.removeprefix("pg_")
     if "error" in rec:
         return rec["error"][:120]
@@ -1147,7 +1160,8 @@ def render_markdown(results: dict, top: int = 0) -> str:
         out.append(f"| {r['title']} | {fmt(r['popgate'])} | {fmt(r['dovecot'])} | "
                    f"{ratio} | {r['target']} | {verdict} | "
                    f"{'-' if other is None else f'{max(other, 0):.0f}%'} |")
-    out += ["", "\"other load\": median CPU (% of one core) used during the runs by processes other "
+    out += ["", *tlsbench.render_meta(results)]
+    out += ["\"other load\": median CPU (% of one core) used during the runs by processes other "
             "than the servers and the load generator; high values mean the figures are noisy.", ""]
     out += ["Supporting figures (medians):", "",
             "| scenario | figure | popgate | Dovecot |", "|---|---|---:|---:|"]

@@ -19,7 +19,6 @@ from twisted.cred.portal import Portal
 from twisted.internet import endpoints
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.systemd import ListenFDs
 
@@ -52,6 +51,8 @@ from popgate.realm import MaildropRealm
 from popgate.settings import Config
 from popgate.stores.history import login_history
 from popgate.tls import ServerTLS, TLSConfigError
+from popgate.tls_tickets import TicketKeys, TicketRotation
+from popgate.tls_transport import PopgateTLSFactory
 from popgate.workers.pool import WorkerPool
 from popgate.workers.reuseport import ReusePortListener
 
@@ -180,6 +181,9 @@ class Server(service.MultiService):
         self.log_observer: ServerLog | None = None
         #: The C{--oauth} checker of bearer tokens (L{build_oauth}), if any.
         self.oauth: ICredentialsChecker | None = None
+        #: The TLS session ticket keys of this process (all workers' in
+        #: the first process's; L{popgate.tls_tickets}); a reload keeps them.
+        self.tickets = TicketKeys()
 
     #: Asks the user stores whether they answer, once started: loud, not
     #: fatal, since a directory down at boot can come back.
@@ -341,6 +345,14 @@ def build_server(config: Config, reactor: Any,
     server.oauth = oauth  # kept by a reload (popgate.reload), which rebuilds the portal
     hangup.setServiceParent(server)
     shared = config.workers > 1 or config.worker
+    if config.worker:  # the first process's keys, and new ones from it
+        server.tickets = TicketKeys.from_environment()
+    if tls is not None:
+        tls.share_tickets(server.tickets)
+        if shared and not config.worker and not server.tickets.shared:
+            log.warn("--workers: this OpenSSL cannot be given TLS session ticket keys, so "
+                     "each worker keeps its own; a client resumes its TLS session only when "
+                     "it reaches the worker that made its ticket")
 
     def listen(kind: str, description: str, listening_factory: Any) -> None:
         inner, listening_factory = prepare_listener(description, listening_factory, reactor,
@@ -364,7 +376,7 @@ def build_server(config: Config, reactor: Any,
             # The same protocol behind a TLS layer: it sees an ISSLTransport,
             # so it knows the session is secure and offers no STLS.
             # The limits inside TLS, so a refusal is sent over TLS.
-            listen("pop3s", description, TLSMemoryBIOFactory(tls, False, pop3, clock=reactor))
+            listen("pop3s", description, PopgateTLSFactory(tls, False, pop3, clock=reactor))
     if lmtp is not None:
         delivery = LimitedFactory(lmtp, limits.connections, per_ip=False,
                                   refusals=LMTP_REFUSALS, protocol="lmtp")
@@ -384,8 +396,13 @@ def build_server(config: Config, reactor: Any,
     if not config.worker:  # once, not once per --workers process
         server.probe = StartupProbe(reactor, config.auth, checkers)
     if shared and not config.worker:
-        server.pool = WorkerPool(reactor, config.workers, config.argv)
+        server.pool = WorkerPool(reactor, config.workers, config.argv, tickets=server.tickets)
         server.pool.setName("workers")
         server.pool.setServiceParent(server)
         hangup.pass_on(server.pool.pass_on_hangup)
+    if tls is not None and not config.worker:  # the workers get theirs from here
+        rotation = TicketRotation(reactor, server.tickets,
+                                  server.pool.pass_on_tickets if server.pool is not None else None)
+        rotation.setName("tls-tickets")
+        rotation.setServiceParent(server)
     return server

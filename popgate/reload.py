@@ -175,6 +175,8 @@ def apply(server: Server, plan: Plan, reactor: Any) -> None:
     server.checkers = plan.checkers
     server.pop3.settings = settings
     if plan.tls is None or server.tls is None:
+        if plan.tls is not None:
+            plan.tls.share_tickets(server.tickets)
         server.tls = server.pop3.tls = plan.tls
     else:  # the POP3S listeners hold this one
         server.tls.use(plan.tls)

@@ -4,7 +4,10 @@ TLS 1.2 and 1.3 only, AEAD ciphers, no compression, no renegotiation.
 
 L{ServerTLS} hands every new connection the context loaded last, so a
 reload (SIGHUP, L{popgate.reload}) puts a renewed certificate in force for
-new sessions while open ones keep the context they started with.
+new sessions while open ones keep the context they started with.  Every
+context it hands out takes the process's session ticket keys
+(L{popgate.tls_tickets}: the same in all C{--workers} processes), so a
+reload or another worker still resumes a client's session.
 """
 
 from __future__ import annotations
@@ -19,12 +22,18 @@ from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
+from popgate.tls_tickets import TicketKeys
+
 # TLS 1.2: ECDHE key exchange with AEAD ciphers only (Mozilla's
 # "intermediate" list minus DHE, which would need DH parameters).  TLS 1.3
 # suites are OpenSSL's defaults, all of them AEAD.
 CIPHERS = b"ECDHE+AESGCM:ECDHE+CHACHA20"
 _OPTIONS = (SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_CIPHER_SERVER_PREFERENCE
             | SSL.OP_NO_SSLv2 | SSL.OP_NO_SSLv3 | SSL.OP_NO_TLSv1 | SSL.OP_NO_TLSv1_1)
+
+
+#: Which sessions a context may resume: popgate's, in any process.
+SESSION_ID_CONTEXT = b"popgate"
 
 
 class TLSConfigError(Exception):
@@ -74,6 +83,12 @@ def load_context(cert_path: str, key_path: str) -> tuple[SSL.Context, datetime.d
     context.set_min_proto_version(SSL.TLS1_2_VERSION)
     context.set_options(_OPTIONS)
     context.set_cipher_list(CIPHERS)
+    # The same in every process, so a TLS 1.2 session (or ticket) is
+    # accepted by any of them.
+    context.set_session_id(SESSION_ID_CONTEXT)
+    # An idle session gives its 16 KiB read and write buffers back (most
+    # POP3 sessions are idle most of the time).
+    context.set_mode(SSL.MODE_RELEASE_BUFFERS)
     try:
         context.use_certificate_chain_file(cert_path.encode())
     except SSL.Error:
@@ -96,12 +111,26 @@ class ServerTLS:
 
     @ivar cert_path: the certificate chain file.
     @ivar key_path: the private key file.
+    @ivar tickets: the session ticket keys its contexts take, once
+        L{share_tickets} was called.
     """
 
     def __init__(self, cert_path: str, key_path: str) -> None:
         self.cert_path = cert_path
         self.key_path = key_path
         self._context, self.expires = load_context(cert_path, key_path)
+        self.tickets: TicketKeys | None = None
+
+    def share_tickets(self, tickets: TicketKeys) -> None:
+        """Give this context and every later one C{tickets}' keys, now and
+        whenever they change (reactor thread)."""
+        self.tickets = tickets
+        tickets.watch(self._install_tickets)
+        self._install_tickets()
+
+    def _install_tickets(self) -> None:
+        if self.tickets is not None:
+            self.tickets.install(self._context)
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         return SSL.Connection(self._context, None)
@@ -115,6 +144,7 @@ class ServerTLS:
         """
         self.cert_path, self.key_path = other.cert_path, other.key_path
         self._context, self.expires = other._context, other.expires
+        self._install_tickets()
 
     def describe(self) -> str:
         """C{/etc/popgate/fullchain.pem (expires 2027-02-24 10:00:00+00:00)}."""

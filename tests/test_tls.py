@@ -194,6 +194,7 @@ def test_load_a_certificate_chain(pki: PKI) -> None:
     assert options & SSL.OP_NO_COMPRESSION
     assert options & SSL.OP_NO_RENEGOTIATION
     assert options & SSL.OP_NO_TLSv1_1 and options & SSL.OP_NO_TLSv1
+    assert context.set_mode(0) & SSL.MODE_RELEASE_BUFFERS  # idle sessions hold no buffers
     assert expires is not None
     assert ServerTLS(str(pki.cert), str(pki.key)).expires == expires
 
@@ -239,7 +240,8 @@ def test_options_build_pop3s_listeners_and_the_reload_service(pki: PKI, tmp_path
     server = build_server(options.config, reactor)
     assert isinstance(server.tls, ServerTLS)
     names = [s.name for s in server]
-    assert names == ["hangup", "pop3s tcp:0:interface=127.0.0.1", "pop3s tcp6:0:interface=\\:\\:1"]
+    assert names == ["hangup", "pop3s tcp:0:interface=127.0.0.1", "pop3s tcp6:0:interface=\\:\\:1",
+                     "tls-tickets"]
     reload = install(server, tap.parse_config, reactor).reload()
     assert reload.result.certificate.startswith(f"{pki.cert}, expires ")
 

@@ -24,7 +24,6 @@ from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordD
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.portal import Portal
 from twisted.internet import endpoints
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from popgate.pop3.factory import POP3ServerFactory
@@ -32,6 +31,7 @@ from popgate.pop3.settings import SessionSettings
 from popgate.realm import MaildropRealm
 from popgate.stores.memory import MemoryStore
 from popgate.tls import CIPHERS, ServerTLS, TLSConfigError
+from popgate.tls_transport import PopgateTLSFactory
 from tests import reactor_thread
 from tests.pop3_oracle import RawClient
 from tests.services import need_program
@@ -40,6 +40,9 @@ from tests.tlscerts import PKI, common_name, make_pki
 pytestmark = pytest.mark.integration
 
 MESSAGE = b"Subject: over TLS\r\n\r\nhello\r\n.dot\r\n"
+# Bigger than a 256 KiB chunk and not a multiple of a 16 KiB record, with
+# lines that need dot-stuffing across chunk boundaries.
+BIG = b"Subject: big\r\n\r\n" + b"".join(b".%06d line of the big one\r\n" % i for i in range(30011))
 
 
 @pytest.fixture(scope="module")
@@ -81,14 +84,16 @@ class Listeners:
 
         store = MemoryStore()
         store.add_message("alice", MESSAGE)
-        checker: Any = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")
+        store.add_message("bob", BIG)
+        store.add_message("bob", MESSAGE)
+        checker: Any = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret", bob=b"secret")
         if not self.secrets_checkable:
             checker = PasswordsOnly(checker)
         portal = Portal(MaildropRealm(store, reactor), [checker])
         self.tls = ServerTLS(str(self.cert), str(self.key))
         factory = POP3ServerFactory(portal, self.settings, reactor, tls=self.tls)
         plain = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        secure = reactor.listenTCP(0, TLSMemoryBIOFactory(self.tls, False, factory),
+        secure = reactor.listenTCP(0, PopgateTLSFactory(self.tls, False, factory),
                                    interface="127.0.0.1")
         self.ports = [plain, secure]
         self.port, self.tls_port = plain.getHost().port, secure.getHost().port
@@ -337,3 +342,20 @@ def test_haproxy_client_address_decides_and_stls_works_behind_it(pki: PKI) -> No
         client.close()
     finally:
         reactor_thread.run(port.stopListening)
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_big_and_small_retr_over_pop3s_arrive_whole(pki: PKI, listeners: Listeners,
+                                                    version: ssl.TLSVersion) -> None:
+    # PopgateTLSProtocol hands 256 KiB chunks to OpenSSL in one write and
+    # gathers the small replies around them: every byte, in order.
+    context = client_context(pki)
+    context.minimum_version = context.maximum_version = version
+    client = pop3s(listeners, context)
+    client.user("bob")
+    client.pass_("secret")
+    for number, expected in ((1, BIG), (2, MESSAGE), (1, BIG)):
+        _, lines, _ = client.retr(number)
+        assert b"\r\n".join(lines) + b"\r\n" == expected
+    assert client.stat() == (2, len(BIG) + len(MESSAGE))
+    client.quit()

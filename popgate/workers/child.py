@@ -25,10 +25,14 @@ from popgate.build import build_server
 from popgate.logs import worker_log
 from popgate.reload import install as install_reload
 from popgate.tap import Options, parse_config
+from popgate.tls_tickets import parse_tickets_line
 from popgate.workers.log_relay import PipeWriter
 from popgate.workers.pool import HANGUP_LINE, LOG_FORM_OPTION
 
 log = Logger()
+
+#: The longest line the parent writes (a tickets line is 169 bytes).
+_MAX_PARENT_LINE = 256
 
 
 class WorkerStop:
@@ -82,20 +86,28 @@ class WorkerStop:
 
 class ParentWatcher(protocol.Protocol):
     """In a worker: stop the reactor when the parent's pipe closes; reload
-    (C{hangup}) for each L{HANGUP_LINE} the parent sends."""
+    (C{hangup}) for each L{HANGUP_LINE} the parent sends; new TLS ticket
+    keys (C{tickets}) for each L{popgate.tls_tickets.tickets_line}."""
 
     def __init__(self, reactor: Any, hangup: Callable[[], Any] | None = None,
-                 stopper: WorkerStop | None = None) -> None:
+                 stopper: WorkerStop | None = None,
+                 tickets: Callable[[bytes], Any] | None = None) -> None:
         self.reactor = reactor
         self.hangup = hangup
+        self.tickets = tickets
         self.stopper = stopper or WorkerStop(reactor)
         self._buffer = b""
 
     def dataReceived(self, data: bytes) -> None:
-        # The parent writes nothing but whole HANGUP_LINEs; the (bounded)
-        # buffer keeps one split across two reads.  Several make one reload.
+        # The parent writes nothing but whole lines (HANGUP_LINE, tickets);
+        # the (bounded) buffer keeps one split across two reads.  Several
+        # hangups make one reload.
         lines = (self._buffer + data).split(b"\n")
-        self._buffer = lines.pop()[:len(HANGUP_LINE)]
+        self._buffer = lines.pop()[:_MAX_PARENT_LINE]
+        for line in lines:
+            keys = parse_tickets_line(line)
+            if keys is not None and self.tickets is not None:
+                self.tickets(keys)
         if HANGUP_LINE.rstrip(b"\n") in lines and self.hangup is not None:
             self.hangup()
 
@@ -145,7 +157,8 @@ def worker_main(argv: Sequence[str], reactor: Any) -> None:
     install_reload(server, parse_config, reactor)
     stopper = WorkerStop(reactor)
     stopper.install()
-    watch_parent(ParentWatcher(reactor, server.hangup.hangup, stopper), reactor)
+    watch_parent(ParentWatcher(reactor, server.hangup.hangup, stopper, server.tickets.replace),
+                 reactor)
     # In the parent's format, at its level, marked with this worker's
     # number, for the parent to write where it writes its own lines.
     out = cast(IO[str], PipeWriter(1))  # write and flush: all a log observer calls

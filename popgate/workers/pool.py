@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from popgate.cred.scram import SALT_SECRET_ENV, salt_secret
 from popgate.logs import LineSink
 from popgate.plural import plural
+from popgate.tls_tickets import TicketKeys, tickets_line
 from popgate.workers.log_relay import LineRelay, LoggedSink, relay_for
 
 log = Logger()
@@ -63,14 +64,17 @@ class WorkerPool(service.Service):
     @ivar log_sink: where the first process writes its log, so the
         workers' lines go there too (set by twistd's entry point); none:
         they are logged as the first process's own events.
+    @ivar tickets: the TLS session ticket keys every worker shares
+        (L{popgate.tls_tickets}); a worker started gets the current ones.
     """
 
     def __init__(self, reactor: Any, count: int, argv: Sequence[str],
-                 log_sink: LineSink | None = None) -> None:
+                 log_sink: LineSink | None = None, tickets: TicketKeys | None = None) -> None:
         self.reactor = reactor
         self.count = count
         self.argv = list(argv)
         self.log_sink = log_sink
+        self.tickets = tickets
         self.workers: dict[int, Any] = {}
         self._stopping = False
         self._all_ended: defer.Deferred[None] | None = None
@@ -95,6 +99,15 @@ class WorkerPool(service.Service):
         count = len(self.workers)
         return f"passed on to {plural(count, 'worker')}"
 
+    def pass_on_tickets(self, keys: bytes) -> None:
+        """New TLS ticket keys for every worker (over its standard input,
+        as a hangup; one that starts later has them in its environment)."""
+        for transport in list(self.workers.values()):
+            try:
+                transport.write(tickets_line(keys))
+            except Exception:  # already gone
+                pass
+
     def _signal_all(self, name: str) -> None:
         for transport in list(self.workers.values()):
             try:
@@ -110,7 +123,9 @@ class WorkerPool(service.Service):
                 "--worker-number", str(number)]
         # The same SCRAM salt secret in every process: a made-up salt must
         # not change with the worker a connection lands on.
-        env = {**os.environ, SALT_SECRET_ENV: salt_secret()}
+        # The TLS ticket keys likewise: a session resumes on any worker.
+        env = {**os.environ, SALT_SECRET_ENV: salt_secret(),
+               **(self.tickets.environment() if self.tickets is not None else {})}
         self.workers[number] = self.reactor.spawnProcess(
             _Worker(self, number), sys.executable, argv, env=env,
             childFDs={0: "w", 1: "r", 2: "r"})

@@ -167,6 +167,29 @@ def build(tmp: Path, passwd: Path):
     return reactor, listener.factory
 
 
+class GCMeter:
+    """Time spent in the cyclic garbage collector, by generation."""
+
+    def __init__(self) -> None:
+        import gc
+        self.seconds = [0.0, 0.0, 0.0]
+        self.runs = [0, 0, 0]
+        self._t0 = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            g = info["generation"]
+            self.seconds[g] += time.perf_counter() - self._t0
+            self.runs[g] += 1
+
+    def reset(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.runs = [0, 0, 0]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -191,6 +214,7 @@ def main(argv=None) -> int:
         reactor, factory = build(tmp, passwd)
         users = [f"u{u:04d}@{DOMAIN}".encode() for u in range(1, USERS + 1)]
         results: list[float] = []
+        meter = GCMeter()
         failures: list[str] = []
 
         def one(n: int, profiler=None):
@@ -212,6 +236,7 @@ def main(argv=None) -> int:
         async def drive():
             from twisted.internet import task
             await one(min(a.sessions, USERS))  # warm-up: every size cache and snapshot
+            meter.reset()
             for i in range(a.runs):
                 cpu, wall, s = await one(a.sessions)
                 per = 1e6 * cpu / a.sessions
@@ -243,6 +268,11 @@ def main(argv=None) -> int:
         if len(results) != a.runs:
             print("timed out", file=sys.stderr)
             return 1
+        n = a.sessions * a.runs
+        each = (f"gen{g} {meter.runs[g]} runs, {1e3 * meter.seconds[g] / max(meter.runs[g], 1):.2f}"
+                " ms each" for g in range(3))
+        print(f"garbage collector: {', '.join(each)}; "
+              f"{1e6 * sum(meter.seconds) / n:.1f} us per session (wall time)")
         print(f"median: {statistics.median(results):.1f} us CPU per session "
               f"(min {min(results):.1f}, max {max(results):.1f}; concurrency {a.concurrency})")
         return 0

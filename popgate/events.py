@@ -68,7 +68,7 @@ with every field):
 
 from __future__ import annotations
 
-import ipaddress
+import functools
 import re
 import sys
 from collections.abc import Mapping
@@ -76,6 +76,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.logger import Logger, LogLevel
+
+from popgate.addresses import client_address
 
 __all__ = ["CATALOGUE", "EventType", "Field", "address_text", "emit", "free_text"]
 
@@ -124,13 +126,15 @@ def address_text(address: Any) -> str:
     host = getattr(address, "host", None)
     if not isinstance(host, str):
         return "unix" if address is not None and hasattr(address, "name") else "-"
-    try:
-        parsed = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return free_text(host, 64)
-    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
-        return str(parsed.ipv4_mapped)
-    return str(parsed)
+    return _host_text(host)
+
+
+@functools.lru_cache(maxsize=4096)
+def _host_text(host: str) -> str:
+    """Cached: every connection's two addresses, and parsing one costs
+    more than the lookup."""
+    parsed = client_address(host)
+    return free_text(host, 64) if parsed is None else str(parsed)
 
 
 @dataclass(frozen=True)

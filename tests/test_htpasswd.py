@@ -24,6 +24,7 @@ from popgate.cred.htpasswd import HtpasswdChecker, make_checker
 from popgate.cred.userinfo import UserInfo
 from popgate.errors import PermanentFailure, TemporaryFailure
 from popgate.interfaces import IUserLookup
+from popgate.stores import nowait
 from tests.services import need_program
 from tests.test_schemes import InlineReactor, QueueingReactor, result_of
 
@@ -114,7 +115,12 @@ def test_htpasswd_today_makes_what_we_read(made_now: Path, reactor: InlineReacto
             login(checker, user, "x" + password)
 
 
-def test_the_file_and_the_hashing_are_off_the_reactor(users_file: Path, reactor: InlineReactor) -> None:
+def test_the_file_and_the_hashing_are_off_the_reactor(
+    users_file: Path, reactor: InlineReactor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As on a kernel that cannot stat from its caches without waiting: every
+    # stat in the pool (test_passwdfile checks the inline one).
+    monkeypatch.setattr(nowait, "stat_cached", lambda path: None)
     checker = HtpasswdChecker(str(users_file), reactor)
     login(checker, "bcrypt", "bcrypt pässword")
     assert reactor.pool.calls == ["_read_if_changed", "verify_password"]
@@ -123,8 +129,9 @@ def test_the_file_and_the_hashing_are_off_the_reactor(users_file: Path, reactor:
 
 
 def test_unknown_user_and_wrong_password_look_alike(
-    users_file: Path, reactor: InlineReactor
+    users_file: Path, reactor: InlineReactor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(nowait, "stat_cached", lambda path: None)  # every stat in the pool
     checker = HtpasswdChecker(str(users_file), reactor)
     with pytest.raises(UnauthorizedLogin):
         login(checker, "nobody", "bcrypt pässword")

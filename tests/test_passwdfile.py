@@ -30,6 +30,7 @@ from popgate.cred.passwdfile import PasswdFileChecker, make_checker
 from popgate.cred.userinfo import UserInfo
 from popgate.errors import PermanentFailure, TemporaryFailure
 from popgate.interfaces import IUserLookup
+from popgate.stores import nowait
 from tests.test_schemes import InlineReactor, result_of, run_tool
 
 SHA512_CRYPT = passlib_hash.sha512_crypt.using(rounds=5000)
@@ -141,7 +142,10 @@ def test_lines_without_a_password_never_log_in(passwd_file: Path, reactor: Inlin
                 login(checker, user, password)
 
 
-def test_unknown_user_costs_a_hash_check(passwd_file: Path, reactor: InlineReactor) -> None:
+def test_unknown_user_costs_a_hash_check(
+    passwd_file: Path, reactor: InlineReactor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(nowait, "stat_cached", lambda path: None)  # every stat in the pool
     checker = PasswdFileChecker(str(passwd_file), reactor)
     with pytest.raises(UnauthorizedLogin):
         login(checker, "zed", "alice pw")
@@ -236,6 +240,34 @@ def test_reload_on_change(passwd_file: Path, reactor: InlineReactor) -> None:
     os.replace(new, passwd_file)
     assert login(checker, "bob", "new pw") == "bob"
     with pytest.raises(UnauthorizedLogin):
+        login(checker, "bob", "bob pw")
+
+
+def test_an_unchanged_file_is_told_without_a_thread(passwd_file: Path,
+                                                    reactor: InlineReactor) -> None:
+    """Once read, the file's stat comes from the kernel's caches on the
+    reactor thread (a trip to a thread costs more than a cheap check); an
+    edit is still seen at the next login, read in the pool."""
+    if nowait.stat_cached(str(passwd_file)) is None:
+        pytest.skip("this kernel cannot stat from its caches without waiting (openat2)")
+    checker = PasswdFileChecker(str(passwd_file), reactor)
+    assert login(checker, "bob", "bob pw") == "bob"
+    assert login(checker, "carol", "carol pw") == "carol"
+    with pytest.raises(UnauthorizedLogin):
+        login(checker, "bob", "wrong")
+    assert reactor.pool.calls == ["_read_if_changed"]
+    # (A new size: a rewrite within one clock tick keeps the mtime.)
+    passwd_file.write_text(passwd_file.read_text().replace("{PLAIN}bob pw:", "{PLAIN}newer pw:"))
+    assert login(checker, "bob", "newer pw") == "bob"
+    assert reactor.pool.calls == ["_read_if_changed"] * 2
+
+
+def test_a_file_gone_after_a_read_is_a_temporary_failure(passwd_file: Path,
+                                                          reactor: InlineReactor) -> None:
+    checker = PasswdFileChecker(str(passwd_file), reactor)
+    assert login(checker, "bob", "bob pw") == "bob"
+    passwd_file.unlink()
+    with pytest.raises(TemporaryFailure):
         login(checker, "bob", "bob pw")
 
 

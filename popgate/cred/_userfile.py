@@ -22,7 +22,7 @@ from typing import Any, ClassVar, NoReturn, TypeVar
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ICredentials, IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -39,6 +39,7 @@ from popgate.errors import PermanentFailure, TemporaryFailure, UnknownUser
 from popgate.interfaces import IReachable, IScramCredentials, IScramLookup, IUserLookup
 from popgate.plural import plural
 from popgate.policy import UserPolicy
+from popgate.stores import nowait
 
 _Key = tuple[int, int, int, int]
 
@@ -69,9 +70,11 @@ class UserFile:
     changes, so edits (including an atomic rename) take effect at the next
     login without a restart.
 
-    The C{stat} (and, after a change, the read and the parse) runs in the
-    reactor's thread pool, so a slow disk never stalls the reactor; logging
-    and the switch to the new users happen back on the reactor thread.
+    The C{stat} runs on the reactor thread when the kernel's caches can
+    answer it without waiting for the disk (L{popgate.stores.nowait}),
+    else (and, after a change, the read and the parse) in the reactor's
+    thread pool, so a slow disk never stalls the reactor; logging and the
+    switch to the new users happen back on the reactor thread.
     """
 
     log = Logger()
@@ -93,6 +96,11 @@ class UserFile:
         @return: a L{Deferred} failing with L{TemporaryFailure} when the
             file is missing or unreadable.
         """
+        if self._key is not None and self._cached_key() == self._key:
+            # Unchanged, as the kernel's caches tell without waiting for
+            # the disk: no trip to a thread and back (which costs more
+            # than the rest of a cheap login's check).
+            return succeed(self._use(None))
         d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
                               self._read_if_changed, self._key)
         return d.addCallbacks(self._use, self._unreadable)
@@ -117,6 +125,16 @@ class UserFile:
             raise TemporaryFailure(f"cannot read user file {self.path}: {error}")
 
         return d.addCallbacks(read, unreadable)
+
+    def _cached_key(self) -> _Key | None:
+        """The file's identity from the dentry and inode caches, on the
+        reactor thread; C{None} when that would wait for the disk, or
+        fails (the thread then finds out why)."""
+        try:
+            st = nowait.stat_cached(self.path)
+        except OSError:
+            return None
+        return None if st is None else self._stat_key(st)
 
     # -- in the thread pool --
 

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from popgate import errors
+from popgate.addresses import client_address
 from popgate.cred.penalty import PenaltyQueueFull
 from popgate.i18n.text import I_DEFAULT, N_
 from popgate.interfaces import (
@@ -75,13 +76,17 @@ def peer_is_trusted(peer: Any, networks: tuple[str, ...]) -> bool:
     host = getattr(peer, "host", None)
     if not isinstance(host, str):
         return False
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
+    return _host_trusted(host, tuple(networks))
+
+
+@functools.lru_cache(maxsize=4096)
+def _host_trusted(host: str, networks: tuple[str, ...]) -> bool:
+    """Cached: a login asks twice (USER, PASS), and parsing an address
+    costs more than the lookup."""
+    address = client_address(host)
+    if address is None:
         return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in network for network in _networks(tuple(networks)))
+    return any(address in network for network in _networks(networks))
 
 
 class _Attempt:

@@ -36,6 +36,7 @@ REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 import hotspots  # noqa: E402
+import scale  # noqa: E402
 from servers import (MAIL_GID, MAIL_UID, Dovecot, Popgate, ensure_dovecot,  # noqa: E402
                      ensure_dovecot_lmtp, tree_cpu)
 
@@ -64,9 +65,11 @@ BCRYPT_COST = 12
 PROFILES = {
     #            reps  login  retr  r10m  big_n  idle_k  hold  noop  poll  warm
     "full": dict(reps=3, login=5.0, retr=5.0, r10m=6.0, big_n=3, idle_k=500, hold=3.0,
-                 noop=6.0, poll=8.0, warm=2.0, lmtp_n=250, lmtp_d=20.0, nodes=5.0),
+                 noop=6.0, poll=8.0, warm=2.0, lmtp_n=250, lmtp_d=20.0, nodes=5.0,
+                 scale_n=10000, scale_noop=5.0),
     "quick": dict(reps=1, login=2.0, retr=2.0, r10m=3.0, big_n=1, idle_k=500, hold=1.5,
-                  noop=3.0, poll=2.0, warm=1.0, lmtp_n=60, lmtp_d=8.0, nodes=2.0),
+                  noop=3.0, poll=2.0, warm=1.0, lmtp_n=60, lmtp_d=8.0, nodes=2.0,
+                  scale_n=1000, scale_noop=1.0),
 }
 
 # id, metric, title, better, target kind, target value
@@ -83,6 +86,10 @@ ROWS = [
     ("idle", "pss_KiB_per_session", "memory per idle authenticated session (500 open), PSS KiB", "lower", "ratio<=", 0.05),
     ("nooplat", "noop_p99_ms", "p99 NOOP latency during 50 bcrypt-12 logins, ms", "lower", "abs<=", 20.0),
     ("authcache", "sessions_per_s", "polling logins/s, bcrypt-12, auth cache on (2 clients, 10 users)", "higher", "ratio>=", 3.0),
+    # bench/scale.py: 10,000 open sessions (2,000 with --quick)
+    ("scale", "total_MiB_at_N", "10,000 open sessions: total server memory, PSS MiB", "lower", "ratio<=", 0.05),
+    ("scale", "open_s", "10,000 open sessions: time to open them all, s", "lower", None, None),
+    ("scale", "noop_p99_ms", "10,000 open sessions: NOOP p99 over every session, ms", "lower", "abs<=", 50.0),
 ]
 # The PostgreSQL store beside Maildir and Dovecot (issue 13): id, metric, title,
 # target kind, target value, compared with ("maildir" or "dovecot"; "nodes": the
@@ -146,6 +153,13 @@ DETAILS = {  # supporting figures: scenario -> [(record key, label)]
                 ("noop_ms.max", "NOOP max under load, ms"), ("logins_in_window", "bcrypt logins completed in window"),
                 ("server_cpu_pct", "server CPU % during window")],
     "authcache": [("lat_ms_p99", "session latency p99, ms"), ("server_cpu_ms_per_session", "server CPU ms per login")],
+    "scale": [("opened", "sessions opened"), ("pss_MiB_before", "server PSS before, MiB"),
+              ("pss_KiB_per_session", "PSS per session, KiB"), ("server_procs_at_N", "server processes"),
+              ("sessions_per_s", "sessions opened per s"),
+              ("server_cpu_ms_per_session_open", "server CPU ms per session opened"),
+              ("open_ms.p99", "open (connect..STAT) p99, ms"), ("noop_ms.p50", "NOOP p50, ms"),
+              ("noop_ms.max", "NOOP max, ms"), ("client_cpu_s", "client CPU s (whole run)"),
+              ("other_cpu_pct_open", "other load while opening, % of a core")],
 }
 
 
@@ -870,6 +884,8 @@ class Bench:
                 "pg_big_fresh": lambda: self.sc_big_fresh("pg_big_fresh", self.pg_triple()),
                 "lmtp": self.sc_lmtp,
                 "pg_2nodes": self.sc_pg_2nodes,
+                "scale": lambda: scale.scenario(self, self.p["scale_n"], self.p["scale_noop"], PASSWORD,
+                                                DOMAIN, log),
             }
             for sid in selected:
                 log(f"scenario {sid}")
@@ -946,6 +962,11 @@ def brief(sid: str, rec: dict) -> str:
         return (f"NOOP p99 {rec.get('noop_p99_ms')} ms (baseline p99 "
                 f"{(rec.get('noop_baseline_ms') or {}).get('p99')} ms), {rec.get('logins_in_window')} "
                 f"bcrypt logins, server CPU {rec.get('server_cpu_pct')}%, errors {rec.get('loader_errors')}")
+    if sid == "scale":
+        return (f"{rec.get('opened')}/{rec.get('requested')} open in {rec.get('open_s')} s, PSS "
+                f"{rec.get('pss_MiB_at_N')} MiB ({rec.get('pss_KiB_per_session')} KiB/session, "
+                f"{rec.get('server_procs_at_N')} procs), NOOP p50 {(rec.get('noop_ms') or {}).get('p50')} "
+                f"p99 {rec.get('noop_p99_ms')} ms, errors {rec.get('errors')}+{rec.get('noop_errors')}")
     return json.dumps(rec)[:200]
 
 
@@ -958,8 +979,10 @@ def invalid(sid: str, rec: dict) -> str | None:
         bad = (rec.get("hash_bad") or 0) + (rec.get("size_bad") or 0) + (rec.get("hash_missing") or 0)
         if bad:
             return f"verification failed ({bad} messages)"
-    if sid == "idle" and rec.get("opened") != rec.get("requested"):
+    if sid in ("idle", "scale") and rec.get("opened") != rec.get("requested"):
         return f"only {rec.get('opened')}/{rec.get('requested')} sessions opened"
+    if sid == "scale" and rec.get("noop_errors"):
+        return f"{rec['noop_errors']} sessions did not answer NOOP"
     if sid == "nooplat" and rec.get("probe_error"):
         return "probe: " + rec["probe_error"]
     return None
@@ -970,7 +993,8 @@ def summarize(results: dict) -> list[dict]:
     for sid, metric, title, better, tkind, tval in ROWS:
         sc = results["scenarios"].get(sid)
         row = {"id": sid, "metric": metric, "title": title, "better": better,
-               "target": f"{tkind.replace('abs', 'popgate ').replace('ratio', 'ratio ')} {tval:g}",
+               "target": "-" if tkind is None else
+               f"{tkind.replace('abs', 'popgate ').replace('ratio', 'ratio ')} {tval:g}",
                "popgate": None, "dovecot": None, "ratio": None, "verdict": "not run", "notes": []}
         table.append(row)
         if sc is None:
@@ -999,6 +1023,8 @@ def summarize(results: dict) -> list[dict]:
             row["ratio"] = round(p / d, 3)
         if any("verification failed" in n or "sessions opened" in n for n in notes if n.startswith("popgate")):
             row["verdict"] = "FAIL (invalid run)"
+        elif tkind is None:
+            row["verdict"] = "-"
         elif tkind == "abs<=":
             row["verdict"] = "n/a" if p is None else ("pass" if p <= tval else "FAIL")
         elif row["ratio"] is None:

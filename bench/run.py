@@ -35,6 +35,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
+import coldretr  # noqa: E402
 import hotspots  # noqa: E402
 import scale  # noqa: E402
 from servers import (MAIL_GID, MAIL_UID, Dovecot, Popgate, ensure_dovecot,  # noqa: E402
@@ -66,10 +67,10 @@ PROFILES = {
     #            reps  login  retr  r10m  big_n  idle_k  hold  noop  poll  warm
     "full": dict(reps=3, login=5.0, retr=5.0, r10m=6.0, big_n=3, idle_k=500, hold=3.0,
                  noop=6.0, poll=8.0, warm=2.0, lmtp_n=250, lmtp_d=20.0, nodes=5.0,
-                 scale_n=10000, scale_noop=5.0),
+                 scale_n=10000, scale_noop=5.0, cold=30.0),
     "quick": dict(reps=1, login=2.0, retr=2.0, r10m=3.0, big_n=1, idle_k=500, hold=1.5,
                   noop=3.0, poll=2.0, warm=1.0, lmtp_n=60, lmtp_d=8.0, nodes=2.0,
-                  scale_n=1000, scale_noop=1.0),
+                  scale_n=1000, scale_noop=1.0, cold=5.0),
 }
 
 # id, metric, title, better, target kind, target value
@@ -77,10 +78,23 @@ ROWS = [
     ("login10", "sessions_per_s", "logins/s, 10 clients (popgate 1 worker)", "higher", "ratio>=", 3.0),
     ("login50", "sessions_per_s", "logins/s, 50 clients (popgate 1 worker)", "higher", "ratio>=", 3.0),
     ("login50w2", "sessions_per_s", "logins/s, 50 clients (popgate --workers 2)", "higher", "ratio>=", 3.0),
+    # a 7th item: compared with that kind of run instead of Dovecot's (the
+    # Dovecot column then shows it): here popgate with one worker, same runs
+    ("login50w2", "server_cpu_ms_per_session", "server CPU ms per login, 50 clients: --workers 2 "
+     "(Dovecot column: 1 worker)", "lower", "ratio<=", 1.0, "w1"),
     ("retr100k", "MB_per_s", "RETR 200 x 100 KB, MB/s (every byte verified)", "higher", "ratio>=", 1.0),
     ("retr100k", "server_cpu_ms_per_MB", "RETR 200 x 100 KB, server CPU ms/MB", "lower", "ratio<=", 1.0),
     ("retr10m", "MB_per_s", "RETR 10 x 10 MiB, MB/s (every byte verified)", "higher", "ratio>=", 1.0),
     ("retr10m", "server_cpu_ms_per_MB", "RETR 10 x 10 MiB, server CPU ms/MB", "lower", "ratio<=", 1.0),
+    ("retr10m_w2", "MB_per_s", "RETR 10 x 10 MiB, MB/s, popgate --workers 2", "higher",
+     "ratio>=", 1.0),
+    ("retr10m_w2", "server_cpu_ms_per_MB", "RETR 10 x 10 MiB, server CPU ms/MB, popgate --workers 2",
+     "lower", "ratio<=", 0.7),
+    ("coldretr", "MB_per_s", "RETR 4 x 10 x 10 MiB from a dropped page cache, MB/s", "higher",
+     "ratio>=", 1.0),
+    ("coldretr", "server_cpu_ms_per_MB", "same, server CPU ms/MB", "lower", None, None),
+    ("coldretr", "noop_p99_ms", "same, meanwhile an idle session's NOOP p99, ms", "lower",
+     "abs<=", 20.0),
     ("big_warm", "session_ms", "100k-msg Maildir, STAT+UIDL+LIST session, warm, ms", "lower", "ratio<=", 1.0),
     ("big_fresh", "session_ms", "100k-msg Maildir, same, first session on fresh copy, ms", "lower", "ratio<=", 1.0),
     ("idle", "pss_KiB_per_session", "memory per idle authenticated session (500 open), PSS KiB", "lower", "ratio<=", 0.05),
@@ -146,6 +160,12 @@ DETAILS = {  # supporting figures: scenario -> [(record key, label)]
     "login10": _LOGIN_DETAILS, "login50": _LOGIN_DETAILS, "login50w2": _LOGIN_DETAILS,
     "retr100k": [("server_cpu_pct", "server CPU %"), ("client_cpu_pct", "load generator CPU %")],
     "retr10m": [("server_cpu_pct", "server CPU %"), ("client_cpu_pct", "load generator CPU %")],
+    "retr10m_w2": [("server_cpu_pct", "server CPU % (popgate: both workers)"),
+                   ("client_cpu_pct", "load generator CPU %")],
+    "coldretr": [("noop_baseline_ms.p99", "NOOP p99 without load, ms"),
+                 ("noop_ms.p50", "NOOP p50 under load, ms"), ("noop_ms.max", "NOOP max under load, ms"),
+                 ("MB", "MB read"), ("retr_ms.p99", "RETR p99, ms"),
+                 ("server_cpu_pct", "server CPU %")],
     "big_warm": _BIG_DETAILS, "big_fresh": _BIG_DETAILS,
     "idle": [("pss_MiB_before", "server PSS before, MiB"), ("pss_MiB_at_K", "server PSS with 500 open, MiB"),
              ("server_procs_at_K", "server processes with 500 open")],
@@ -743,9 +763,25 @@ class Bench:
             raise Skip("n/a (no --workers in twistd popgate --help)")
         pw = Popgate("popgate-w2", self.twistd, self.rundir, self.files["passwd"],
                      self.files["root-popgate"], extra=["--workers", "2", *self.nocache])
+        # one worker in the same runs (its own instance: runs are kept by kind)
+        p1 = Popgate("popgate-w1", self.twistd, self.rundir, self.files["passwd"],
+                     self.files["root-popgate"], extra=self.nocache, kind="w1")
         try:
             self.start(pw)
-            self.sc_login("login50w2", 50, pw)
+            self.start(p1)
+            self.sc_login("login50w2", 50, pw, (p1, self.dovecot))
+        finally:
+            self.stop(pw)
+            self.stop(p1)
+
+    def sc_retr10m_w2(self) -> None:
+        if not self.caps["workers"]:
+            raise Skip("n/a (no --workers in twistd popgate --help)")
+        pw = Popgate("popgate-w2", self.twistd, self.rundir, self.files["passwd"],
+                     self.files["root-popgate"], extra=["--workers", "2", *self.nocache])
+        try:
+            self.start(pw)
+            self.sc_retr("retr10m_w2", "users-r10m", self.p["r10m"], (pw, self.dovecot))
         finally:
             self.stop(pw)
 
@@ -870,6 +906,9 @@ class Bench:
                 "login50w2": self.sc_login50w2,
                 "retr100k": lambda: self.sc_retr("retr100k", "users-r100k", self.p["retr"]),
                 "retr10m": lambda: self.sc_retr("retr10m", "users-r10m", self.p["r10m"]),
+                "retr10m_w2": self.sc_retr10m_w2,
+                "coldretr": lambda: coldretr.scenario(self, self.p["cold"],
+                                                      self.files["users-r10m"], f"u0500@{DOMAIN}"),
                 "big_warm": self.sc_big_warm,
                 "big_fresh": self.sc_big_fresh,
                 "idle": self.sc_idle,
@@ -962,6 +1001,8 @@ def brief(sid: str, rec: dict) -> str:
         return (f"NOOP p99 {rec.get('noop_p99_ms')} ms (baseline p99 "
                 f"{(rec.get('noop_baseline_ms') or {}).get('p99')} ms), {rec.get('logins_in_window')} "
                 f"bcrypt logins, server CPU {rec.get('server_cpu_pct')}%, errors {rec.get('loader_errors')}")
+    if sid == "coldretr":
+        return coldretr.brief(rec)
     if sid == "scale":
         return (f"{rec.get('opened')}/{rec.get('requested')} open in {rec.get('open_s')} s, PSS "
                 f"{rec.get('pss_MiB_at_N')} MiB ({rec.get('pss_KiB_per_session')} KiB/session, "
@@ -981,6 +1022,9 @@ def invalid(sid: str, rec: dict) -> str | None:
             return f"verification failed ({bad} messages)"
     if sid in ("idle", "scale") and rec.get("opened") != rec.get("requested"):
         return f"only {rec.get('opened')}/{rec.get('requested')} sessions opened"
+    if sid == "coldretr" and (rec.get("loader_errors") or rec.get("probe_error")):
+        return (f"loaders: {rec.get('loader_errors')} errors {rec.get('errmsgs')}; "
+                f"probe: {rec.get('probe_error')}")
     if sid == "scale" and rec.get("noop_errors"):
         return f"{rec['noop_errors']} sessions did not answer NOOP"
     if sid == "nooplat" and rec.get("probe_error"):
@@ -990,7 +1034,8 @@ def invalid(sid: str, rec: dict) -> str | None:
 
 def summarize(results: dict) -> list[dict]:
     table = []
-    for sid, metric, title, better, tkind, tval in ROWS:
+    for sid, metric, title, better, tkind, tval, *against in ROWS:
+        other_kind = against[0] if against else "dovecot"
         sc = results["scenarios"].get(sid)
         row = {"id": sid, "metric": metric, "title": title, "better": better,
                "target": "-" if tkind is None else
@@ -1002,7 +1047,7 @@ def summarize(results: dict) -> list[dict]:
         runs = sc.get("runs", {})
         notes = row["notes"]
         vals = {}
-        for kind in ("popgate", "dovecot"):
+        for kind in ("popgate", other_kind):
             recs = runs.get(kind, [])
             bad = [invalid(sid, r) for r in recs]
             for why in bad:
@@ -1011,9 +1056,10 @@ def summarize(results: dict) -> list[dict]:
             errs = sum((r.get("errors") or r.get("loader_errors") or 0) for r in recs)
             if errs and metric in ("sessions_per_s", "MB_per_s", "noop_p99_ms"):
                 notes.append(f"{kind}: {errs} session errors")
-            vals[kind] = median([r.get(metric) for r, why in zip(recs, bad) if not why])
+            kind = "dovecot" if kind == other_kind else kind  # the column it is shown in
+            vals[kind] = median([dig(r, metric) for r, why in zip(recs, bad) if not why])
             row[kind] = vals[kind]
-            row[f"{kind}_runs"] = [r.get(metric) for r in recs]
+            row[f"{kind}_runs"] = [dig(r, metric) for r in recs]
         row["other_cpu_pct"] = median([r.get("_other_cpu_pct") for k in runs for r in runs[k]])
         if sc.get("na") and vals.get("popgate") is None:
             row["verdict"] = sc["na"]

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import queue
@@ -89,6 +90,17 @@ def raise_nofile(limit: int = NOFILE) -> tuple[int, int]:
     except (OSError, ValueError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (old[1], old[1]))
     return old
+
+
+def workers_needed(n: int) -> int:
+    """popgate processes for N sessions under this process's hard
+    RLIMIT_NOFILE: a session may hold 3 descriptors (socket, maildrop lock,
+    the message being sent; popgate.limits.budget), and 192 stay in reserve."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        return 1
+    per_process = max(1, (min(hard, NOFILE) - 192) // 3)
+    return -(-n // per_process)
 
 
 # ------------------------------------------------------------------ data
@@ -211,19 +223,20 @@ async def client_main(a) -> None:
             sessions.append(s)
             open_lat.append(now() - ts)
 
-    res = await asyncio.gather(*(one(i, u, p) for i, (u, p) in enumerate(users)), return_exceptions=True)
+    res = await asyncio.gather(*(one(i, u, p) for i, (u, p) in enumerate(users)),
+                               return_exceptions=True)
     for r in res:
         if isinstance(r, BaseException) and len(errors) < 5:
             errors.append(f"{type(r).__name__}: {r}")
     open_s = now() - t0
-    print(json.dumps({"requested": len(users), "opened": len(sessions),
-                      "errors": sum(isinstance(r, BaseException) for r in res), "errmsgs": errors,
-                      "open_s": round(open_s, 3), "sessions_per_s": round(len(sessions) / open_s, 1),
-                      "open_ms": _stats(open_lat), "client_cpu_s_open": round(_self_cpu() - c0, 2)}),
-          flush=True)
+    print(json.dumps({
+        "requested": len(users), "opened": len(sessions), "errmsgs": errors,
+        "errors": sum(isinstance(r, BaseException) for r in res),
+        "open_s": round(open_s, 3), "sessions_per_s": round(len(sessions) / open_s, 1),
+        "open_ms": _stats(open_lat), "client_cpu_s_open": round(_self_cpu() - c0, 2)}), flush=True)
     stdin = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
-    while (cmd := (await stdin.readline()).strip()) == b"noop":
+    while (await stdin.readline()).strip() == b"noop":
         print(json.dumps(await noop_pass(a, sessions)), flush=True)
     # "quit" (or the harness went away): QUIT everywhere, a bounded wait.
     alive = [s for s in sessions if not s.closed.done()]
@@ -241,7 +254,6 @@ async def client_main(a) -> None:
 
 async def noop_pass(a, sessions: list[Session]) -> dict:
     """One NOOP per open session, sent evenly over --noop-window seconds."""
-    loop = asyncio.get_running_loop()
     live = [s for s in sessions if not s.closed.done()]
     lat: list[float] = []
     errs: list[str] = []
@@ -257,13 +269,13 @@ async def noop_pass(a, sessions: list[Session]) -> dict:
         try:
             await s.cmd(b"NOOP", a.session_timeout)
             lat.append(now() - ts)
-        except Exception as e:  # noqa: BLE001 - counted and reported
+        except Exception as e:  # counted and reported
             if len(errs) < 5:
                 errs.append(f"{type(e).__name__}: {e}")
     results = await asyncio.gather(*(one(i, s) for i, s in enumerate(live)), return_exceptions=True)
-    del loop
     return {"noop_sessions": len(live), "noop_ms": _stats(lat), "noop_p99_ms": _pct(lat, 99),
-            "noop_errors": len(live) - len(lat) + sum(isinstance(r, BaseException) for r in results),
+            "noop_errors": len(live) - len(lat)
+            + sum(isinstance(r, BaseException) for r in results),
             "noop_errmsgs": errs, "noop_window_s": round(now() - t0, 3),
             "noop_send_late_ms": _stats(late), "client_cpu_s_noop": round(_self_cpu() - c0, 2)}
 
@@ -362,26 +374,35 @@ def scenario(bench, n: int, noop_window: float, password: str, domain: str, log=
     old_nofile = raise_nofile()
     roots = {k: bench.rundir / f"mail-scale-{k}" for k in ("popgate", "dovecot")}
     t0 = now()
-    passwd, users = make_users(bench.rundir, list(roots.values()), n, MAIL_UID, MAIL_GID, password, domain)
+    passwd, users = make_users(bench.rundir, list(roots.values()), n, MAIL_UID, MAIL_GID,
+                               password, domain)
     log(f"  {n} users with a Maildir each in {now() - t0:.1f} s; RLIMIT_NOFILE {NOFILE}")
+    workers = workers_needed(n)
+    per_process = -(-n // workers) + 1000
+    log(f"  popgate: {workers} process(es) (RLIMIT_NOFILE "
+        f"{resource.getrlimit(resource.RLIMIT_NOFILE)}), --max-connections {per_process} each")
     pop = Popgate("popgate-scale", bench.twistd, bench.rundir, passwd, roots["popgate"],
-                  extra=[*bench.nocache, "--max-connections", str(n + 1000),
-                         "--exempt-networks", "127.0.0.0/8"])
+                  extra=[*bench.nocache, "--max-connections", str(per_process),
+                         "--exempt-networks", "127.0.0.0/8",
+                         *(["--workers", str(workers)] if workers > 1 else [])])
     clients = 2 * n + 2000
     dov = Dovecot("dovecot-scale", bench.rundir, passwd, roots["dovecot"],
                   extra=DOVECOT_EXTRA.format(n=n, procs=n + 500, clients=clients),
-                  limits={"client_limit": clients, "process_limit": n + 500, "userip_limit": n + 100})
+                  limits={"client_limit": clients, "process_limit": n + 500,
+                          "userip_limit": n + 100})
     warm_file = bench.rundir / "users-scale-warm.txt"
     warm_file.write_text("".join(users.read_text().splitlines(True)[-20:]))
 
     def one(s, rep):
-        # s was started just before (below, or by the previous run): a few sessions first (lazy imports, the thread pool, Dovecot's
-        # first pop3 processes), so they do not count as per-session memory
+        # s was started just before (below, or by the previous run): a few
+        # sessions first (lazy imports, the thread pool, Dovecot's first
+        # pop3 processes), so they do not count as per-session memory
         measure(s, warm_file, 20, proc_tree=proc_tree, tree_cpu=tree_cpu, noop_window=0.2)
         bench.settle()
         rec = measure(s, users, n, proc_tree=proc_tree, tree_cpu=tree_cpu, noop_window=noop_window,
                       log=log)
         rec["total_MiB_at_N"] = rec["pss_MiB_at_N"]
+        rec["popgate_workers"] = workers if s is pop else None
         rec["_other_cpu_pct"] = rec["other_cpu_pct_open"]
         bench.stop(s)  # 10,000 processes or sockets: not kept into the next run
         bench.start(s)
@@ -410,21 +431,28 @@ def _busy() -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--client", action="store_true", help="run as the client (bench/run.py starts it)")
+    ap.add_argument("--client", action="store_true",
+                    help="run as the client (bench/run.py starts it)")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--users-file", required=True, help='"login password" lines, one per session')
     ap.add_argument("--sessions", "-n", type=int, default=10000)
     ap.add_argument("--sources", type=int, default=4, help="source addresses 127.0.0.2, .3, ...")
     ap.add_argument("--concurrency", "-c", type=int, default=100, help="logins in flight")
-    ap.add_argument("--noop-window", type=float, default=5.0, help="seconds the NOOPs are spread over")
+    ap.add_argument("--noop-window", type=float, default=5.0,
+                    help="seconds the NOOPs are spread over")
     ap.add_argument("--session-timeout", type=float, default=60.0, help="per command, s")
-    ap.add_argument("--open-deadline", type=float, default=300.0, help="no login starts after it, s")
+    ap.add_argument("--open-deadline", type=float, default=300.0,
+                    help="no login starts after it, s")
     ap.add_argument("--quit-timeout", type=float, default=30.0)
     a = ap.parse_args(argv)
     if not a.client:
         ap.error("run by bench/run.py (scenario scale); --client is the load generator")
     raise_nofile()
+    # Its 10,000 sessions' objects made each full collection of the
+    # client's heap a 200 ms pause, seen as late NOOPs: off (the client is
+    # bounded and short-lived; reference counting frees nearly everything).
+    gc.disable()
     asyncio.run(client_main(a))
     return 0
 

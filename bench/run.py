@@ -90,11 +90,6 @@ ROWS = [
      "ratio>=", 1.0),
     ("retr10m_w2", "server_cpu_ms_per_MB", "RETR 10 x 10 MiB, server CPU ms/MB, popgate --workers 2",
      "lower", "ratio<=", 0.7),
-    ("coldretr", "MB_per_s", "RETR 4 x 10 x 10 MiB from a dropped page cache, MB/s", "higher",
-     "ratio>=", 1.0),
-    ("coldretr", "server_cpu_ms_per_MB", "same, server CPU ms/MB", "lower", None, None),
-    ("coldretr", "noop_p99_ms", "same, meanwhile an idle session's NOOP p99, ms", "lower",
-     "abs<=", 20.0),
     ("big_warm", "session_ms", "100k-msg Maildir, STAT+UIDL+LIST session, warm, ms", "lower", "ratio<=", 1.0),
     ("big_fresh", "session_ms", "100k-msg Maildir, same, first session on fresh copy, ms", "lower", "ratio<=", 1.0),
     ("idle", "pss_KiB_per_session", "memory per idle authenticated session (500 open), PSS KiB", "lower", "ratio<=", 0.05),
@@ -104,6 +99,12 @@ ROWS = [
     ("scale", "total_MiB_at_N", "10,000 open sessions: total server memory, PSS MiB", "lower", "ratio<=", 0.05),
     ("scale", "open_s", "10,000 open sessions: time to open them all, s", "lower", None, None),
     ("scale", "noop_p99_ms", "10,000 open sessions: NOOP p99 over every session, ms", "lower", "abs<=", 50.0),
+    # last: it drops the page cache of the whole machine
+    ("coldretr", "MB_per_s", "RETR 4 x 10 x 10 MiB from a dropped page cache, MB/s", "higher",
+     "ratio>=", 1.0),
+    ("coldretr", "server_cpu_ms_per_MB", "same, server CPU ms/MB", "lower", None, None),
+    ("coldretr", "noop_p99_ms", "same, meanwhile an idle session's NOOP p99, ms", "lower",
+     "abs<=", 20.0),
 ]
 # The PostgreSQL store beside Maildir and Dovecot (issue 13): id, metric, title,
 # target kind, target value, compared with ("maildir" or "dovecot"; "nodes": the
@@ -241,6 +242,17 @@ def ensure_data(workdir: Path) -> dict[str, Path]:
             stamp.write_text(want)
         out[name] = d
     return out
+
+
+def warm_page_cache(maildir: Path) -> None:
+    """Read every message once, so the page cache holds them (coldretr, or
+    another job on the machine, may have dropped it)."""
+    for sub in ("cur", "new"):
+        with os.scandir(maildir / sub) as it:
+            for e in it:
+                with open(e.path, "rb") as f:
+                    while f.read(1 << 20):
+                        pass
 
 
 def maildirs(d: Path) -> list[Path]:
@@ -512,6 +524,7 @@ class Bench:
             if s.kind == "pg":
                 return self.pg_fresh(s)
             name = self.fresh_copy(s)
+            warm_page_cache(self.data["big"] / "big")  # a fresh index, not a cold disk
             self.settle()
             try:
                 rec = self.biglist(s, f"{name}@{DOMAIN}", 1)

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """popgate vs Dovecot 2.3 ("tuned"), same data, same run.
 
-    sudo .venv/bin/python bench/run.py            # full run, ~16 minutes on 2 cores
-    sudo .venv/bin/python bench/run.py --quick    # smoke run, ~2.5 minutes
+    sudo .venv/bin/python bench/run.py            # full run, ~30 minutes on 2 cores
+    sudo .venv/bin/python bench/run.py --quick    # smoke run, ~4 minutes
     sudo .venv/bin/python bench/run.py --quick --pg   # and the PostgreSQL store, ~5 minutes
 
 Generates the mail (cached between runs), installs Debian's dovecot-pop3d

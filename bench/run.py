@@ -88,15 +88,15 @@ ROWS = [
     ("retr10m", "server_cpu_ms_per_MB", "RETR 10 x 10 MiB, server CPU ms/MB", "lower", "ratio<=", 1.0),
     ("retr10m_w2", "MB_per_s", "RETR 10 x 10 MiB, MB/s, popgate --workers 2", "higher",
      "ratio>=", 1.0),
-    ("retr10m_w2", "server_cpu_ms_per_MB", "RETR 10 x 10 MiB, server CPU ms/MB, popgate --workers 2",
-     "lower", "ratio<=", 0.7),
+    ("retr10m_w2", "server_cpu_ms_per_MB",
+     "RETR 10 x 10 MiB, server CPU ms/MB, popgate --workers 2", "lower", "ratio<=", 0.7),
     ("big_warm", "session_ms", "100k-msg Maildir, STAT+UIDL+LIST session, warm, ms", "lower", "ratio<=", 1.0),
     ("big_fresh", "session_ms", "100k-msg Maildir, same, first session on fresh copy, ms", "lower", "ratio<=", 1.0),
     ("idle", "pss_KiB_per_session", "memory per idle authenticated session (500 open), PSS KiB", "lower", "ratio<=", 0.05),
     ("nooplat", "noop_p99_ms", "p99 NOOP latency during 50 bcrypt-12 logins, ms", "lower", "abs<=", 20.0),
     ("authcache", "sessions_per_s", "polling logins/s, bcrypt-12, auth cache on (2 clients, 10 users)", "higher", "ratio>=", 3.0),
     # bench/scale.py: 10,000 open sessions (2,000 with --quick)
-    ("scale", "total_MiB_at_N", "10,000 open sessions (--quick 2,000): total server memory, PSS MiB",
+    ("scale", "total_MiB_at_N", "10,000 open sessions (--quick 2,000): total server PSS, MiB",
      "lower", "ratio<=", 0.05),
     ("scale", "open_s", "same, time to open them all, s", "lower", None, None),
     ("scale", "noop_p99_ms", "same, NOOP p99 over every session, ms", "lower", "abs<=", 50.0),
@@ -165,7 +165,8 @@ DETAILS = {  # supporting figures: scenario -> [(record key, label)]
     "retr10m_w2": [("server_cpu_pct", "server CPU % (popgate: both workers)"),
                    ("client_cpu_pct", "load generator CPU %")],
     "coldretr": [("noop_baseline_ms.p99", "NOOP p99 without load, ms"),
-                 ("noop_ms.p50", "NOOP p50 under load, ms"), ("noop_ms.max", "NOOP max under load, ms"),
+                 ("noop_ms.p50", "NOOP p50 under load, ms"),
+                 ("noop_ms.max", "NOOP max under load, ms"),
                  ("MB", "MB read"), ("retr_ms.p99", "RETR p99, ms"),
                  ("server_cpu_pct", "server CPU %")],
     "big_warm": _BIG_DETAILS, "big_fresh": _BIG_DETAILS,
@@ -176,7 +177,8 @@ DETAILS = {  # supporting figures: scenario -> [(record key, label)]
                 ("server_cpu_pct", "server CPU % during window")],
     "authcache": [("lat_ms_p99", "session latency p99, ms"), ("server_cpu_ms_per_session", "server CPU ms per login")],
     "scale": [("opened", "sessions opened"), ("pss_MiB_before", "server PSS before, MiB"),
-              ("pss_KiB_per_session", "PSS per session, KiB"), ("server_procs_at_N", "server processes"),
+              ("pss_KiB_per_session", "PSS per session, KiB"),
+              ("server_procs_at_N", "server processes"),
               ("sessions_per_s", "sessions opened per s"),
               ("server_cpu_ms_per_session_open", "server CPU ms per session opened"),
               ("open_ms.p99", "open (connect..STAT) p99, ms"), ("noop_ms.p50", "NOOP p50, ms"),
@@ -937,8 +939,8 @@ class Bench:
                 "pg_big_fresh": lambda: self.sc_big_fresh("pg_big_fresh", self.pg_triple()),
                 "lmtp": self.sc_lmtp,
                 "pg_2nodes": self.sc_pg_2nodes,
-                "scale": lambda: scale.scenario(self, self.p["scale_n"], self.p["scale_noop"], PASSWORD,
-                                                DOMAIN, log),
+                "scale": lambda: scale.scenario(self, self.p["scale_n"], self.p["scale_noop"],
+                                                PASSWORD, DOMAIN, log),
             }
             for sid in selected:
                 log(f"scenario {sid}")
@@ -1020,8 +1022,9 @@ def brief(sid: str, rec: dict) -> str:
     if sid == "scale":
         return (f"{rec.get('opened')}/{rec.get('requested')} open in {rec.get('open_s')} s, PSS "
                 f"{rec.get('pss_MiB_at_N')} MiB ({rec.get('pss_KiB_per_session')} KiB/session, "
-                f"{rec.get('server_procs_at_N')} procs), NOOP p50 {(rec.get('noop_ms') or {}).get('p50')} "
-                f"p99 {rec.get('noop_p99_ms')} ms, errors {rec.get('errors')}+{rec.get('noop_errors')}")
+                f"{rec.get('server_procs_at_N')} procs), NOOP p50 "
+                f"{(rec.get('noop_ms') or {}).get('p50')} p99 {rec.get('noop_p99_ms')} ms, "
+                f"errors {rec.get('errors')}+{rec.get('noop_errors')}")
     return json.dumps(rec)[:200]
 
 

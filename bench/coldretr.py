@@ -475,6 +475,23 @@ def dig(rec: dict, key: str):
     return rec
 
 
+def scenario(bench, duration: float, users_file: Path, probe_user: str) -> None:
+    """bench/run.py's `coldretr`: L{window} on its popgate and Dovecot, A B A
+    B: the sessions of C{users_file} (the r10m set: 4 users x 10 x 10 MiB)
+    RETR everything after the page cache is dropped, while the probe (a
+    user of another set) times NOOPs."""
+    a = argparse.Namespace(host="127.0.0.1", session_timeout=60.0, baseline=1.0, interval=0.01,
+                           sessions=len(users_file.read_text().splitlines()), duration=duration,
+                           grace=30.0, drop_caches=True)
+
+    def one(s, rep):
+        rec = asyncio.run(window(a, s.port, s.pid, users_file, probe_user))
+        if rec.get("loader_errors"):
+            rec["errors"] = rec["loader_errors"]
+        return rec
+    bench.ab("coldretr", (bench.popgate, bench.dovecot), one)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """popgate vs Dovecot 2.3 ("tuned"), same data, same run.
 
-    sudo .venv/bin/python bench/run.py            # full run, ~16 minutes on 2 cores
-    sudo .venv/bin/python bench/run.py --quick    # smoke run, ~2.5 minutes
+    sudo .venv/bin/python bench/run.py            # full run, ~30 minutes on 2 cores
+    sudo .venv/bin/python bench/run.py --quick    # smoke run, ~4 minutes
     sudo .venv/bin/python bench/run.py --quick --pg   # and the PostgreSQL store, ~5 minutes
 
 Generates the mail (cached between runs), installs Debian's dovecot-pop3d
@@ -35,7 +35,9 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
+import coldretr  # noqa: E402
 import hotspots  # noqa: E402
+import scale  # noqa: E402
 import tlsbench  # noqa: E402
 from servers import (MAIL_GID, MAIL_UID, Dovecot, Popgate, ensure_dovecot,  # noqa: E402
                      ensure_dovecot_lmtp, tree_cpu)
@@ -65,9 +67,11 @@ BCRYPT_COST = 12
 PROFILES = {
     #            reps  login  retr  r10m  big_n  idle_k  hold  noop  poll  warm
     "full": dict(reps=3, login=5.0, retr=5.0, r10m=6.0, big_n=3, idle_k=500, hold=3.0,
-                 noop=6.0, poll=8.0, warm=2.0, lmtp_n=250, lmtp_d=20.0, nodes=5.0),
+                 noop=6.0, poll=8.0, warm=2.0, lmtp_n=250, lmtp_d=20.0, nodes=5.0,
+                 scale_n=10000, scale_noop=5.0, cold=30.0),
     "quick": dict(reps=1, login=2.0, retr=2.0, r10m=3.0, big_n=1, idle_k=500, hold=1.5,
-                  noop=3.0, poll=2.0, warm=1.0, lmtp_n=60, lmtp_d=8.0, nodes=2.0),
+                  noop=3.0, poll=2.0, warm=1.0, lmtp_n=60, lmtp_d=8.0, nodes=2.0,
+                  scale_n=2000, scale_noop=1.0, cold=5.0),
 }
 
 # id, metric, title, better, target kind, target value
@@ -75,15 +79,34 @@ ROWS = [
     ("login10", "sessions_per_s", "logins/s, 10 clients (popgate 1 worker)", "higher", "ratio>=", 3.0),
     ("login50", "sessions_per_s", "logins/s, 50 clients (popgate 1 worker)", "higher", "ratio>=", 3.0),
     ("login50w2", "sessions_per_s", "logins/s, 50 clients (popgate --workers 2)", "higher", "ratio>=", 3.0),
+    # a 7th item: compared with that kind of run instead of Dovecot's (the
+    # Dovecot column then shows it): here popgate with one worker, same runs
+    ("login50w2", "server_cpu_ms_per_session", "server CPU ms per login, 50 clients: --workers 2 "
+     "(Dovecot column: 1 worker)", "lower", "ratio<=", 1.0, "w1"),
     ("retr100k", "MB_per_s", "RETR 200 x 100 KB, MB/s (every byte verified)", "higher", "ratio>=", 1.0),
     ("retr100k", "server_cpu_ms_per_MB", "RETR 200 x 100 KB, server CPU ms/MB", "lower", "ratio<=", 1.0),
     ("retr10m", "MB_per_s", "RETR 10 x 10 MiB, MB/s (every byte verified)", "higher", "ratio>=", 1.0),
     ("retr10m", "server_cpu_ms_per_MB", "RETR 10 x 10 MiB, server CPU ms/MB", "lower", "ratio<=", 1.0),
+    ("retr10m_w2", "MB_per_s", "RETR 10 x 10 MiB, MB/s, popgate --workers 2", "higher",
+     "ratio>=", 1.0),
+    ("retr10m_w2", "server_cpu_ms_per_MB",
+     "RETR 10 x 10 MiB, server CPU ms/MB, popgate --workers 2", "lower", "ratio<=", 0.7),
     ("big_warm", "session_ms", "100k-msg Maildir, STAT+UIDL+LIST session, warm, ms", "lower", "ratio<=", 1.0),
     ("big_fresh", "session_ms", "100k-msg Maildir, same, first session on fresh copy, ms", "lower", "ratio<=", 1.0),
     ("idle", "pss_KiB_per_session", "memory per idle authenticated session (500 open), PSS KiB", "lower", "ratio<=", 0.05),
     ("nooplat", "noop_p99_ms", "p99 NOOP latency during 50 bcrypt-12 logins, ms", "lower", "abs<=", 20.0),
     ("authcache", "sessions_per_s", "polling logins/s, bcrypt-12, auth cache on (2 clients, 10 users)", "higher", "ratio>=", 3.0),
+    # bench/scale.py: 10,000 open sessions (2,000 with --quick)
+    ("scale", "total_MiB_at_N", "10,000 open sessions (--quick 2,000): total server PSS, MiB",
+     "lower", "ratio<=", 0.05),
+    ("scale", "open_s", "same, time to open them all, s", "lower", None, None),
+    ("scale", "noop_p99_ms", "same, NOOP p99 over every session, ms", "lower", "abs<=", 50.0),
+    # last: it drops the page cache of the whole machine
+    ("coldretr", "MB_per_s", "RETR 4 x 10 x 10 MiB from a dropped page cache, MB/s", "higher",
+     "ratio>=", 1.0),
+    ("coldretr", "server_cpu_ms_per_MB", "same, server CPU ms/MB", "lower", None, None),
+    ("coldretr", "noop_p99_ms", "same, meanwhile an idle session's NOOP p99, ms", "lower",
+     "abs<=", 20.0),
 ]
 ROWS += tlsbench.ROWS  # POP3S (bench/tlsbench.py)
 # The PostgreSQL store beside Maildir and Dovecot (issue 13): id, metric, title,
@@ -113,6 +136,8 @@ PG_ROWS = [
 ]
 PG_SCENARIOS = list(dict.fromkeys(r[0] for r in PG_ROWS))
 SCENARIOS = list(dict.fromkeys(r[0] for r in ROWS)) + PG_SCENARIOS
+# coldretr last: it drops the page cache of the whole machine.
+SCENARIOS = [s for s in SCENARIOS if s != "coldretr"] + ["coldretr"]
 _PG_LOGIN = [("server_cpu_ms_per_session", "popgate CPU ms per login"),
              ("pg_ms_per_session", "PostgreSQL backends CPU ms per login"),
              ("total_cpu_ms_per_session", "sum, ms per login"),
@@ -141,6 +166,13 @@ DETAILS = {  # supporting figures: scenario -> [(record key, label)]
     "login10": _LOGIN_DETAILS, "login50": _LOGIN_DETAILS, "login50w2": _LOGIN_DETAILS,
     "retr100k": [("server_cpu_pct", "server CPU %"), ("client_cpu_pct", "load generator CPU %")],
     "retr10m": [("server_cpu_pct", "server CPU %"), ("client_cpu_pct", "load generator CPU %")],
+    "retr10m_w2": [("server_cpu_pct", "server CPU % (popgate: both workers)"),
+                   ("client_cpu_pct", "load generator CPU %")],
+    "coldretr": [("noop_baseline_ms.p99", "NOOP p99 without load, ms"),
+                 ("noop_ms.p50", "NOOP p50 under load, ms"),
+                 ("noop_ms.max", "NOOP max under load, ms"),
+                 ("MB", "MB read"), ("retr_ms.p99", "RETR p99, ms"),
+                 ("server_cpu_pct", "server CPU %")],
     "big_warm": _BIG_DETAILS, "big_fresh": _BIG_DETAILS,
     "idle": [("pss_MiB_before", "server PSS before, MiB"), ("pss_MiB_at_K", "server PSS with 500 open, MiB"),
              ("server_procs_at_K", "server processes with 500 open")],
@@ -148,6 +180,14 @@ DETAILS = {  # supporting figures: scenario -> [(record key, label)]
                 ("noop_ms.max", "NOOP max under load, ms"), ("logins_in_window", "bcrypt logins completed in window"),
                 ("server_cpu_pct", "server CPU % during window")],
     "authcache": [("lat_ms_p99", "session latency p99, ms"), ("server_cpu_ms_per_session", "server CPU ms per login")],
+    "scale": [("opened", "sessions opened"), ("pss_MiB_before", "server PSS before, MiB"),
+              ("pss_KiB_per_session", "PSS per session, KiB"),
+              ("server_procs_at_N", "server processes"),
+              ("sessions_per_s", "sessions opened per s"),
+              ("server_cpu_ms_per_session_open", "server CPU ms per session opened"),
+              ("open_ms.p99", "open (connect..STAT) p99, ms"), ("noop_ms.p50", "NOOP p50, ms"),
+              ("noop_ms.max", "NOOP max, ms"), ("client_cpu_s", "client CPU s (whole run)"),
+              ("other_cpu_pct_open", "other load while opening, % of a core")],
 }
 DETAILS.update(tlsbench.DETAILS)
 
@@ -210,6 +250,17 @@ def ensure_data(workdir: Path) -> dict[str, Path]:
             stamp.write_text(want)
         out[name] = d
     return out
+
+
+def warm_page_cache(maildir: Path) -> None:
+    """Read every message once, so the page cache holds them (coldretr, or
+    another job on the machine, may have dropped it)."""
+    for sub in ("cur", "new"):
+        with os.scandir(maildir / sub) as it:
+            for e in it:
+                with open(e.path, "rb") as f:
+                    while f.read(1 << 20):
+                        pass
 
 
 def maildirs(d: Path) -> list[Path]:
@@ -482,6 +533,7 @@ class Bench:
             if s.kind == "pg":
                 return self.pg_fresh(s)
             name = self.fresh_copy(s)
+            warm_page_cache(self.data["big"] / "big")  # a fresh index, not a cold disk
             self.settle()
             try:
                 rec = self.biglist(s, f"{name}@{DOMAIN}", 1)
@@ -733,9 +785,25 @@ class Bench:
             raise Skip("n/a (no --workers in twistd popgate --help)")
         pw = Popgate("popgate-w2", self.twistd, self.rundir, self.files["passwd"],
                      self.files["root-popgate"], extra=["--workers", "2", *self.nocache])
+        # one worker in the same runs (its own instance: runs are kept by kind)
+        p1 = Popgate("popgate-w1", self.twistd, self.rundir, self.files["passwd"],
+                     self.files["root-popgate"], extra=self.nocache, kind="w1")
         try:
             self.start(pw)
-            self.sc_login("login50w2", 50, pw)
+            self.start(p1)
+            self.sc_login("login50w2", 50, pw, (p1, self.dovecot))
+        finally:
+            self.stop(pw)
+            self.stop(p1)
+
+    def sc_retr10m_w2(self) -> None:
+        if not self.caps["workers"]:
+            raise Skip("n/a (no --workers in twistd popgate --help)")
+        pw = Popgate("popgate-w2", self.twistd, self.rundir, self.files["passwd"],
+                     self.files["root-popgate"], extra=["--workers", "2", *self.nocache])
+        try:
+            self.start(pw)
+            self.sc_retr("retr10m_w2", "users-r10m", self.p["r10m"], (pw, self.dovecot))
         finally:
             self.stop(pw)
 
@@ -864,6 +932,9 @@ class Bench:
                 "login50w2": self.sc_login50w2,
                 "retr100k": lambda: self.sc_retr("retr100k", "users-r100k", self.p["retr"]),
                 "retr10m": lambda: self.sc_retr("retr10m", "users-r10m", self.p["r10m"]),
+                "retr10m_w2": self.sc_retr10m_w2,
+                "coldretr": lambda: coldretr.scenario(self, self.p["cold"],
+                                                      self.files["users-r10m"], f"u0500@{DOMAIN}"),
                 "big_warm": self.sc_big_warm,
                 "big_fresh": self.sc_big_fresh,
                 "idle": self.sc_idle,
@@ -879,6 +950,8 @@ class Bench:
                 "lmtp": self.sc_lmtp,
                 "pg_2nodes": self.sc_pg_2nodes,
                 **self.tls.plan(),
+                "scale": lambda: scale.scenario(self, self.p["scale_n"], self.p["scale_noop"],
+                                                PASSWORD, DOMAIN, log),
             }
             for sid in selected:
                 log(f"scenario {sid}")
@@ -957,6 +1030,14 @@ def brief(sid: str, rec: dict) -> str:
         return (f"NOOP p99 {rec.get('noop_p99_ms')} ms (baseline p99 "
                 f"{(rec.get('noop_baseline_ms') or {}).get('p99')} ms), {rec.get('logins_in_window')} "
                 f"bcrypt logins, server CPU {rec.get('server_cpu_pct')}%, errors {rec.get('loader_errors')}")
+    if sid == "coldretr":
+        return coldretr.brief(rec)
+    if sid == "scale":
+        return (f"{rec.get('opened')}/{rec.get('requested')} open in {rec.get('open_s')} s, PSS "
+                f"{rec.get('pss_MiB_at_N')} MiB ({rec.get('pss_KiB_per_session')} KiB/session, "
+                f"{rec.get('server_procs_at_N')} procs), NOOP p50 "
+                f"{(rec.get('noop_ms') or {}).get('p50')} p99 {rec.get('noop_p99_ms')} ms, "
+                f"errors {rec.get('errors')}+{rec.get('noop_errors')}")
     return json.dumps(rec)[:200]
 
 
@@ -971,8 +1052,13 @@ def invalid(sid: str, rec: dict) -> str | None:
         bad = (rec.get("hash_bad") or 0) + (rec.get("size_bad") or 0) + (rec.get("hash_missing") or 0)
         if bad:
             return f"verification failed ({bad} messages)"
-    if sid == "idle" and rec.get("opened") != rec.get("requested"):
+    if sid in ("idle", "scale") and rec.get("opened") != rec.get("requested"):
         return f"only {rec.get('opened')}/{rec.get('requested')} sessions opened"
+    if sid == "coldretr" and (rec.get("loader_errors") or rec.get("probe_error")):
+        return (f"loaders: {rec.get('loader_errors')} errors {rec.get('errmsgs')}; "
+                f"probe: {rec.get('probe_error')}")
+    if sid == "scale" and rec.get("noop_errors"):
+        return f"{rec['noop_errors']} sessions did not answer NOOP"
     if sid == "nooplat" and rec.get("probe_error"):
         return "probe: " + rec["probe_error"]
     return None
@@ -980,10 +1066,12 @@ def invalid(sid: str, rec: dict) -> str | None:
 
 def summarize(results: dict) -> list[dict]:
     table = []
-    for sid, metric, title, better, tkind, tval in ROWS:
+    for sid, metric, title, better, tkind, tval, *against in ROWS:
+        other_kind = against[0] if against else "dovecot"
         sc = results["scenarios"].get(sid)
         row = {"id": sid, "metric": metric, "title": title, "better": better,
-               "target": f"{tkind.replace('abs', 'popgate ').replace('ratio', 'ratio ')} {tval:g}",
+               "target": "-" if tkind is None else
+               f"{tkind.replace('abs', 'popgate ').replace('ratio', 'ratio ')} {tval:g}",
                "popgate": None, "dovecot": None, "ratio": None, "verdict": "not run", "notes": []}
         table.append(row)
         if sc is None:
@@ -991,7 +1079,7 @@ def summarize(results: dict) -> list[dict]:
         runs = sc.get("runs", {})
         notes = row["notes"]
         vals = {}
-        for kind in ("popgate", "dovecot"):
+        for kind in ("popgate", other_kind):
             recs = runs.get(kind, [])
             bad = [invalid(sid, r) for r in recs]
             for why in bad:
@@ -1000,9 +1088,10 @@ def summarize(results: dict) -> list[dict]:
             errs = sum((r.get("errors") or r.get("loader_errors") or 0) for r in recs)
             if errs and metric in ("sessions_per_s", "MB_per_s", "noop_p99_ms"):
                 notes.append(f"{kind}: {errs} session errors")
-            vals[kind] = median([r.get(metric) for r, why in zip(recs, bad) if not why])
+            kind = "dovecot" if kind == other_kind else kind  # the column it is shown in
+            vals[kind] = median([dig(r, metric) for r, why in zip(recs, bad) if not why])
             row[kind] = vals[kind]
-            row[f"{kind}_runs"] = [r.get(metric) for r in recs]
+            row[f"{kind}_runs"] = [dig(r, metric) for r in recs]
         row["other_cpu_pct"] = median([r.get("_other_cpu_pct") for k in runs for r in runs[k]])
         if sc.get("na") and vals.get("popgate") is None:
             row["verdict"] = sc["na"]
@@ -1012,6 +1101,8 @@ def summarize(results: dict) -> list[dict]:
             row["ratio"] = round(p / d, 3)
         if any("verification failed" in n or "sessions opened" in n for n in notes if n.startswith("popgate")):
             row["verdict"] = "FAIL (invalid run)"
+        elif tkind is None:
+            row["verdict"] = "-"
         elif tkind == "abs<=":
             row["verdict"] = "n/a" if p is None else ("pass" if p <= tval else "FAIL")
         elif row["ratio"] is None:

@@ -182,7 +182,7 @@ disable_plaintext_auth = no
 auth_mechanisms = plain
 default_internal_user = dovecot
 default_login_user = dovenull
-default_client_limit = 2048
+default_client_limit = {client_limit}
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {passwd}
@@ -210,10 +210,10 @@ pop3_uidl_format = %08Xu%08Xv
 service pop3 {{
   service_count = 100
   process_min_avail = 2
-  process_limit = 1024
+  process_limit = {process_limit}
 }}
 protocol pop3 {{
-  mail_max_userip_connections = 1000
+  mail_max_userip_connections = {userip_limit}
 }}
 # take message sizes from the index/filename (S=/W=) instead of reading mails
 pop3_fast_size_lookups = yes
@@ -256,9 +256,14 @@ service imap {{
 class Dovecot(Server):
     kind = "dovecot"
 
+    #: client_limit, pop3 process_limit, mail_max_userip_connections: for
+    #: 500 open sessions (bench/scale.py raises them for its own instances)
+    LIMITS = {"client_limit": 2048, "process_limit": 1024, "userip_limit": 1000}
+
     def __init__(self, name: str, rundir: Path, passwd: Path, root: Path, extra: str = "",
-                 lmtp: bool = False, imap: bool = False) -> None:
+                 lmtp: bool = False, imap: bool = False, limits: dict | None = None) -> None:
         super().__init__()
+        self.limits = dict(self.LIMITS, **(limits or {}))
         self.lmtp = lmtp  # needs Debian's dovecot-lmtpd (ensure_dovecot_lmtp)
         self.imap = imap  # needs Debian's dovecot-imapd; listens on imap_port too
         self.name = name
@@ -285,7 +290,7 @@ class Dovecot(Server):
         self.conf.write_text(DOVECOT_CONF.format(protocols=protocols,
             base=self.base, instance=f"popgate-bench-{self.name}-{os.getpid()}", log=self.log,
             passwd=self.passwd, root=self.root, port=self.port, uid=MAIL_UID, gid=MAIL_GID,
-            extra=extra))
+            extra=extra, **self.limits))
         self._spawn(["dovecot", "-F", "-c", str(self.conf)], self.rundir / f"{self.name}.stdout")
         wait_greeting(self.port, self.proc, 30, self.log)
 

@@ -87,6 +87,16 @@ def test_dot_at_chunk_edge_is_stuffed() -> None:
     assert encode_message([b"", b".", b""]) == b"..\r\n.\r\n"
 
 
+def test_dot_lines_in_mixed_line_ends_are_stuffed() -> None:
+    """The stuffing searches CRLF-normalised data for CR LF "." (every LF
+    there follows a CR): lines after bare LFs, after CRLFs kept from a
+    CRLF-stored message, after a CR CR LF, and one right after a chunk's
+    held-back CR all get their dot."""
+    assert retr(b"a\n.b\r\n.c\r\r\n.d\n") == b"a\r\n..b\r\n..c\r\r\n..d\r\n.\r\n"
+    assert encode_message([b"a\r", b"\n.b\n"]) == b"a\r\n..b\r\n.\r\n"
+    assert encode_message([b"a\n", b"\n.", b"\n"]) == b"a\r\n\r\n..\r\n.\r\n"
+
+
 def test_dot_inside_a_line_is_not_stuffed() -> None:
     assert retr(b"a.b\n a.\n") == b"a.b\r\n a.\r\n.\r\n"
 

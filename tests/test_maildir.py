@@ -532,3 +532,49 @@ def test_a_message_is_read_from_the_page_cache_or_by_offset(store: MaildirStore,
     assert source.read(100) == b"" and source.read_cached(100) in (None, b"")
     source.close()
     drop.close()
+
+
+def test_scan_pauses_cyclic_collection_and_resumes(root: Path, monkeypatch: Any) -> None:
+    """The scan builds its snapshot with the cyclic collector paused (a
+    fresh 100k-message Maildir spent a third of its scan in collections),
+    and leaves it as it found it, also when the scan fails."""
+    import gc
+    deliver(root, "1.M1P1.h", b"one\n")
+    deliver(root, "2.M1P1.h", b"two\n")
+    box = str(root / "alice")
+    states = []
+    real = maildir_scan.file_wire_size
+
+    def sizing(path: str) -> int:
+        states.append(gc.isenabled())
+        return real(path)
+    monkeypatch.setattr(maildir_scan, "file_wire_size", sizing)
+    assert gc.isenabled()
+    assert len(maildir_scan.scan(box)) == 2
+    assert states == [False, False] and gc.isenabled()
+
+    def broken(path: str) -> int:
+        raise PermissionError(path)
+    monkeypatch.setattr(maildir_scan, "file_wire_size", broken)
+    os.remove(root / "alice" / maildir_scan.SIZE_CACHE)
+    with pytest.raises(PermissionError):
+        maildir_scan.scan(box)
+    assert gc.isenabled()
+
+
+def test_gc_pause_nests_and_keeps_a_disabled_collector_disabled() -> None:
+    import gc
+
+    from popgate.stores import gcpause
+    with gcpause.paused():
+        with gcpause.paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the outer section still runs
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gcpause.paused():
+            pass
+        assert not gc.isenabled()  # someone else's choice stays
+    finally:
+        gc.enable()

@@ -79,7 +79,11 @@ class MessageEncoder:
             data = self._limit(data)
             if not data:
                 return b""
-        stuffed = data.replace(b"\n.", b"\n..")
+        # Every LF here follows a CR (to_crlf's output), so searching for the
+        # three octets finds the same lines as b"\n." does, and twice as
+        # fast: a two-octet needle's skip table matches common letters and
+        # made this search half of RETR's CPU (1.4 against 0.7 ms/MB).
+        stuffed = data.replace(b"\r\n.", b"\r\n..")
         if self._at_line_start and data[:1] == b".":
             stuffed = b"." + stuffed
         last = data[-1:]

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from popgate import wire
 from popgate.maildrop import MessageInfo, is_valid_uid
-from popgate.stores import imported_uidls
+from popgate.stores import gcpause, imported_uidls
 
 SIZE_CACHE = "popgate-sizes"
 _W_SIZE = re.compile(r",W=(\d+)")
@@ -60,7 +60,16 @@ def file_wire_size(path: str) -> int:
     """L{popgate.wire.wire_size} of a file, read in pieces.  Blocking."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return wire.measure(lambda n: os.read(fd, n))
+        chunk = wire._READ_CHUNK
+        data = os.read(fd, chunk)
+        more = os.read(fd, chunk) if data else b""
+        if not more:  # the whole file in one read: most mail
+            return wire.wire_size(data)
+        sizer = wire.WireSizer()
+        while data:
+            sizer.add(data)
+            data, more = more, os.read(fd, chunk) if more else b""
+        return sizer.size
     finally:
         os.close(fd)
 
@@ -110,6 +119,11 @@ class _SizeCache:
 
 def scan(directory: str) -> list[Entry]:
     """List C{new/} and C{cur/} into snapshot entries, oldest first."""
+    with gcpause.paused():  # 3 objects a message, none in a cycle
+        return _scan(directory)
+
+
+def _scan(directory: str) -> list[Entry]:
     cache = _SizeCache(os.path.join(directory, SIZE_CACHE))
     sizes = cache.sizes
     found: list[tuple[str, str, str, int]] = []

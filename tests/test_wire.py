@@ -89,3 +89,13 @@ def test_a_delivered_message_is_served_as_received(message: bytes) -> None:
     stored = to_stored(received)
     assert to_crlf(stored) == received
     assert wire_size(stored) == len(received)
+
+
+@settings(max_examples=500, deadline=None)
+@given(messages)
+def test_to_crlf_is_the_reference_conversion(data: bytes) -> None:
+    """Every LF not after a CR becomes CRLF, whichever shortcut to_crlf
+    takes (LF only, already CRLF, mixed)."""
+    reference = re.sub(rb"(?<!\r)\n", b"\r\n", data)
+    assert to_crlf(data) == reference
+    assert to_crlf(reference) == reference  # already CRLF: unchanged

@@ -71,7 +71,7 @@ PROFILES = {
                  scale_n=10000, scale_noop=5.0, cold=30.0),
     "quick": dict(reps=1, login=2.0, retr=2.0, r10m=3.0, big_n=1, idle_k=500, hold=1.5,
                   noop=3.0, poll=2.0, warm=1.0, lmtp_n=60, lmtp_d=8.0, nodes=2.0,
-                  scale_n=2000, scale_noop=1.0, cold=5.0),
+                  scale_n=1000, scale_noop=1.0, cold=5.0),
 }
 
 # id, metric, title, better, target kind, target value
@@ -96,8 +96,8 @@ ROWS = [
     ("idle", "pss_KiB_per_session", "memory per idle authenticated session (500 open), PSS KiB", "lower", "ratio<=", 0.05),
     ("nooplat", "noop_p99_ms", "p99 NOOP latency during 50 bcrypt-12 logins, ms", "lower", "abs<=", 20.0),
     ("authcache", "sessions_per_s", "polling logins/s, bcrypt-12, auth cache on (2 clients, 10 users)", "higher", "ratio>=", 3.0),
-    # bench/scale.py: 10,000 open sessions (2,000 with --quick)
-    ("scale", "total_MiB_at_N", "10,000 open sessions (--quick 2,000): total server PSS, MiB",
+    # bench/scale.py: 10,000 open sessions (1,000 with --quick)
+    ("scale", "total_MiB_at_N", "10,000 open sessions (--quick 1,000): total server PSS, MiB",
      "lower", "ratio<=", 0.05),
     ("scale", "open_s", "same, time to open them all, s", "lower", None, None),
     ("scale", "noop_p99_ms", "same, NOOP p99 over every session, ms", "lower", "abs<=", 50.0),

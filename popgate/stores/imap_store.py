@@ -33,11 +33,9 @@ upstream is logged in to with the same password or as a master user
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
-from functools import partial
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -46,28 +44,21 @@ from zope.interface import implementer
 from popgate import errors
 from popgate.interfaces import IAuthenticatingStore, IMailStore, IReachable, ITopMaildrop
 from popgate.maildrop import MessageInfo
-from popgate.routes.router import Router
 from popgate.routes.source import RouteSource
 from popgate.stores.imap_connect import connect, log_in
 from popgate.stores.imap_upstream import ImapError, ImapProtocol, MessageGone
 from popgate.stores.pop3_upstream import UpstreamUnavailable
 from popgate.stores.proxy_auth import (
-    PasswordForwarder,
-    UpstreamChecker,
     claim_upstream,
     forwarded_password,
 )
-from popgate.stores.proxy_settings import ProxySettings, Upstream, parse_args, parse_upstream
+from popgate.stores.proxy_settings import Upstream
 from popgate.stores.proxy_source import StreamedMessage
+from popgate.stores.upstream_store import UpstreamStore, make_upstream_store
 
 __all__ = ["ImapMaildrop", "ImapStore", "make_store", "uid_sets"]
 
 log = Logger()
-
-#: Chooses the upstream of a user, as C{ProxyStore}'s C{route} does: by
-#: default the store's one upstream, with --route a L{Router} asking a
-#: directory.
-Route = Callable[[str], defer.Deferred[Upstream]]
 
 #: TOP's first window; each next one is twice as large, up to the last.
 TOP_WINDOWS = (64 * 1024, 1024 * 1024)
@@ -87,11 +78,7 @@ def make_store(argstring: str, reactor: Any, route: RouteSource | None = None) -
     @param route: the C{--route} source, if any; C{upstream=} is then the
         upstream of users it has no route for.
     """
-    settings = parse_args(argstring, "imap", routed=route is not None)
-    if route is None:
-        return ImapStore(settings, reactor)
-    parse = partial(parse_upstream, ca_file=settings.ca_file, protocol="imap", what="route")
-    return ImapStore(settings, reactor, Router(route, parse, settings.upstream, "imap"))
+    return make_upstream_store(ImapStore, "imap", argstring, reactor, route)
 
 
 def uid_sets(uids: Iterable[int]) -> list[bytes]:
@@ -121,60 +108,23 @@ def uid_sets(uids: Iterable[int]) -> list[bytes]:
 
 
 @implementer(IMailStore, IAuthenticatingStore, IReachable)
-class ImapStore:
-    """
-    @param route: the upstream of each user (default: C{settings}').
-    """
+class ImapStore(UpstreamStore):
+    """Each user's INBOX on an upstream IMAP server (L{UpstreamStore}:
+    which one, who checks the password)."""
 
-    def __init__(self, settings: ProxySettings, reactor: Any, route: Route | None = None) -> None:
-        self.settings = settings
-        self.reactor = reactor
-        if route is None:
-            upstream = settings.upstream
-            if upstream is None:
-                raise ValueError("imap: no upstream= and no route")
-            route = lambda user: defer.succeed(upstream)  # noqa: E731
-        self.route: Route = route
+    kind = "imap"
 
-    # -- who checks the password (IAuthenticatingStore)
+    async def connect_and_log_in(self, upstream: Upstream, user: bytes,
+                                 password: bytes) -> ImapProtocol:
+        return await log_in(self.reactor, self.settings, upstream, user, password)
 
-    def checkers(self, given: Sequence[ICredentialsChecker]) -> list[ICredentialsChecker]:
-        if not given:
-            return [UpstreamChecker(self)]
-        if self.settings.master_user:
-            return list(given)
-        return [PasswordForwarder(checker) for checker in given]
-
-    def log_in(self, name: str, user: bytes, password: bytes) -> defer.Deferred[ImapProtocol]:
-        """Log in to C{name}'s upstream as C{user} (upstream authentication)."""
-        async def routed() -> ImapProtocol:
-            upstream = await self.route(name)
-            return await log_in(self.reactor, self.settings, upstream, user, password)
-
-        return defer.Deferred.fromCoroutine(routed())
-
-    # -- IReachable (popgate check-config)
-
-    def probe(self) -> defer.Deferred[str]:
-        """Ask the route source, if any; connect to C{upstream=}, if given
-        (TLS and its certificate included), read the greeting and the
-        capabilities, LOGOUT."""
-        async def greet() -> str:
-            said = []
-            probe = getattr(self.route, "probe", None)
-            if probe is not None:
-                said.append(f"routes from {await probe()}")
-            upstream = self.settings.upstream
-            if upstream is not None:
-                connection = await connect(self.reactor, self.settings, upstream)
-                try:
-                    await connection.command(b"LOGOUT")
-                finally:
-                    connection.close()
-                said.append(f"{upstream.url} answers")
-            return "; ".join(said)
-
-        return defer.Deferred.fromCoroutine(greet())
+    async def greet(self, upstream: Upstream) -> None:
+        """Connect (the greeting and the capabilities), LOGOUT."""
+        connection = await connect(self.reactor, self.settings, upstream)
+        try:
+            await connection.command(b"LOGOUT")
+        finally:
+            connection.close()
 
     # -- IMailStore
 

@@ -23,11 +23,9 @@ for the user (L{popgate.routes}), looked up before either login.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from functools import partial
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -36,18 +34,16 @@ from zope.interface import implementer
 from popgate import errors
 from popgate.interfaces import IAuthenticatingStore, IMailStore, IReachable, ITopMaildrop
 from popgate.maildrop import MessageInfo, is_valid_uid
-from popgate.routes.router import Router
 from popgate.routes.source import RouteSource
 from popgate.stores.pop3_upstream import UpstreamError, UpstreamProtocol
 from popgate.stores.proxy_auth import (
-    PasswordForwarder,
-    UpstreamChecker,
     claim_upstream,
     forwarded_password,
 )
 from popgate.stores.proxy_connect import connect, log_in
-from popgate.stores.proxy_settings import ProxySettings, Upstream, parse_args, parse_upstream
+from popgate.stores.proxy_settings import Upstream
 from popgate.stores.proxy_source import UpstreamMessage
+from popgate.stores.upstream_store import UpstreamStore, make_upstream_store
 
 __all__ = ["ProxyMaildrop", "ProxyStore", "make_store"]
 
@@ -58,77 +54,32 @@ log = Logger()
 #: per DELE after the first.
 PIPELINE_FROM = 3
 
-#: Chooses the upstream of a user: by default the store's one upstream,
-#: with --route a L{Router} asking a directory.
-Route = Callable[[str], defer.Deferred[Upstream]]
-
-
 def make_store(argstring: str, reactor: Any, route: RouteSource | None = None) -> ProxyStore:
     """
     @param route: the C{--route} source, if any; C{upstream=} is then the
         upstream of users it has no route for.
     """
-    settings = parse_args(argstring, routed=route is not None)
-    if route is None:
-        return ProxyStore(settings, reactor)
-    parse = partial(parse_upstream, ca_file=settings.ca_file, what="route")
-    return ProxyStore(settings, reactor, Router(route, parse, settings.upstream, "proxy"))
+    return make_upstream_store(ProxyStore, "pop3", argstring, reactor, route)
 
 
 @implementer(IMailStore, IAuthenticatingStore, IReachable)
-class ProxyStore:
-    """
-    @param route: the upstream of each user (default: C{settings}').
-    """
+class ProxyStore(UpstreamStore):
+    """Mailboxes on an upstream POP3 server (L{UpstreamStore}: which one,
+    who checks the password)."""
 
-    def __init__(self, settings: ProxySettings, reactor: Any, route: Route | None = None) -> None:
-        self.settings = settings
-        self.reactor = reactor
-        if route is None:
-            upstream = settings.upstream
-            if upstream is None:
-                raise ValueError("proxy: no upstream= and no route")
-            route = lambda user: defer.succeed(upstream)  # noqa: E731
-        self.route: Route = route
+    kind = "proxy"
 
-    # -- who checks the password (IAuthenticatingStore)
+    async def connect_and_log_in(self, upstream: Upstream, user: bytes,
+                                 password: bytes) -> UpstreamProtocol:
+        return await log_in(self.reactor, self.settings, upstream, user, password)
 
-    def checkers(self, given: Sequence[ICredentialsChecker]) -> list[ICredentialsChecker]:
-        if not given:
-            return [UpstreamChecker(self)]
-        if self.settings.master_user:
-            return list(given)
-        return [PasswordForwarder(checker) for checker in given]
-
-    def log_in(self, name: str, user: bytes, password: bytes) -> defer.Deferred[UpstreamProtocol]:
-        """Log in to C{name}'s upstream as C{user} (upstream authentication)."""
-        async def routed() -> UpstreamProtocol:
-            upstream = await self.route(name)
-            return await log_in(self.reactor, self.settings, upstream, user, password)
-
-        return defer.Deferred.fromCoroutine(routed())
-
-    # -- IReachable (popgate check-config)
-
-    def probe(self) -> defer.Deferred[str]:
-        """Ask the route source, if any; connect to C{upstream=}, if given
-        (TLS and its certificate included), read its greeting, QUIT."""
-        async def greet() -> str:
-            said = []
-            probe = getattr(self.route, "probe", None)
-            if probe is not None:
-                said.append(f"routes from {await probe()}")
-            upstream = self.settings.upstream
-            if upstream is not None:
-                connection = await connect(self.reactor, self.settings, upstream)
-                try:
-                    await connection.simple(b"QUIT")
-                finally:
-                    connection.close()
-                said.append(f"{upstream.url} answers")
-            return "; ".join(said)
-
-        return defer.Deferred.fromCoroutine(greet())
+    async def greet(self, upstream: Upstream) -> None:
+        """Connect, read the greeting, QUIT."""
+        connection = await connect(self.reactor, self.settings, upstream)
+        try:
+            await connection.simple(b"QUIT")
+        finally:
+            connection.close()
 
     # -- IMailStore
 

@@ -618,7 +618,7 @@ def test_local_authentication_logs_in_as_master_or_with_the_password(
     plain = ProxyStore(parse_args("upstream=pop3://h"), Clock())
 
     def run(store: ProxyStore, avatar: str) -> Any:
-        d = defer.Deferred.fromCoroutine(store._log_in_for(avatar))
+        d = defer.Deferred.fromCoroutine(store.log_in_for(avatar))
         result = d.result
         d.addErrback(lambda _: None)
         return result

@@ -142,10 +142,10 @@ def test_local_authentication_logs_in_on_the_users_upstream(
     store, calls = routed_store(monkeypatch, "upstream=pop3://fallback:110")
     for avatar in (UpstreamAvatarId("alice", password=b"pw"),
                    UpstreamAvatarId("nobody", password=b"pw3")):
-        assert outcome(defer.Deferred.fromCoroutine(store._log_in_for(avatar))) == "connection"
+        assert outcome(defer.Deferred.fromCoroutine(store.log_in_for(avatar))) == "connection"
     assert calls == [("pop3s://mail1.example.org:995", b"alice", b"pw"),
                      ("pop3://fallback:110", b"nobody", b"pw3")]
-    d = defer.Deferred.fromCoroutine(store._log_in_for(UpstreamAvatarId("down", password=b"x")))
+    d = defer.Deferred.fromCoroutine(store.log_in_for(UpstreamAvatarId("down", password=b"x")))
     assert isinstance(outcome(d), errors.TemporaryFailure)
 
 

@@ -49,7 +49,6 @@ from popgate.stores.imap_connect import connect, log_in
 from popgate.stores.imap_upstream import ImapError, ImapProtocol, MessageGone
 from popgate.stores.pop3_upstream import UpstreamUnavailable
 from popgate.stores.proxy_auth import (
-    claim_upstream,
     forwarded_password,
 )
 from popgate.stores.proxy_settings import Upstream
@@ -128,22 +127,10 @@ class ImapStore(UpstreamStore):
 
     # -- IMailStore
 
-    def open_maildrop(self, avatar_id: str) -> defer.Deferred[ImapMaildrop]:
-        return defer.Deferred.fromCoroutine(self._open(avatar_id))
+    def maildrop(self, connection: Any, name: str) -> ImapMaildrop:
+        return ImapMaildrop(connection, name)
 
-    async def _open(self, avatar_id: str) -> ImapMaildrop:
-        connection: Any = claim_upstream(avatar_id)
-        if connection is None:
-            connection = await self._log_in_for(avatar_id)
-        maildrop = ImapMaildrop(connection, str(avatar_id))
-        try:
-            await maildrop.load()
-        except BaseException:
-            maildrop.close()
-            raise
-        return maildrop
-
-    async def _log_in_for(self, avatar_id: str) -> ImapProtocol:
+    async def log_in_for(self, avatar_id: str) -> ImapProtocol:
         """Local authentication: popgate's user stores said yes; log in
         upstream as a master user for the user, or with the password the
         client gave."""

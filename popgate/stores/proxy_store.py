@@ -37,7 +37,6 @@ from popgate.maildrop import MessageInfo, is_valid_uid
 from popgate.routes.source import RouteSource
 from popgate.stores.pop3_upstream import UpstreamError, UpstreamProtocol
 from popgate.stores.proxy_auth import (
-    claim_upstream,
     forwarded_password,
 )
 from popgate.stores.proxy_connect import connect, log_in
@@ -83,22 +82,10 @@ class ProxyStore(UpstreamStore):
 
     # -- IMailStore
 
-    def open_maildrop(self, avatar_id: str) -> defer.Deferred[ProxyMaildrop]:
-        return defer.Deferred.fromCoroutine(self._open(avatar_id))
+    def maildrop(self, connection: Any, name: str) -> ProxyMaildrop:
+        return ProxyMaildrop(connection, name)
 
-    async def _open(self, avatar_id: str) -> ProxyMaildrop:
-        connection = claim_upstream(avatar_id)
-        if connection is None:
-            connection = await self._log_in_for(avatar_id)
-        maildrop = ProxyMaildrop(connection, str(avatar_id))
-        try:
-            await maildrop.load()
-        except BaseException:
-            maildrop.close()
-            raise
-        return maildrop
-
-    async def _log_in_for(self, avatar_id: str) -> UpstreamProtocol:
+    async def log_in_for(self, avatar_id: str) -> UpstreamProtocol:
         """Local authentication: popgate's user stores said yes; log in
         upstream as a master user, or with the password the client gave."""
         name = str(avatar_id)

@@ -18,7 +18,7 @@ from twisted.internet import defer
 
 from popgate.routes.router import Router
 from popgate.routes.source import RouteSource
-from popgate.stores.proxy_auth import PasswordForwarder, UpstreamChecker
+from popgate.stores.proxy_auth import PasswordForwarder, UpstreamChecker, claim_upstream
 from popgate.stores.proxy_settings import ProxySettings, Upstream, parse_args, parse_upstream
 
 __all__ = ["Route", "UpstreamStore", "make_upstream_store"]
@@ -73,6 +73,34 @@ class UpstreamStore:
     async def greet(self, upstream: Upstream) -> None:
         """Connect to C{upstream}, read its greeting, leave."""
         raise NotImplementedError
+
+    async def log_in_for(self, avatar_id: str) -> Any:
+        """Local authentication: popgate's user stores said yes; a
+        connection logged in upstream for the user."""
+        raise NotImplementedError
+
+    def maildrop(self, connection: Any, name: str) -> Any:
+        """The session's maildrop on C{connection}, not yet loaded."""
+        raise NotImplementedError
+
+    # -- IMailStore
+
+    def open_maildrop(self, avatar_id: str) -> defer.Deferred[Any]:
+        """On the connection the login made (upstream authentication) or
+        a new one (local authentication), the snapshot loaded."""
+        return defer.Deferred.fromCoroutine(self._open(avatar_id))
+
+    async def _open(self, avatar_id: str) -> Any:
+        connection = claim_upstream(avatar_id)
+        if connection is None:
+            connection = await self.log_in_for(avatar_id)
+        maildrop = self.maildrop(connection, str(avatar_id))
+        try:
+            await maildrop.load()
+        except BaseException:
+            maildrop.close()
+            raise
+        return maildrop
 
     # -- who checks the password (IAuthenticatingStore)
 

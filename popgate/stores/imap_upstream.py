@@ -29,15 +29,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from OpenSSL import SSL
-from service_identity import VerificationError
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from popgate.stores.pop3_upstream import Sink, UpstreamUnavailable
+from popgate.stores.pop3_upstream import Sink
+from popgate.stores.upstream_connection import UpstreamConnection, UpstreamUnavailable
 
 __all__ = ["ImapError", "ImapProtocol", "ImapReply", "MessageGone", "UpstreamUnavailable",
            "command_parts"]
@@ -141,7 +138,7 @@ class _Command:
         self.dropping = False
 
 
-class ImapProtocol(Protocol):
+class ImapProtocol(UpstreamConnection):
     """
     One connection to the upstream IMAP server.
 
@@ -152,17 +149,12 @@ class ImapProtocol(Protocol):
     @ivar preauth: the server greeted with C{PREAUTH}.
     """
 
-    transport: Any
+    server = "IMAP"
 
     def __init__(self, clock: Any, timeout: float, greeting_timeout: float | None = None) -> None:
-        self.clock = clock
-        self.timeout = timeout
-        self.greeting_timeout = timeout if greeting_timeout is None else greeting_timeout
-        self.greeting: defer.Deferred[bytes] = defer.Deferred()
+        super().__init__(clock, timeout, greeting_timeout)
         self.capabilities: set[bytes] = set()
         self.preauth = False
-        self._greeted = False
-        self._why: str | None = None
         self._buffer = bytearray()
         self._line = bytearray()  # the response being assembled (small literals inline)
         self._literal_left = 0
@@ -170,38 +162,14 @@ class ImapProtocol(Protocol):
         self._queue: deque[_Command] = deque()
         self._current: _Command | None = None
         self._tags = 0
-        self._timer: IDelayedCall | None = None
-        self._paused = False
-        self.lost: Failure | None = None
 
     # -- the connection
 
-    def connectionMade(self) -> None:
-        self._arm()
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        self._disarm()
-        why = self._why or (reason.getErrorMessage() if reason is not None else "closed")
-        if reason is not None and reason.check(VerificationError, SSL.Error):
-            why = f"TLS with the upstream failed (its certificate does not verify?): {why}"
-        self.lost = Failure(UpstreamUnavailable(f"upstream connection lost: {why}"))
-        if not self._greeted:
-            self._greeted = True
-            self.greeting.errback(self.lost)
+    def _take_waiting(self) -> list[_Command]:
         current, self._current = self._current, None
         waiting = ([current] if current is not None else []) + list(self._queue)
         self._queue.clear()
-        for command in waiting:
-            self._fail(command, self.lost)
-
-    def abort(self, why: str = "dropped by popgate") -> None:
-        self._why = self._why or why
-        if self.transport is not None:
-            self.transport.abortConnection()
-
-    def close(self) -> None:
-        if self.transport is not None and self.lost is None:
-            self.transport.loseConnection()
+        return waiting
 
     def start_tls(self, options: Any) -> None:
         """Start TLS after C{STARTTLS}'s C{OK}.
@@ -257,19 +225,7 @@ class ImapProtocol(Protocol):
         self.transport.write(command.tag + b" " + command.parts.popleft() + b"\r\n")
         self._arm()
 
-    # -- back-pressure (as L{popgate.stores.pop3_upstream.UpstreamProtocol})
-
-    def pause(self) -> None:
-        if not self._paused and self.transport is not None:
-            self._paused = True
-            self._disarm()
-            self.transport.pauseProducing()
-
-    def resume(self) -> None:
-        if self._paused and self.transport is not None and self.lost is None:
-            self._paused = False
-            self._arm()
-            self.transport.resumeProducing()
+    # -- back-pressure (pause and resume: L{UpstreamConnection})
 
     def abandon(self) -> None:
         """The current stream's sink wants no more: the rest of the literal
@@ -437,31 +393,3 @@ class ImapProtocol(Protocol):
                 command.sink.failed(failure)
             return
         command.deferred.errback(failure)
-
-    def _protocol_error(self, what: str) -> None:
-        log.warn("upstream IMAP server: {what}; closing", what=what)
-        self.abort(what)
-
-    # -- deadlines
-
-    def _arm(self) -> None:
-        if self._paused:
-            return
-        seconds = self.timeout if self._greeted else self.greeting_timeout
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(seconds)
-        else:
-            self._timer = self.clock.callLater(seconds, self._timed_out)
-
-    def _disarm(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-
-    def _timed_out(self) -> None:
-        self._timer = None
-        step = "the greeting" if not self._greeted else "a reply"
-        seconds = self.timeout if self._greeted else self.greeting_timeout
-        log.warn("upstream IMAP server: no progress on {step} for {seconds} s; closing",
-                 step=step, seconds=seconds)
-        self.abort(f"no progress on {step} for {seconds:g} s")

@@ -22,16 +22,12 @@ from collections import deque
 from typing import Any
 from typing import Protocol as TypingProtocol
 
-from OpenSSL import SSL
-from service_identity import VerificationError
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from popgate import errors
 from popgate.stores.pop3_dots import DotDecoder, WireScanner
+from popgate.stores.upstream_connection import UpstreamConnection, UpstreamUnavailable
 
 __all__ = ["Sink", "UpstreamError", "UpstreamProtocol", "UpstreamUnavailable"]
 
@@ -46,11 +42,6 @@ READ_SIZE = 256 * 1024
 _CODE = re.compile(rb"^\[([A-Z0-9/-]+)\]")
 
 log = Logger()
-
-
-class UpstreamUnavailable(errors.TemporaryFailure):
-    """The upstream cannot be reached, timed out, or closed the
-    connection: C{-ERR [SYS/TEMP]} for popgate's client."""
 
 
 class UpstreamError(Exception):
@@ -92,7 +83,7 @@ class _Command:
         self.dropping = False  # the sink let go: read the rest, hand out nothing
 
 
-class UpstreamProtocol(Protocol):
+class UpstreamProtocol(UpstreamConnection):
     """
     One connection to the upstream.
 
@@ -103,21 +94,13 @@ class UpstreamProtocol(Protocol):
     @ivar greeting: fires with the greeting's text (after C{+OK}).
     """
 
-    transport: Any  # TCP or TLS: abortConnection, pauseProducing, startTLS
+    server = "POP3"
 
     def __init__(self, clock: Any, timeout: float, greeting_timeout: float | None = None) -> None:
-        self.clock = clock
-        self.timeout = timeout
-        self.greeting_timeout = timeout if greeting_timeout is None else greeting_timeout
-        self._why: str | None = None  # why popgate dropped the connection
-        self.greeting: defer.Deferred[bytes] = defer.Deferred()
-        self._greeted = False
+        super().__init__(clock, timeout, greeting_timeout)
         self._buffer = b""
         self._queue: deque[_Command] = deque()
         self._sent: deque[_Command] = deque()  # written, waiting for their replies
-        self._timer: IDelayedCall | None = None
-        self._paused = False
-        self.lost: Failure | None = None
 
     # -- the connection
 
@@ -130,31 +113,11 @@ class UpstreamProtocol(Protocol):
             tcp.bufferSize = READ_SIZE
         self._arm()
 
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        self._disarm()
-        why = self._why or (reason.getErrorMessage() if reason is not None else "closed")
-        if reason is not None and reason.check(VerificationError, SSL.Error):
-            why = f"TLS with the upstream failed (its certificate does not verify?): {why}"
-        self.lost = Failure(UpstreamUnavailable(f"upstream connection lost: {why}"))
-        if not self._greeted:
-            self._greeted = True
-            self.greeting.errback(self.lost)
+    def _take_waiting(self) -> list[_Command]:
         waiting = [*self._sent, *self._queue]
         self._sent.clear()
         self._queue.clear()
-        for command in waiting:
-            self._fail(command, self.lost)
-
-    def abort(self, why: str = "dropped by popgate") -> None:
-        """Drop the connection now (a timeout, a reply that is no POP3)."""
-        self._why = self._why or why
-        if self.transport is not None:
-            self.transport.abortConnection()
-
-    def close(self) -> None:
-        """Close after what was written (QUIT's reply, or nothing)."""
-        if self.transport is not None and self.lost is None:
-            self.transport.loseConnection()
+        return waiting
 
     @property
     def idle(self) -> bool:
@@ -213,20 +176,6 @@ class UpstreamProtocol(Protocol):
         self._arm()
 
     # -- back-pressure from the sink
-
-    def pause(self) -> None:
-        """The sink holds enough: stop reading the socket (no deadline runs
-        while popgate's client is the slow one)."""
-        if not self._paused and self.transport is not None:
-            self._paused = True
-            self._disarm()
-            self.transport.pauseProducing()
-
-    def resume(self) -> None:
-        if self._paused and self.transport is not None and self.lost is None:
-            self._paused = False
-            self._arm()
-            self.transport.resumeProducing()
 
     def abandon(self) -> None:
         """The sink of the current stream wants no more: the rest of the
@@ -335,32 +284,4 @@ class UpstreamProtocol(Protocol):
                 command.sink.failed(failure)
             return
         command.deferred.errback(failure)
-
-    def _protocol_error(self, what: str) -> None:
-        log.warn("upstream POP3 server: {what}; closing", what=what)
-        self.abort(what)
-
-    # -- deadlines
-
-    def _arm(self) -> None:
-        if self._paused:
-            return
-        seconds = self.timeout if self._greeted else self.greeting_timeout
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(seconds)
-        else:
-            self._timer = self.clock.callLater(seconds, self._timed_out)
-
-    def _disarm(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-
-    def _timed_out(self) -> None:
-        self._timer = None
-        step = "the greeting" if not self._greeted else "a reply"
-        seconds = self.timeout if self._greeted else self.greeting_timeout
-        log.warn("upstream POP3 server: no progress on {step} for {seconds} s; closing",
-                 step=step, seconds=seconds)
-        self.abort(f"no progress on {step} for {seconds:g} s")
 

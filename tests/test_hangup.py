@@ -19,7 +19,7 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from popgate.build import hangup_hook
 from popgate.hangup import HangupHook, ReloadFailed
-from popgate.workers.child import ParentWatcher
+from popgate.workers.child import MAX_PARENT_LINE, ParentWatcher
 from popgate.workers.pool import HANGUP_LINE, WorkerPool
 
 
@@ -139,7 +139,11 @@ def test_the_pool_passes_it_on_over_stdin_and_the_worker_reloads() -> None:
     watcher.dataReceived(HANGUP_LINE * 3)  # queued while busy: one reload
     assert reloads == [1, 1]
     watcher.dataReceived(b"x" * 100_000)  # the buffer stays bounded
-    assert len(watcher._buffer) <= len(HANGUP_LINE)
+    assert len(watcher._buffer) <= MAX_PARENT_LINE
+    watcher.dataReceived(HANGUP_LINE)  # a line cut by the bound is not one
+    assert reloads == [1, 1]
+    watcher.dataReceived(HANGUP_LINE)
+    assert reloads == [1, 1, 1]
 
 
 def test_the_line_waits_for_a_reload_that_runs_elsewhere_and_one_that_logs_its_own() -> None:

@@ -32,7 +32,7 @@ from popgate.workers.pool import HANGUP_LINE, LOG_FORM_OPTION
 log = Logger()
 
 #: The longest line the parent writes (a tickets line is 169 bytes).
-_MAX_PARENT_LINE = 256
+MAX_PARENT_LINE = 256
 
 
 class WorkerStop:
@@ -103,7 +103,7 @@ class ParentWatcher(protocol.Protocol):
         # the (bounded) buffer keeps one split across two reads.  Several
         # hangups make one reload.
         lines = (self._buffer + data).split(b"\n")
-        self._buffer = lines.pop()[:_MAX_PARENT_LINE]
+        self._buffer = lines.pop()[:MAX_PARENT_LINE]
         for line in lines:
             keys = parse_tickets_line(line)
             if keys is not None and self.tickets is not None:

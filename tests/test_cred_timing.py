@@ -54,6 +54,9 @@ def test_clear_text_is_never_kept() -> None:
         (["", "{PLAIN}a"], "{PLAIN}"),  # clear text only: a clear-text stand-in
         ([], DUMMY_HASH),
     ],
+    # Fixed ids: SSHA is salted afresh at each collection, and pytest-xdist's
+    # workers must collect the same names.
+    ids=["first-hash", "clear-text-only", "none"],
 )
 def test_learn_sample(values: list[str], expected: str) -> None:
     equaliser = TimingEqualiser(InlineReactor())

@@ -207,8 +207,8 @@ class Session:
         partial, self.client.buf = self.client.buf, b""
         return partial + b" <no CRLF>" if partial else None
 
-    def reply(self, command: bytes) -> list[bytes]:
-        first = self._line()
+    def reply(self, command: bytes, wait: float = 8) -> list[bytes]:
+        first = self._line(wait)
         if first is None:
             return [b"<closed>"] if self.closed else [b"<timeout>"]
         lines = [first]
@@ -261,7 +261,8 @@ def login(user: str = "alice") -> list[bytes]:
 
 
 # Each sequence: name -> list of commands.  A command is bytes (CRLF is
-# added), or ("raw", bytes) sent as is, or ("tls",) to start TLS after STLS.
+# added), or ("raw", bytes) sent as is (("raw", bytes, seconds): wait that long for
+# the first line, not 8 s), or ("tls",) to start TLS after STLS.
 SEQUENCES: dict[str, list[object]] = {}
 
 
@@ -354,7 +355,9 @@ seq("utf8-arg", b"UTF8 x")
 seq("pipelined", ("raw", b"CAPA\r\nUSER alice\r\nPASS alicepw\r\nSTAT\r\nLIST\r\nUIDL 1\r\n"),
     ("read", b"USER"), ("read", b"PASS"), ("read", b"STAT"), ("read", b"LIST"), ("read", b"UIDL 1"))
 seq("bare-lf", ("raw", b"CAPA\n"), ("raw", b"USER alice\n"), ("raw", b"PASS alicepw\n"), ("raw", b"STAT\n"))
-seq("bare-cr", ("raw", b"NOOP\r"), ("raw", b"\n"))
+# No reply is due before the LF: 1.5 s tells (a late one would be read as
+# the LF's reply and differ), where the 8 s of a lost reply cost 8 s.
+seq("bare-cr", ("raw", b"NOOP\r", 1.5), ("raw", b"\n"))
 seq("bad-commands-auth", *[b"FOO"] * 25)
 seq("bad-commands-trans", *login(), *[b"FOO"] * 25)
 seq("bad-args-trans", *login(), *[b"RETR x"] * 25)
@@ -395,7 +398,7 @@ def run_sequence(port: int, commands: Sequence[object]) -> list[list[bytes]]:
                 out.append([b"<tls>"])
             elif command[0] == "raw":
                 s.client.send(command[1])
-                out.append(s.reply(command[1]))
+                out.append(s.reply(command[1], *command[2:]))
             elif command[0] == "read":
                 out.append(s.reply(command[1]))
             elif command[0] == "cram":

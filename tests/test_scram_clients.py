@@ -76,15 +76,22 @@ class Site:
         return result, delivered.read_bytes()
 
 
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
-    users = tmp_path / "users"
+@pytest.fixture(scope="module")
+def users_text() -> str:
+    """The passwd-file, made once for the module (three programs run to
+    write the keys); each test still gets a server of its own, so no
+    test's failed logins or log lines reach another."""
     bob = bcrypt.hashpw(b"bob-pw", bcrypt.gensalt(4)).decode()
-    users.write_text(
-        f"alice:{doveadm_pw('SCRAM-SHA-256', 'alice-pw')}\n"
-        f"carol:{doveadm_pw('SCRAM-SHA-1', 'carol-pw')}\n"
-        f"erin:{popgate_pw('SCRAM-SHA-256', 'erin-pw')}\n"
-        f"bob:{{BLF-CRYPT}}{bob}\n")
+    return (f"alice:{doveadm_pw('SCRAM-SHA-256', 'alice-pw')}\n"
+            f"carol:{doveadm_pw('SCRAM-SHA-1', 'carol-pw')}\n"
+            f"erin:{popgate_pw('SCRAM-SHA-256', 'erin-pw')}\n"
+            f"bob:{{BLF-CRYPT}}{bob}\n")
+
+
+@pytest.fixture
+def site(tmp_path: Path, users_text: str) -> Iterator[Site]:
+    users = tmp_path / "users"
+    users.write_text(users_text)
     for user in ("alice", "carol", "erin", "bob"):
         mail = tmp_path / "mail" / user
         for sub in ("new", "cur", "tmp"):

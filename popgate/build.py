@@ -198,6 +198,11 @@ class Server(service.MultiService):
     #: listener that cannot listen ends the process with one log line
     #: (which option, what is wrong) instead of twistd's traceback.
     exit_on_listen_failure = False
+    #: Set by twistd's entry point: tells a daemonizing twistd's first
+    #: process why start-up failed (L{popgate.tap.start_failed}); that
+    #: process waits for a word from the daemon and would wait forever
+    #: for one that ends with C{SystemExit}.
+    report_start_failure: Callable[[str], None] | None = None
 
     def privilegedStartService(self) -> None:
         # MultiService's, one child at a time, so a failure names its listener.
@@ -208,8 +213,10 @@ class Server(service.MultiService):
             except (CannotListenError, OSError) as e:
                 if not self.exit_on_listen_failure:
                     raise
-                log.critical("--{listener}: {why}", listener=child.name,
-                             why=listen_failure(e))
+                why = listen_failure(e)
+                log.critical("--{listener}: {why}", listener=child.name, why=why)
+                if self.report_start_failure is not None:
+                    self.report_start_failure(f"--{child.name}: {why}")
                 raise SystemExit(1) from None
 
     def setServiceParent(self, parent: Any) -> None:

@@ -8,7 +8,9 @@ C{--config} (and the internal C{--worker}) has a twin in the TOML file.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from twisted.cred import strcred
@@ -152,6 +154,34 @@ for _setting in settings.SETTINGS:
         setattr(Options, f"opt_{_setting.key}", _collector(_setting))
 
 
+def start_failed(twistd_config: Any, why: str) -> None:
+    """
+    What twistd does for a start-up that fails with an exception, for the
+    C{SystemExit} that keeps a listener's failure to one log line: remove
+    the pid file this process wrote, and tell a daemonizing twistd's first
+    process that start-up failed, and why (it prints C{why} on its
+    standard error and exits 1; it holds the status pipe's other end, so
+    it would wait for ever).  Without daemonizing (C{-n}) there is no pipe.
+    """
+    pidfile = twistd_config.get("pidfile")
+    if pidfile:
+        try:
+            with open(pidfile, "rb") as f:
+                ours = f.read().strip() == b"%d" % os.getpid()
+            if ours:
+                os.unlink(pidfile)
+        except OSError:
+            pass
+    pipe = twistd_config.get("statusPipe")
+    if pipe is None:
+        return
+    twistd_config["statusPipe"] = None
+    try:
+        os.write(pipe, b"1 " + why.encode("utf-8", "replace")[:98])
+    finally:
+        os.close(pipe)
+
+
 def parse_config(argv: Sequence[str]) -> Config:
     """
     The L{Config} of a popgate command line, parsed as twistd parses it
@@ -174,6 +204,8 @@ def makeService(options: Options, reactor: Any = None) -> Server:
     try:
         server = build_server(options.config, reactor)
         server.exit_on_listen_failure = True  # one line, not twistd's traceback
+        if options.parent is not None:
+            server.report_start_failure = partial(start_failed, options.parent)
         install_reload(server, parse_config, reactor)
         if options.parent is not None:  # run by twistd: its log, our format
             server.log_observer = twistd_log(options.parent, options.config.log_format,

@@ -148,6 +148,29 @@ def test_a_port_in_use_is_one_log_line(tmp_path: Path, server_args: list[str]) -
                                 f": cannot listen on {LOOPBACK}:{port}: Address already in use")
 
 
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one", "workers"])
+def test_a_daemon_that_cannot_listen_says_so_and_exits(tmp_path: Path, server_args: list[str],
+                                                       workers: list[str]) -> None:
+    """twistd without -n: its first process waits for a word from the
+    daemon, and got none when a listener's failure ended the daemon
+    (twistd tells it only of exceptions), so it waited for ever."""
+    pidfile = tmp_path / "twistd.pid"
+    with socket.socket() as taken:
+        taken.bind((LOOPBACK, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        done = run_twistd([f"--logfile={tmp_path / 'twistd.log'}", f"--pidfile={pidfile}",
+                           "popgate", *server_args, "--pop3", f"tcp:{port}:interface={LOOPBACK}",
+                           *workers], timeout=30)
+    assert done.returncode == 1
+    assert time.monotonic() - started < 20
+    assert f"--pop3 tcp:{port}:interface={LOOPBACK}: cannot listen" in done.stderr
+    assert "Address already in use" in done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert not pidfile.exists()  # nothing to say "another twistd is running"
+
+
 def test_help_auth_offers_popgate_stores_only() -> None:
     done = run_twistd(["popgate", "--help-auth"])
     assert done.returncode == 0

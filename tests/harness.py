@@ -8,6 +8,7 @@ The popgate, slapd, Postfix and Dovecot test servers are L{ServerProcess}es.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -18,9 +19,25 @@ from typing import IO, Any
 LOOPBACK = "127.0.0.1"
 
 
+#: Where L{free_port} looks: below Linux's ephemeral range (32768-60999),
+#: so no client connection of another test (the other pytest-xdist
+#: worker's, a load loop's) can hold the port by the time a server binds it.
+PORTS = range(10000, 32768)
+_pick = random.SystemRandom()
+
+
 def free_port() -> int:
-    """A loopback TCP port nobody listens on (now)."""
-    with socket.socket() as s:
+    """A loopback TCP port nobody uses (now), chosen at random from
+    L{PORTS}: two test processes rarely pick the same one."""
+    for _ in range(200):
+        port = _pick.choice(PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # all those tried were taken: the kernel's choice
         s.bind((LOOPBACK, 0))
         return int(s.getsockname()[1])
 

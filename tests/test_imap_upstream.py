@@ -450,3 +450,23 @@ def test_an_imap_literal_is_stuffed_by_the_encoder_not_passed_through() -> None:
     encoder = encoder_for(source, None)
     assert isinstance(encoder, MessageEncoder)
     assert encoder.encode(b".dot\n") + encoder.finish() == b"..dot\r\n.\r\n"
+
+
+def test_a_literal_that_ends_while_paused_frees_the_connection() -> None:
+    """As for a POP3 upstream: the literal's last octets and the tagged OK
+    arrive with the sink past its high water; once it is all in, the
+    connection reads on (the next command's reply)."""
+    protocol, transport, _ = connected()
+    source = StreamedMessage(protocol)
+    big = HIGH_WATER + 1000
+    protocol.stream(b"UID FETCH 9 (BODY.PEEK[])", source)
+    protocol.dataReceived(b"* 2 FETCH (UID 9 BODY[] {%d}\r\n" % big + b"x" * big
+                          + b")\r\np1 OK done\r\n")
+    got = 0
+    while piece := source.read_deferred(1 << 18).result:
+        got += len(piece)
+    assert got == big
+    assert transport.producerState == "producing"
+    after = protocol.command(b"LOGOUT")
+    protocol.dataReceived(b"p2 OK bye\r\n")
+    assert after.called

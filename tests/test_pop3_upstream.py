@@ -307,6 +307,32 @@ def test_stream_pause_and_abandon() -> None:
     assert sent(transport) == b"NOOP\r\n"
 
 
+def test_a_reply_that_ends_while_paused_frees_the_connection() -> None:
+    """The last octets of a big reply arrive with the sink past its high
+    water: the connection is paused, and must not stay so once the reply
+    is in, or the next reply (QUIT's) is never read (a CI rehearsal's
+    QUIT through the proxy hung so)."""
+    protocol, transport, _ = connected()
+    source = UpstreamMessage(protocol)
+    protocol.stream(b"RETR 1", source)
+    protocol.dataReceived(b"+OK\r\n")
+    chunk = b"x" * 1000 + b"\r\n"
+    body = chunk * (proxy_source.HIGH_WATER // len(chunk) + 1)
+    protocol.dataReceived(body + b".\r\n")  # the whole rest in one read
+    got = b""
+    while True:
+        piece = source.read_deferred(1 << 18).result
+        if not piece:
+            break
+        got += piece
+    assert got == body
+    assert transport.producerState == "producing"
+    after = protocol.simple(b"QUIT")
+    assert sent(transport) == b"RETR 1\r\nQUIT\r\n"
+    protocol.dataReceived(b"+OK bye\r\n")
+    assert after.result == b"bye"
+
+
 def test_source_waits_for_data() -> None:
     protocol, transport, _ = connected()
     source = UpstreamMessage(protocol)

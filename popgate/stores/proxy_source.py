@@ -70,6 +70,9 @@ class StreamedMessage:
 
     def end(self) -> None:
         self._ended = True
+        # The reply is all in: what is held is all there will be, and the
+        # connection must read on (the next reply), paused or not.
+        self._connection.resume()
         waiting, self._waiting = self._waiting, None
         if waiting is not None:
             waiting.callback(b"")

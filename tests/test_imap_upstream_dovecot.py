@@ -32,7 +32,7 @@ import pytest
 from tests.harness import free_port
 from tests.pop3_oracle import RawClient, top_oracle, wire
 from tests.popgate_server import REPO, PopgateProcess, child_env
-from tests.services import need_program
+from tests.services import need, need_program
 from tests.test_dovecot_parity import DovecotProcess
 from tests.test_proxy_dovecot import CORPUS, SlowRelay
 from tests.tlscerts import PKI, make_pki
@@ -166,8 +166,8 @@ class Site:
 @pytest.fixture(scope="module")
 def site() -> Iterator[Site]:
     need_program("dovecot", "dovecot-imapd")
-    if not Path("/usr/lib/dovecot/imap").exists():
-        pytest.skip("Dovecot's IMAP server not found (apt-get install dovecot-imapd)")
+    need(Path("/usr/lib/dovecot/imap").exists(),
+         "Dovecot's IMAP server not found (apt-get install dovecot-imapd)")
     base = Path(tempfile.mkdtemp(prefix="popgate-imap-"))
     os.chmod(base, 0o755)  # Dovecot's auth process reads the passwd file
     site = Site(base)

@@ -31,6 +31,7 @@ from popgate.cred.userinfo import UserInfo
 from popgate.errors import PermanentFailure, TemporaryFailure
 from popgate.interfaces import IUserLookup
 from popgate.stores import nowait
+from tests.services import need
 from tests.test_schemes import InlineReactor, result_of, run_tool
 
 SHA512_CRYPT = passlib_hash.sha512_crypt.using(rounds=5000)
@@ -248,8 +249,8 @@ def test_an_unchanged_file_is_told_without_a_thread(passwd_file: Path,
     """Once read, the file's stat comes from the kernel's caches on the
     reactor thread (a trip to a thread costs more than a cheap check); an
     edit is still seen at the next login, read in the pool."""
-    if nowait.stat_cached(str(passwd_file)) is None:
-        pytest.skip("this kernel cannot stat from its caches without waiting (openat2)")
+    need(nowait.stat_cached(str(passwd_file)) is not None,
+         "this kernel cannot stat from its caches without waiting (openat2)")
     checker = PasswdFileChecker(str(passwd_file), reactor)
     assert login(checker, "bob", "bob pw") == "bob"
     assert login(checker, "carol", "carol pw") == "carol"

@@ -225,17 +225,6 @@ class ImapProtocol(UpstreamConnection):
         self.transport.write(command.tag + b" " + command.parts.popleft() + b"\r\n")
         self._arm()
 
-    # -- back-pressure (pause and resume: L{UpstreamConnection})
-
-    def abandon(self) -> None:
-        """The current stream's sink wants no more: the rest of the literal
-        is read and dropped."""
-        command = self._current
-        if command is not None and command.kind == "stream":
-            command.dropping = True
-            command.sink = None
-        self.resume()
-
     # -- responses
 
     def dataReceived(self, data: bytes) -> None:

@@ -175,17 +175,6 @@ class UpstreamProtocol(UpstreamConnection):
         self.transport.write(b"".join(command.line + b"\r\n" for command in self._sent))
         self._arm()
 
-    # -- back-pressure from the sink
-
-    def abandon(self) -> None:
-        """The sink of the current stream wants no more: the rest of the
-        reply is read and dropped."""
-        command = self._current
-        if command is not None and command.kind == "stream":
-            command.dropping = True
-            command.sink = None
-        self.resume()
-
     # -- replies
 
     def dataReceived(self, data: bytes) -> None:

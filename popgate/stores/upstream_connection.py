@@ -59,6 +59,9 @@ class UpstreamConnection(Protocol):
 
     # -- what a protocol adds
 
+    #: The command whose reply comes next (C{kind}, C{sink}, C{dropping}).
+    _current: Any
+
     def _take_waiting(self) -> list[Any]:
         """The commands written or queued, removed: the connection is gone."""
         raise NotImplementedError
@@ -116,6 +119,15 @@ class UpstreamConnection(Protocol):
             self._paused = False
             self._arm()
             self.transport.resumeProducing()
+
+    def abandon(self) -> None:
+        """The sink of the current stream wants no more: the rest of the
+        reply is read and dropped."""
+        command = self._current
+        if command is not None and command.kind == "stream":
+            command.dropping = True
+            command.sink = None
+        self.resume()
 
     # -- deadlines
 

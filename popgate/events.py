@@ -169,6 +169,11 @@ class EventType:
     formats: Mapping[str, str]
     levels: Mapping[str, LogLevel] = field(default_factory=dict)
 
+    @functools.cached_property
+    def names(self) -> frozenset[str]:
+        """The fields' names (an event must be given exactly these)."""
+        return frozenset(f.name for f in self.fields)
+
     def format_for(self, fields: Mapping[str, Any]) -> str:
         result = fields.get("result")
         if isinstance(result, str) and result in self.formats:
@@ -442,8 +447,8 @@ _check_catalogue()
 
 
 def _clean(spec: EventType, given: Mapping[str, Any]) -> dict[str, Any]:
-    names = {f.name for f in spec.fields}
-    if set(given) != names:
+    names = spec.names
+    if given.keys() != names:
         missing, extra = sorted(names - set(given)), sorted(set(given) - names)
         raise TypeError(f"{spec.name}: missing fields {missing}, unknown fields {extra}")
     clean: dict[str, Any] = {}

@@ -31,6 +31,7 @@ from popgate.cred.chain import ChainedChecker
 from popgate.cred.penalty import LoginPenalty
 from popgate.delivery.lmtp_factory import LMTPFactory
 from popgate.delivery.service import lmtp_factory
+from popgate.eager_writes import EagerEndpoint
 from popgate.hangup import HangupHook
 from popgate.i18n.offer import language_offer
 from popgate.interfaces import IAuthenticatingStore
@@ -368,7 +369,7 @@ def build_server(config: Config, reactor: Any,
             listener: Any = ReusePortListener(reactor, inner, listening_factory)
         else:
             listener = StreamServerEndpointService(
-                make_endpoint(endpoint, reactor, inner, f"--{kind} {description}"),
+                EagerEndpoint(make_endpoint(endpoint, reactor, inner, f"--{kind} {description}")),
                 listening_factory)
             listener._raiseSynchronously = True  # fail start-up, not just log
         limits.watch(listener)

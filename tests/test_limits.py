@@ -557,6 +557,7 @@ def test_build_server_wraps_every_listener(tmp_path: Path, monkeypatch: pytest.M
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
     from popgate.build import build_server
+    from popgate.eager_writes import EagerEndpoint
 
     monkeypatch.setattr(limits_process, "raise_nofile_limit", lambda: (1024, 1024))
     options = parse(base_args(tmp_path) + ["--pop3", "tcp:0:interface=127.0.0.1",
@@ -567,12 +568,14 @@ def test_build_server_wraps_every_listener(tmp_path: Path, monkeypatch: pytest.M
     plain = listeners["pop3 tcp:0:interface=127.0.0.1"]
     assert isinstance(plain.factory, LimitedFactory)
     assert plain.factory.limits.max_connections == 277  # from the 1024 descriptors given
-    assert plain.endpoint.endpoint._backlog == listen_backlog()
+    # (the accept-error watch, then the eager writes, then Twisted's)
+    assert isinstance(plain.endpoint.endpoint, EagerEndpoint)
+    assert plain.endpoint.endpoint.endpoint._backlog == listen_backlog()
     proxied = listeners["pop3 haproxy:tcp:0:interface=127.0.0.1"]
     assert isinstance(proxied.factory, ProxyHeaderFactory)
     assert proxied.factory.wrappedFactory is plain.factory  # one count for both
     lmtp = listeners["lmtp tcp:0:interface=127.0.0.1:backlog=7"]
-    assert lmtp.endpoint.endpoint._backlog == 7
+    assert lmtp.endpoint.endpoint.endpoint._backlog == 7
     assert lmtp.factory.per_ip is False and lmtp.factory.limits is plain.factory.limits
     assert not isinstance(lmtp.factory, TLSMemoryBIOFactory)
 

@@ -26,6 +26,7 @@ from twisted.cred.portal import Portal
 from twisted.internet import endpoints
 from zope.interface import implementer
 
+from popgate.eager_writes import eager_writes
 from popgate.pop3.factory import POP3ServerFactory
 from popgate.pop3.settings import SessionSettings
 from popgate.realm import MaildropRealm
@@ -92,9 +93,10 @@ class Listeners:
         portal = Portal(MaildropRealm(store, reactor), [checker])
         self.tls = ServerTLS(str(self.cert), str(self.key))
         factory = POP3ServerFactory(portal, self.settings, reactor, tls=self.tls)
-        plain = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        secure = reactor.listenTCP(0, PopgateTLSFactory(self.tls, False, factory),
-                                   interface="127.0.0.1")
+        # As build_server's listeners: eager writes (popgate.eager_writes).
+        plain = eager_writes(reactor.listenTCP(0, factory, interface="127.0.0.1"))
+        secure = eager_writes(reactor.listenTCP(0, PopgateTLSFactory(self.tls, False, factory),
+                                                interface="127.0.0.1"))
         self.ports = [plain, secure]
         self.port, self.tls_port = plain.getHost().port, secure.getHost().port
 

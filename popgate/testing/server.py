@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from popgate.eager_writes import eager_writes
 from popgate.pop3.settings import SessionSettings
 from popgate.testing import reactor_thread
 from popgate.testing.faults import Faults
@@ -60,7 +61,9 @@ class POP3TestServer(TestSite):
 
     def _start(self, reactor: Any) -> None:
         self._connections = self._serving(reactor)
-        self._listening = reactor.listenTCP(self.port, self._connections, interface=self.host)
+        # As popgate's own listeners: replies sent at once (popgate.eager_writes).
+        self._listening = eager_writes(
+            reactor.listenTCP(self.port, self._connections, interface=self.host))
         self.port = self._listening.getHost().port
 
     def stop(self) -> None:

@@ -11,6 +11,8 @@ from typing import Any
 from twisted.application import service
 from twisted.python import usage
 
+from popgate.eager_writes import eager_writes
+
 
 def parse_tcp_endpoint(description: str) -> tuple[socket.AddressFamily, str, int, int]:
     """
@@ -75,7 +77,7 @@ def listen_reuseport(reactor: Any, description: str, factory: Any) -> Any:
         sock.bind((interface, port))
         sock.listen(backlog)
         sock.setblocking(False)
-        return reactor.adoptStreamPort(sock.fileno(), family, factory)
+        return eager_writes(reactor.adoptStreamPort(sock.fileno(), family, factory))
     finally:
         sock.close()  # the reactor holds its own duplicate
 

@@ -151,26 +151,44 @@ class Pausable:
         pass
 
 
-def test_what_the_kernel_cannot_take_is_queued_in_order_with_back_pressure(
-        server: Server) -> None:
+def test_what_the_kernel_cannot_take_is_queued_in_order(server: Server) -> None:
     client = connect(server)
     client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
     big = bytes(range(256)) * (32 * 1024)  # 8 MiB: more than the socket buffers
-    producer = Pausable()
 
     def on_data(conn: Recorder, data: bytes) -> None:
-        conn.transport.registerProducer(producer, True)
         conn.transport.write(big)
         conn.transport.write(b"\r\n.\r\n")
         conn.notes.append(conn.registered_for_writing())
 
     server.on_data = on_data
-    client.sendall(b"RETR 1\r\n")
+    client.sendall(b"BIG\r\n")
     got = read_exactly(client, len(big) + 5)
     assert got == big + b"\r\n.\r\n"
+    # The rest waited for the socket to drain, in Twisted's buffer.
+    assert in_reactor(lambda: list(server.connections[0].notes)) == [True]
+    client.close()
+
+
+def test_a_producers_writes_keep_twisteds_back_pressure(server: Server) -> None:
+    """A RETR streams through Twisted's buffer, which pauses it every 64 KiB
+    and so lets the reactor serve the other sessions in between."""
+    client = connect(server)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    chunk = bytes(range(256)) * 1024  # 256 KiB, as the Maildir reads
+    producer = Pausable()
+
+    def on_data(conn: Recorder, data: bytes) -> None:
+        conn.transport.registerProducer(producer, True)
+        conn.transport.write(chunk)
+        conn.notes.append((conn.registered_for_writing(), producer.paused))
+
+    server.on_data = on_data
+    client.sendall(b"RETR 1\r\n")
+    assert read_exactly(client, len(chunk)) == chunk
     conn = server.connections[0]
-    assert in_reactor(lambda: list(conn.notes)) == [True]  # the rest waited for the socket
-    assert producer.paused >= 1 and producer.resumed >= 1
+    assert in_reactor(lambda: list(conn.notes)) == [(True, 1)]
+    assert in_reactor(lambda: producer.resumed) == 1
     in_reactor(conn.transport.unregisterProducer)
     client.close()
 

@@ -2,7 +2,7 @@
 """popgate vs Dovecot 2.3 ("tuned"), same data, same run.
 
     sudo .venv/bin/python bench/run.py            # full run, ~30 minutes on 2 cores
-    sudo .venv/bin/python bench/run.py --quick    # smoke run, ~4 minutes
+    sudo .venv/bin/python bench/run.py --quick    # smoke run, ~3 minutes (193 s)
     sudo .venv/bin/python bench/run.py --quick --pg   # and the PostgreSQL store, ~5 minutes
 
 Generates the mail (cached between runs), installs Debian's dovecot-pop3d
@@ -68,12 +68,12 @@ PROFILES = {
     #            reps  login  retr  r10m  big_n  idle_k  hold  noop  poll  warm
     "full": dict(reps=3, login=5.0, retr=5.0, r10m=6.0, big_n=3, idle_k=500, hold=3.0,
                  noop=6.0, noop_c=50, poll=8.0, warm=2.0, lmtp_n=250, lmtp_d=20.0, nodes=5.0,
-                 scale_n=10000, scale_noop=5.0, cold=30.0),
+                 scale_n=10000, scale_noop=5.0, cold=30.0, settle=(0.3, 0.25)),
     # --quick is a smoke run of every scenario (~3 minutes): its figures are
     # for seeing that nothing broke, not for the tables in docs/.
     "quick": dict(reps=1, login=1.5, retr=1.5, r10m=3.0, big_n=1, idle_k=500, hold=1.5,
                   noop=2.0, noop_c=10, poll=1.5, warm=0.5, lmtp_n=60, lmtp_d=8.0, nodes=2.0,
-                  scale_n=500, scale_noop=1.0, cold=3.0),
+                  scale_n=300, scale_noop=1.0, cold=3.0, settle=(0.1, 0.1)),
 }
 
 # id, metric, title, better, target kind, target value
@@ -98,8 +98,8 @@ ROWS = [
     ("idle", "pss_KiB_per_session", "memory per idle authenticated session (500 open), PSS KiB", "lower", "ratio<=", 0.05),
     ("nooplat", "noop_p99_ms", "p99 NOOP latency during 50 bcrypt-12 logins, ms", "lower", "abs<=", 20.0),
     ("authcache", "sessions_per_s", "polling logins/s, bcrypt-12, auth cache on (2 clients, 10 users)", "higher", "ratio>=", 3.0),
-    # bench/scale.py: 10,000 open sessions (500 with --quick)
-    ("scale", "total_MiB_at_N", "10,000 open sessions (--quick 500): total server PSS, MiB",
+    # bench/scale.py: 10,000 open sessions (300 with --quick)
+    ("scale", "total_MiB_at_N", "10,000 open sessions (--quick 300): total server PSS, MiB",
      "lower", "ratio<=", 0.05),
     ("scale", "open_s", "same, time to open them all, s", "lower", None, None),
     ("scale", "noop_p99_ms", "same, NOOP p99 over every session, ms", "lower", "abs<=", 50.0),
@@ -353,13 +353,15 @@ class Bench:
     def settle(self, max_s: float = 30.0) -> None:
         """Wait until no server burns CPU (a backlog of bcrypt checks, a pop3
         process finishing) so one run does not load the next."""
-        time.sleep(0.3)
+        # (--quick: shorter looks; it settles some 70 times)
+        pause, sample = self.p["settle"]
+        time.sleep(pause)
         deadline = time.monotonic() + max_s
         while time.monotonic() < deadline:
             live = [s for s in self.servers if s.running]
             c0 = sum(tree_cpu(s.pid) for s in live)
-            time.sleep(0.25)
-            if (sum(tree_cpu(s.pid) for s in live) - c0) / 0.25 < 0.05:
+            time.sleep(sample)
+            if (sum(tree_cpu(s.pid) for s in live) - c0) / sample < 0.05:
                 return
 
     def check_alive(self, *servers) -> None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """scale.py - thousands of open authenticated sessions: memory, open time, NOOP latency.
 
-The `scale` scenario of bench/run.py (issue 16): N users (10,000; 500
+The `scale` scenario of bench/run.py (issue 16): N users (10,000; 300
 with --quick), each with its own small Maildir, log in once and stay
 logged in.  For each server, freshly started with its limits raised for
 the bench only (below), the harness measures

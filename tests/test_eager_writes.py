@@ -19,7 +19,7 @@ from twisted.internet import protocol
 from twisted.internet.interfaces import IPullProducer, IPushProducer
 from zope.interface import implementer
 
-from popgate.eager_writes import EagerServer, eager_writes
+from popgate.eager_writes import EagerServer, eager_writes, paced
 from popgate.tls import ServerTLS
 from tests import reactor_thread
 from tests.tlscerts import PKI, make_pki
@@ -264,6 +264,42 @@ def test_lose_connection_sends_everything_first(server: Server) -> None:
         received += chunk
     assert received == b"+OK bye\r\n"
     client.close()
+
+
+def test_written_after_lose_connection_still_goes_first(server: Server) -> None:
+    # The close without a write round waits for the reactor's next turn;
+    # what the protocol writes meanwhile (8 MiB, more than the kernel
+    # takes at once) is sent whole, then Twisted's path closes.
+    client = connect(server)
+    big = b"x" * (8 << 20)
+
+    def on_data(conn: Recorder, data: bytes) -> None:
+        conn.transport.loseConnection()
+        conn.transport.write(big)
+
+    server.on_data = on_data
+    client.sendall(b"QUIT\r\n")
+    received = bytearray()
+    while chunk := client.recv(1 << 16):
+        received += chunk
+    assert len(received) == len(big) and received == big
+    client.close()
+
+
+def test_what_a_producer_asks_for_pacing() -> None:
+    from twisted.protocols.tls import _ProducerMembrane
+
+    from popgate.pop3.output import OutputGate
+
+    class Unsaid:
+        pass
+
+    gate = OutputGate(lambda: None, lambda: None, lambda: None)
+    assert not paced(None)
+    assert paced(Unsaid())  # one that does not say is paced
+    assert not paced(gate) and not paced(_ProducerMembrane(gate))  # TLS's membrane
+    gate.child = object()  # type: ignore[assignment]  # a message being streamed
+    assert paced(gate) and paced(_ProducerMembrane(gate))
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from twisted.cred.portal import Portal
 from twisted.internet import endpoints
 from zope.interface import implementer
 
-from popgate.eager_writes import eager_writes
+from popgate.eager_writes import EagerServer, eager_writes
 from popgate.pop3.factory import POP3ServerFactory
 from popgate.pop3.settings import SessionSettings
 from popgate.realm import MaildropRealm
@@ -361,3 +361,63 @@ def test_big_and_small_retr_over_pop3s_arrive_whole(pki: PKI, listeners: Listene
         assert b"\r\n".join(lines) + b"\r\n" == expected
     assert client.stat() == (2, len(BIG) + len(MESSAGE))
     client.quit()
+
+
+class WriteRounds(EagerServer):
+    """An L{EagerServer} counting the times the reactor found it writable
+    (Twisted's write round: registered for writing, then C{doWrite})."""
+
+    rounds = 0
+
+    def doWrite(self) -> Any:
+        WriteRounds.rounds += 1
+        return super().doWrite()
+
+
+def session_write_rounds(listeners: Listeners, client: Any) -> tuple[int, int]:
+    """The write rounds of a short session, then of a big RETR (bob's)."""
+    for port in listeners.ports:
+        port.transport = WriteRounds
+    WriteRounds.rounds = 0
+    session = client()
+    session.user("alice")
+    session.pass_("secret")
+    session.stat()
+    session.list()
+    session.uidl()
+    session.noop()
+    session.quit()
+    session.close()
+    short = reactor_thread.run(lambda: WriteRounds.rounds)
+    session = client()
+    session.user("bob")
+    session.pass_("secret")
+    _, lines, _ = session.retr(1)
+    assert b"\r\n".join(lines) + b"\r\n" == BIG
+    session.quit()
+    return short, reactor_thread.run(lambda: WriteRounds.rounds) - short
+
+
+class STLSClient(poplib.POP3):
+    def __init__(self, port: int, context: ssl.SSLContext) -> None:
+        super().__init__("127.0.0.1", port, timeout=10)
+        self.stls(context)
+
+
+@pytest.mark.parametrize("kind", ["pop3", "pop3s", "stls"])
+def test_a_sessions_replies_go_out_at_once_and_a_retr_is_paced(pki: PKI, listeners: Listeners,
+                                                               kind: str) -> None:
+    # Every reply of a session, the handshake's records and the close leave
+    # without the reactor's write round (popgate.eager_writes: the output
+    # gate registered for the whole session asks no pacing); a message
+    # streamed by RETR is written through Twisted's buffer, whose limit
+    # pauses it, so the other sessions get their turns.
+    def client() -> poplib.POP3:
+        if kind == "pop3s":
+            return pop3s(listeners, client_context(pki))
+        if kind == "stls":
+            return STLSClient(listeners.port, client_context(pki))
+        return poplib.POP3("127.0.0.1", listeners.port, timeout=10)
+    short, retr = session_write_rounds(listeners, client)
+    assert short == 0
+    assert retr > 0

@@ -74,6 +74,12 @@ class OutputGate:
         self._on_resume = on_resume
         self._on_stop = on_stop
 
+    @property
+    def paced(self) -> bool:
+        """Only a message being streamed needs its writes paced by the
+        transport's buffer (L{popgate.eager_writes}): a reply is one write."""
+        return self.child is not None
+
     def pauseProducing(self) -> None:
         self.blocked = True
         if self.child is not None:

@@ -188,7 +188,7 @@ def test_file_wire_size_across_read_chunks(tmp_path_factory: Any, data: bytes, c
         wire._READ_CHUNK = original
 
 
-def no_reading(path: str) -> int:
+def no_reading(path: str, dir_fd: int | None = None) -> int:
     raise AssertionError(f"read {path}")
 
 
@@ -545,21 +545,43 @@ def test_scan_pauses_cyclic_collection_and_resumes(root: Path, monkeypatch: Any)
     states = []
     real = maildir_scan.file_wire_size
 
-    def sizing(path: str) -> int:
+    def sizing(path: str, dir_fd: int | None = None) -> int:
         states.append(gc.isenabled())
-        return real(path)
+        return real(path, dir_fd)
     monkeypatch.setattr(maildir_scan, "file_wire_size", sizing)
     assert gc.isenabled()
     assert len(maildir_scan.scan(box)) == 2
     assert states == [False, False] and gc.isenabled()
 
-    def broken(path: str) -> int:
+    def broken(path: str, dir_fd: int | None = None) -> int:
         raise PermissionError(path)
     monkeypatch.setattr(maildir_scan, "file_wire_size", broken)
     os.remove(root / "alice" / maildir_scan.SIZE_CACHE)
     with pytest.raises(PermissionError):
         maildir_scan.scan(box)
     assert gc.isenabled()
+
+
+def test_a_folder_removed_during_the_first_scan_lists_what_is_left(
+        root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The files are opened by name in their folder (one descriptor per
+    # folder); a folder that goes between the listing and the sizing
+    # takes its files with it, as a file that goes alone does.
+    import shutil
+    deliver(root, "1.M1P1.h", b"one\n")
+    deliver(root, "2.M1P1.h:2,S", b"two\n", subdir="cur")
+    box = root / "alice"
+    listdir = os.listdir
+
+    def listing_then_removing_new(path: Any) -> list[str]:
+        names = listdir(path)
+        if str(path).endswith("new"):
+            shutil.rmtree(path)
+        return names
+    monkeypatch.setattr(os, "listdir", listing_then_removing_new)
+    entries = maildir_scan.scan(str(box))
+    assert [(e.subdir, e.base) for e in entries] == [("cur", "2.M1P1.h")]
+    assert [e.info.size for e in entries] == [5]
 
 
 def test_gc_pause_nests_and_keeps_a_disabled_collector_disabled() -> None:

@@ -108,8 +108,7 @@ class EagerServer(tcp.Server):
             self._lose_raw()
 
     def _lose_raw(self) -> None:
-        if (not self.connected or self.disconnecting or self.producer is not None
-                or not self._can_send_now()):
+        if self.disconnecting or self.producer is not None or not self._can_send_now():
             FileDescriptor.loseConnection(self)
             return
         self.stopReading()

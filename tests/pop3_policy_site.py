@@ -17,6 +17,7 @@ from popgate.cred.passwdfile import PasswdFileChecker
 from popgate.pop3.settings import SessionSettings
 from popgate.realm import MaildropRealm
 from popgate.stores.maildir import MaildirStore
+from popgate.stores.maildir_scan import _order_key, base_name
 from popgate.stores.mbox import MboxStore, parse_argstring
 from tests.helpers import InlineReactor, Session, connect
 
@@ -75,7 +76,11 @@ class Site:
         """The Subject of each message in the mailbox now, in order."""
         if self.kind == "maildir":
             root = self.tmp / "mail" / user
-            names = sorted(os.listdir(root / "new") + os.listdir(root / "cur"))
+            # In delivery order as the store orders it: the microseconds
+            # (M<usec>) are not zero-padded, so the names' text order is
+            # wrong when a delivery crosses M99999 -> M100000.
+            names = sorted(os.listdir(root / "new") + os.listdir(root / "cur"),
+                           key=lambda name: _order_key(base_name(name)))
             found = []
             for name in names:
                 sub = "new" if (root / "new" / name).exists() else "cur"

@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred
 
 from popgate.admin.expire import ExpireOptions, expire_mailboxes, store_users, template_users
 from popgate.stores.history_files import read_retrievals
+from popgate.stores.maildir_scan import _order_key, base_name
 from tests.pop3_policy_site import DAY, Site, quit
 from tests.popgate_server import REPO, child_env
 
@@ -141,7 +142,8 @@ def test_the_command(tmp_path: Path) -> None:
     session.send(b"RETR 2\r\n")
     session.lose()  # no QUIT: EXPIRE 0 did not apply, nothing recorded
     # A retrieval recorded long ago, as a session with EXPIRE 30 would have.
-    key = sorted((tmp_path / "mail" / "alice" / "new").iterdir())[0].name.split(":")[0]
+    key = min((base_name(path.name) for path in (tmp_path / "mail" / "alice" / "new").iterdir()),
+              key=_order_key)  # the first delivered (names are not zero-padded)
     (tmp_path / "mail" / "alice" / "popgate-retrieved").write_text(f"{key} 1000.000\n")
     args = [sys.executable, "-m", "popgate.cli", "expire", "--store",
             f"maildir:{tmp_path}/mail/%n", "--auth", f"passwd-file:{site.users}",
